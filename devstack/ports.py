@@ -1,0 +1,30 @@
+"""Loopback ports for local servers."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A port free right now on 127.0.0.1 (the caller binds it soon after; retry on a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_for_port(port: int, timeout_s: float, host: str = LOOPBACK) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_in_use(port, host):
+            return True
+        time.sleep(0.02)
+    return False

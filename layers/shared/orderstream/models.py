@@ -1,0 +1,155 @@
+"""The order as a client sends it and as the pipeline carries it.
+
+`OrderRequest` is the body of `POST /orders`; `Order` is what goes into the event, with an
+order_id always set and a total we computed. The total is never taken from a client: a request
+that carries one is rejected, and an event whose total does not add up is invalid.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from decimal import Decimal
+from typing import Annotated, Any, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
+
+from orderstream.currencies import ISO_4217
+
+MAX_ITEMS = 100
+MAX_QUANTITY = 1000
+MAX_UNIT_PRICE = Decimal("9999999.99")
+CENT = Decimal("0.01")
+
+# Digits only: no exponent, sign, NaN or Infinity can sneak in through Decimal's own parser.
+_PRICE_TEXT = re.compile(r"\d{1,15}(?:\.\d{1,2})?")
+# C0 controls, DEL and C1 controls: a CR/LF in a name is never legitimate and is how mail
+# header injection starts, so it is refused at the door rather than escaped downstream only.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _price_from_json(value: Any) -> Any:
+    """Accept money as a decimal string or an integer, never a float (floats lose cents)."""
+    if isinstance(value, bool):
+        raise ValueError("price must be a decimal string such as '19.95'")
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str):
+        if not _PRICE_TEXT.fullmatch(value):
+            raise ValueError(
+                "price must be a decimal string with at most 2 decimal places, such as '19.95'"
+            )
+        return Decimal(value)
+    if isinstance(value, Decimal):
+        return value
+    raise ValueError("price must be a decimal string such as '19.95', not a JSON number")
+
+
+def _no_control_characters(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (such as CR or LF)")
+    return value
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_price_from_json),
+    Field(ge=0, decimal_places=2),
+    AfterValidator(lambda d: d.quantize(CENT)),
+    # Money travels as a string: a JSON number would be read back as a float by most clients.
+    PlainSerializer(lambda d: str(d), return_type=str, when_used="json"),
+]
+UnitPrice = Annotated[Money, Field(le=MAX_UNIT_PRICE)]
+
+
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_control_characters)]
+Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+CustomerId = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
+
+
+def _iso_currency(code: str) -> str:
+    if code not in ISO_4217:
+        raise ValueError(f"must be an ISO 4217 currency code such as EUR or USD, not {code!r}")
+    return code
+
+
+Currency = Annotated[
+    str, Field(min_length=3, max_length=3, pattern=r"^[A-Z]{3}$"), AfterValidator(_iso_currency)
+]
+
+
+class StrictModel(BaseModel):
+    """Unknown fields are errors, and models are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Customer(StrictModel):
+    id: CustomerId
+    email: Annotated[EmailStr, Field(max_length=254)]
+    name: Name
+
+
+class LineItem(StrictModel):
+    sku: Sku
+    name: Name
+    quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
+    unit_price: UnitPrice
+
+    @property
+    def line_total(self) -> Decimal:
+        return (self.unit_price * self.quantity).quantize(CENT)
+
+
+class _OrderContent(StrictModel):
+    customer: Customer
+    items: Annotated[list[LineItem], Field(min_length=1, max_length=MAX_ITEMS)]
+    currency: Currency
+
+
+def compute_total(items: list[LineItem]) -> Decimal:
+    return sum((item.line_total for item in items), Decimal(0)).quantize(CENT)
+
+
+class OrderRequest(_OrderContent):
+    """Body of `POST /orders`."""
+
+    order_id: uuid.UUID | None = Field(
+        default=None, description="Client-chosen UUID; doubles as the idempotency key."
+    )
+
+    def to_order(self, new_id: uuid.UUID | None = None) -> Order:
+        """Fix the order_id (the client's, else `new_id`, else a random one) and the total."""
+        order_id = self.order_id or new_id or uuid.uuid4()
+        return Order(
+            order_id=order_id,
+            customer=self.customer,
+            items=self.items,
+            currency=self.currency,
+            total=compute_total(self.items),
+        )
+
+
+class Order(_OrderContent):
+    """An accepted order as carried by events: id always set, total computed by us."""
+
+    order_id: uuid.UUID
+    total: Money
+
+    @model_validator(mode="after")
+    def _total_adds_up(self) -> Self:
+        expected = compute_total(self.items)
+        if self.total != expected:
+            raise ValueError(f"total {self.total} does not equal the sum of the items {expected}")
+        return self

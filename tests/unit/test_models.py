@@ -1,0 +1,120 @@
+"""The order model: what it accepts, what it refuses, and the total it computes."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from pydantic import ValidationError
+
+from orderstream.models import MAX_ITEMS, Order, OrderRequest
+from tests.strategies import order_bodies
+
+VALID: dict[str, Any] = {
+    "customer": {"id": "c-42", "email": "ada@example.com", "name": "Ada Lovelace"},
+    "items": [
+        {"sku": "BOOK-001", "name": "Analytical Engine notes", "quantity": 2, "unit_price": "19.95"}
+    ],
+    "currency": "EUR",
+}
+
+
+def with_change(path: str, value: Any) -> dict[str, Any]:
+    body = copy.deepcopy(VALID)
+    *parents, leaf = path.split(".")
+    target: Any = body
+    for part in parents:
+        target = target[int(part)] if part.isdigit() else target[part]
+    if isinstance(target, list):
+        target[int(leaf)] = value
+    else:
+        target[leaf] = value
+    return body
+
+
+def error_locations(body: dict[str, Any]) -> set[str]:
+    with pytest.raises(ValidationError) as info:
+        OrderRequest.model_validate(body)
+    return {".".join(str(p) for p in e["loc"]) for e in info.value.errors()}
+
+
+def test_total_is_computed_from_items() -> None:
+    body = copy.deepcopy(VALID)
+    body["items"].append({"sku": "PEN", "name": "Pen", "quantity": 3, "unit_price": "0.1"})
+    order = OrderRequest.model_validate(body).to_order()
+    assert order.total == Decimal("40.20")
+    assert order.model_dump(mode="json")["total"] == "40.20"
+
+
+def test_order_id_is_kept_when_given_and_generated_when_absent() -> None:
+    given_id = uuid.uuid4()
+    assert (
+        OrderRequest.model_validate({**VALID, "order_id": str(given_id)}).to_order().order_id
+        == given_id
+    )
+    generated = {OrderRequest.model_validate(VALID).to_order().order_id for _ in range(3)}
+    assert len(generated) == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "location"),
+    [
+        ("items.0.unit_price", 19.95, "items.0.unit_price"),  # a float loses cents: refused
+        ("items.0.unit_price", "19.951", "items.0.unit_price"),
+        ("items.0.unit_price", "-1.00", "items.0.unit_price"),
+        ("items.0.unit_price", "1e3", "items.0.unit_price"),
+        ("items.0.unit_price", "NaN", "items.0.unit_price"),
+        ("items.0.unit_price", True, "items.0.unit_price"),
+        ("items.0.quantity", 0, "items.0.quantity"),
+        ("items.0.quantity", 1001, "items.0.quantity"),
+        ("items.0.quantity", "2", "items.0.quantity"),
+        ("items.0.quantity", 2.0, "items.0.quantity"),
+        ("items.0.sku", "", "items.0.sku"),
+        ("items.0.sku", "a b", "items.0.sku"),
+        ("items.0.name", "x" * 201, "items.0.name"),
+        ("currency", "EURO", "currency"),
+        ("currency", "eur", "currency"),
+        ("currency", "XAU", "currency"),  # gold is a code, not a currency for orders
+        ("customer.email", "not-an-email", "customer.email"),
+        ("customer.email", "a@" + "b" * 250 + ".com", "customer.email"),
+        ("customer.name", "", "customer.name"),
+        ("customer.name", "Ada\r\nBcc: victim@example.com", "customer.name"),
+        ("customer.id", "c 42", "customer.id"),
+        ("order_id", "not-a-uuid", "order_id"),
+    ],
+)
+def test_invalid_fields_are_reported_by_location(path: str, value: Any, location: str) -> None:
+    assert location in error_locations(with_change(path, value))
+
+
+def test_unknown_fields_and_client_totals_are_refused() -> None:
+    assert "total" in error_locations({**VALID, "total": "0.01"})
+    assert "customer.vip" in error_locations(with_change("customer.vip", True))
+
+
+@pytest.mark.parametrize("count", [0, MAX_ITEMS + 1])
+def test_item_count_is_bounded(count: int) -> None:
+    body = {**VALID, "items": [VALID["items"][0]] * count}
+    assert "items" in error_locations(body)
+
+
+def test_an_order_whose_total_does_not_add_up_is_invalid() -> None:
+    order = OrderRequest.model_validate(VALID).to_order().model_dump(mode="json")
+    order["total"] = "0.01"
+    with pytest.raises(ValidationError, match="does not equal the sum"):
+        Order.model_validate(order)
+
+
+@given(order_bodies())
+def test_every_generated_valid_body_is_accepted_with_an_exact_total(body: dict[str, Any]) -> None:
+    order = OrderRequest.model_validate(body).to_order()
+    expected = sum(
+        (Decimal(item["unit_price"]) * item["quantity"] for item in body["items"]), Decimal(0)
+    )
+    assert order.total == expected
+    # The JSON form is a fixed point: validating what we serialized gives the same order.
+    assert Order.model_validate_json(order.model_dump_json()) == order
