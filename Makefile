@@ -8,6 +8,8 @@ PYTHON_VERSION := $(shell cat .python-version)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 SITE := $(VENV)/lib/python$(PYTHON_VERSION)/site-packages
 # sam build looks for python3.13 on PATH; the venv provides it.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -24,7 +26,7 @@ help:
 	@echo "make run        the local stack (not built yet)"
 	@echo "make clean      remove .venv and build output"
 
-venv: $(STAMP)
+venv: $(STAMP) $(CHECKOV_STAMP)
 
 $(STAMP): requirements-dev.txt constraints.txt layers/shared/requirements.txt .python-version
 	@if [ ! -x $(PY) ]; then \
@@ -37,6 +39,14 @@ $(STAMP): requirements-dev.txt constraints.txt layers/shared/requirements.txt .p
 	printf '%s\n%s\n' "$(CURDIR)/layers/shared" "$(CURDIR)" > $(SITE)/orderstream-dev.pth
 	@touch $@
 
+# checkov pins an older boto3 than aws-sam-cli: it gets a virtual environment of its own.
+$(CHECKOV_STAMP): requirements-checkov.txt constraints-checkov.txt .python-version
+	@if [ ! -x $(CHECKOV_VENV)/bin/python ]; then \
+	  "$$(scripts/find-python $(PYTHON_VERSION))" -m venv $(CHECKOV_VENV); \
+	fi
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt -c constraints-checkov.txt
+	@touch $@
+
 test: lint typecheck pytest
 
 lint: $(STAMP)
@@ -47,7 +57,7 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-pytest: $(STAMP)
+pytest: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest
 
 build: $(STAMP)
@@ -62,4 +72,4 @@ run:
 	@exit 1
 
 clean:
-	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache

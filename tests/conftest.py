@@ -37,3 +37,38 @@ def kafka_broker() -> Iterator[EmbeddedBroker]:
     """A real Kafka-protocol broker (Tansu) on a free 127.0.0.1 port, for the whole session."""
     with EmbeddedBroker() as broker:
         yield broker
+
+
+@pytest.fixture
+def aws() -> Iterator[None]:
+    """In-process moto for every AWS service the test touches."""
+    from moto import mock_aws
+
+    with mock_aws():
+        yield
+
+
+IDEMPOTENCY_TABLE_NAME = "orderstream-idempotency-test"
+
+
+@pytest.fixture
+def idempotency_table(aws: None, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The idempotency table as template.yaml declares it: Powertools' default key `id`, TTL on
+    `expiration`. Its name is exported as IDEMPOTENCY_TABLE."""
+    import boto3
+
+    from orderstream import settings
+
+    client = boto3.client("dynamodb")
+    client.create_table(
+        TableName=IDEMPOTENCY_TABLE_NAME,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.update_time_to_live(
+        TableName=IDEMPOTENCY_TABLE_NAME,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"},
+    )
+    monkeypatch.setenv(settings.IDEMPOTENCY_TABLE, IDEMPOTENCY_TABLE_NAME)
+    return IDEMPOTENCY_TABLE_NAME

@@ -15,7 +15,7 @@ from devstack.msk_event import msk_event
 from orderstream import events, kafka_client
 from orderstream.events import OrderPlaced, from_record, to_message
 from orderstream.models import OrderRequest
-from orderstream.topics import TopicSpec, ensure_topics
+from orderstream.topics import TopicSpec, reconcile_topics
 from tests.unit.test_models import VALID
 
 pytestmark = pytest.mark.integration
@@ -29,8 +29,9 @@ def topic(kafka_broker: EmbeddedBroker) -> str:
     name = f"order-placed-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
     try:
-        assert ensure_topics(admin, [TopicSpec(name, partitions=3)]) == [name]
-        assert ensure_topics(admin, [TopicSpec(name, partitions=3)]) == []  # idempotent
+        assert reconcile_topics(admin, [TopicSpec(name, partitions=3)]).created == [name]
+        again = reconcile_topics(admin, [TopicSpec(name, partitions=3)])  # idempotent
+        assert (again.created, again.grown) == ([], {})
         [described] = admin.describe_topics([name])
         assert len(described["partitions"]) == 3
     finally:

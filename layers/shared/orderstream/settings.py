@@ -17,10 +17,16 @@ KAFKA_SECURITY: Final = "KAFKA_SECURITY"
 KAFKA_SEND_TIMEOUT_MS: Final = "KAFKA_SEND_TIMEOUT_MS"
 ORDER_TOPIC: Final = "ORDER_TOPIC"
 IDEMPOTENCY_TABLE: Final = "IDEMPOTENCY_TABLE"
+IDEMPOTENCY_EXPIRES_SECONDS: Final = "IDEMPOTENCY_EXPIRES_SECONDS"
 ARCHIVE_BUCKET: Final = "ARCHIVE_BUCKET"
-DEAD_LETTER_QUEUE_URL: Final = "DEAD_LETTER_QUEUE_URL"
+# Poison records go to S3, not SQS: a Kafka record can be up to 8 MiB (more than an SQS message
+# holds), and a key derived from topic/partition/offset makes a redelivered poison record
+# overwrite its own dead letter instead of adding a second one.
+DEAD_LETTER_BUCKET: Final = "DEAD_LETTER_BUCKET"
 SENDER_EMAIL: Final = "SENDER_EMAIL"
 EMAIL_TEMPLATE: Final = "EMAIL_TEMPLATE"
+# Non-production stacks send every email here instead of to the customer ("" = off).
+EMAIL_REDIRECT_TO: Final = "EMAIL_REDIRECT_TO"
 
 DEFAULT_ORDER_TOPIC: Final = "order-placed"
 DEFAULT_SEND_TIMEOUT_MS: Final = 10_000

@@ -1,14 +1,21 @@
-"""Which topics the system needs and how to create them idempotently.
+"""Which topics the system needs, and how to bring a cluster to them without losing data.
 
-Used by the topic provisioner in AWS and by the local stack, so both create the same topics.
+The topic provisioner runs this in AWS (custom resource) and the local stack runs the same code,
+so both create the same topics the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka.admin import KafkaAdminClient
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+
+class TopicShrinkError(ValueError):
+    """Kafka cannot remove partitions; shrinking would need a new topic and a migration."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,30 +26,76 @@ class TopicSpec:
     configs: dict[str, str] = field(default_factory=dict)
 
 
-def ensure_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
-    """Create the topics that do not exist yet; return the names created.
+@dataclass(frozen=True, slots=True)
+class TopicChanges:
+    created: list[str]
+    grown: dict[str, int]  # topic -> new partition count
 
-    Existing topics are left as they are: partitions can only grow and MSK Serverless
-    decides replication, so an update never rewrites a topic that holds data.
+    def summary(self) -> str:
+        parts = [f"created {', '.join(self.created)}" if self.created else ""]
+        parts += [f"grew {name} to {count} partitions" for name, count in self.grown.items()]
+        return "; ".join(p for p in parts if p) or "no change"
+
+
+def required_topics(order_topic: str, partitions: int) -> list[TopicSpec]:
+    """The topics orderstream needs. Poison records go to S3, so there is no dead-letter topic."""
+    if partitions < 1:
+        raise ValueError(f"a topic needs at least one partition, not {partitions}")
+    return [TopicSpec(order_topic, partitions)]
+
+
+def _partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    described: list[dict[str, Any]] = admin.describe_topics(names)
+    return {
+        topic["name"]: len(topic["partitions"])
+        for topic in described
+        if topic.get("error_code", 0) == 0 and topic["partitions"]
+    }
+
+
+def reconcile_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> TopicChanges:
+    """Create missing topics and grow existing ones to their partition count; never delete.
+
+    Idempotent: running it again against the result changes nothing. Fewer partitions than a
+    topic has is refused with `TopicShrinkError` before anything is changed.
     """
     existing = set(admin.list_topics())
-    missing = [spec for spec in specs if spec.name not in existing]
-    if not missing:
-        return []
-    created: list[str] = []
-    for spec in missing:
-        try:
-            admin.create_topics(
-                {
-                    spec.name: {
-                        "num_partitions": spec.partitions,
-                        "replication_factor": spec.replication_factor,
-                        "configs": spec.configs,
-                    }
-                },
-                wait_for_metadata=True,
+    counts = _partition_counts(admin, [s.name for s in specs if s.name in existing])
+    for spec in specs:
+        if counts.get(spec.name, 0) > spec.partitions:
+            raise TopicShrinkError(
+                f"topic {spec.name} has {counts[spec.name]} partitions; Kafka cannot shrink it to "
+                f"{spec.partitions}. Keep the count or create a new topic."
             )
-            created.append(spec.name)
-        except TopicAlreadyExistsError:
-            pass  # created concurrently by another provisioner run: the outcome we wanted
-    return created
+    created: list[str] = []
+    grown: dict[str, int] = {}
+    for spec in specs:
+        if spec.name not in existing:
+            try:
+                admin.create_topics(
+                    {
+                        spec.name: {
+                            "num_partitions": spec.partitions,
+                            "replication_factor": spec.replication_factor,
+                            "configs": spec.configs,
+                        }
+                    },
+                    wait_for_metadata=True,
+                )
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # created concurrently by another run: the outcome we wanted
+        elif counts.get(spec.name, 0) < spec.partitions:
+            admin.create_partitions({spec.name: spec.partitions})
+            grown[spec.name] = spec.partitions
+    return TopicChanges(created, grown)
+
+
+def delete_topics(admin: KafkaAdminClient, names: list[str]) -> list[str]:
+    """Delete the named topics that exist; return those deleted."""
+    existing = set(admin.list_topics())
+    present = [name for name in names if name in existing]
+    if present:
+        with contextlib.suppress(UnknownTopicOrPartitionError):  # deleted meanwhile
+            admin.delete_topics(present)
+    return present

@@ -1,0 +1,132 @@
+"""CloudFormation custom resources that always answer.
+
+A custom resource that never answers leaves the stack waiting (ServiceTimeout, else an hour).
+`answer()` guarantees exactly one response per request: the outcome of the work, the error it
+raised, or a FAILED sent shortly before the Lambda would time out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+logger = logging.getLogger(__name__)
+
+# Answer this long before the function's own timeout, so the PUT itself has time to finish.
+SAFETY_MARGIN_MS = 10_000
+MAX_REASON = 3_000  # CloudFormation truncates the response body at 4 KiB
+
+
+class CustomResourceRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    request_type: Literal["Create", "Update", "Delete"] = Field(alias="RequestType")
+    response_url: str = Field(alias="ResponseURL")
+    stack_id: str = Field(alias="StackId")
+    request_id: str = Field(alias="RequestId")
+    logical_resource_id: str = Field(alias="LogicalResourceId")
+    physical_resource_id: str | None = Field(default=None, alias="PhysicalResourceId")
+    properties: dict[str, Any] = Field(default_factory=dict, alias="ResourceProperties")
+    old_properties: dict[str, Any] | None = Field(default=None, alias="OldResourceProperties")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    physical_resource_id: str
+    data: Mapping[str, str] = field(default_factory=dict)
+    reason: str = ""
+
+
+Sender = Callable[[str, bytes], None]
+
+
+def put_response(url: str, body: bytes) -> None:
+    """PUT to the pre-signed S3 URL CloudFormation gave us, retrying transient failures."""
+    for attempt in range(4):
+        request = urllib.request.Request(  # noqa: S310 -- CloudFormation's own https URL
+            url, data=body, method="PUT", headers={"Content-Type": ""}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                response.read()
+            return
+        except OSError:
+            if attempt == 3:
+                raise
+            time.sleep(0.5 * 2**attempt)
+
+
+def response_body(
+    request: CustomResourceRequest,
+    status: Literal["SUCCESS", "FAILED"],
+    physical_resource_id: str,
+    reason: str,
+    data: Mapping[str, str],
+) -> bytes:
+    return json.dumps(
+        {
+            "Status": status,
+            "Reason": reason[:MAX_REASON],
+            "PhysicalResourceId": physical_resource_id,
+            "StackId": request.stack_id,
+            "RequestId": request.request_id,
+            "LogicalResourceId": request.logical_resource_id,
+            "NoEcho": False,
+            "Data": dict(data),
+        }
+    ).encode()
+
+
+def answer(
+    request: CustomResourceRequest,
+    work: Callable[[CustomResourceRequest], Outcome],
+    remaining_ms: Callable[[], int],
+    send: Sender = put_response,
+) -> Literal["SUCCESS", "FAILED"]:
+    """Run `work` and report its outcome to CloudFormation, exactly once, whatever happens."""
+    lock = threading.Lock()
+    answered = False
+    # Until the work decides, failures keep the id CloudFormation knows (or the request's own),
+    # so a failed Create followed by its rollback Delete refers to something we recognise.
+    fallback_id = request.physical_resource_id or f"failed-{request.request_id}"
+
+    def reply(status: Literal["SUCCESS", "FAILED"], outcome: Outcome) -> bool:
+        nonlocal answered
+        with lock:
+            if answered:
+                return False
+            answered = True
+        body = response_body(
+            request, status, outcome.physical_resource_id, outcome.reason, outcome.data
+        )
+        send(request.response_url, body)
+        logger.info("answered CloudFormation", extra={"status": status, "reason": outcome.reason})
+        return True
+
+    budget_s = max(0.0, (remaining_ms() - SAFETY_MARGIN_MS) / 1000)
+    timer = threading.Timer(
+        budget_s,
+        reply,
+        args=("FAILED", Outcome(fallback_id, reason="timed out before the work finished")),
+    )
+    timer.daemon = True
+    timer.start()
+    try:
+        outcome = work(request)
+        status: Literal["SUCCESS", "FAILED"] = "SUCCESS"
+    except Exception as exc:
+        logger.exception("custom resource work failed")
+        outcome = Outcome(fallback_id, reason=f"{type(exc).__name__}: {exc}")
+        status = "FAILED"
+    finally:
+        timer.cancel()
+    reply(status, outcome)
+    return status

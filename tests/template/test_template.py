@@ -1,0 +1,338 @@
+"""Assertions on the transformed template for what cfn-lint and sam validate cannot see."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack.template import ACCOUNT_ID, REGION, ROOT, Resolver, load_template, transform
+from orderstream import settings
+
+PARAMETERS = {"SenderEmail": "orders@example.com"}
+CLUSTER_ARN = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:cluster/orderstream-dev/0a1b2c3d-uuid-s1"
+TOPIC_ARN_PREFIX = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:topic/orderstream-dev/0a1b2c3d-uuid-s1/"
+GROUP_ARN_PREFIX = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:group/orderstream-dev/0a1b2c3d-uuid-s1/"
+DATA_PLANE = ("kafka-cluster:", "s3:", "dynamodb:", "ses:", "sqs:", "sns:")
+CONSUMERS = {"EmailNotifierFunction": "EmailNotifier", "S3ArchiverFunction": "S3Archiver"}
+KAFKA_CLIENTS = {"OrderApiFunction", "TopicProvisionerFunction"}
+
+
+@pytest.fixture(scope="module")
+def source() -> dict[str, Any]:
+    return load_template()
+
+
+@pytest.fixture(scope="module")
+def cfn(source: dict[str, Any]) -> dict[str, Any]:
+    return transform(source, PARAMETERS)
+
+
+@pytest.fixture(scope="module")
+def resolve(cfn: dict[str, Any]) -> Resolver:
+    refs = {name: f"{name}-physical" for name in cfn["Resources"]}
+    refs["KafkaCluster"] = CLUSTER_ARN
+    attributes = {
+        f"{name}.Arn": f"arn:aws:test:{REGION}:{ACCOUNT_ID}:{name}" for name in cfn["Resources"]
+    }
+    attributes["KafkaTopics.BootstrapServers"] = "boot-x.kafka-serverless:9098"
+    return Resolver(cfn, PARAMETERS, refs, attributes)
+
+
+def of_type(cfn: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in cfn["Resources"].items() if v["Type"] == kind}
+
+
+def statements(cfn: dict[str, Any], resolve: Resolver, role: str) -> Iterator[dict[str, Any]]:
+    for policy in cfn["Resources"][role]["Properties"].get("Policies", []):
+        for statement in resolve.resolve(policy["PolicyDocument"])["Statement"]:
+            yield statement
+
+
+def actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
+
+
+def resources(statement: dict[str, Any]) -> list[str]:
+    resource = statement["Resource"]
+    return [resource] if isinstance(resource, str) else list(resource)
+
+
+def test_every_function_runs_python_313_from_its_own_folder(
+    source: dict[str, Any], cfn: dict[str, Any]
+) -> None:
+    functions = of_type(cfn, "AWS::Lambda::Function")
+    assert set(functions) == {*CONSUMERS, *KAFKA_CLIENTS}
+    for name, function in functions.items():
+        props = function["Properties"]
+        assert props["Runtime"] == "python3.13", name
+        assert props["Handler"] == "app.lambda_handler", name
+        assert props["TracingConfig"] == {"Mode": "Active"}, name
+        assert len(props["Layers"]) == 1, name
+        code_dir = ROOT / source["Resources"][name]["Properties"]["CodeUri"]
+        handler = ast.parse((code_dir / "app.py").read_text())
+        defined = {n.name for n in handler.body if isinstance(n, ast.FunctionDef)}
+        assert "lambda_handler" in defined, f"{code_dir}/app.py has no lambda_handler"
+    layer = source["Resources"]["SharedLayer"]
+    assert layer["Metadata"]["BuildMethod"] == "python3.13"
+    assert (ROOT / layer["Properties"]["ContentUri"] / "requirements.txt").is_file()
+
+
+def test_every_msk_mapping_reads_order_placed_in_its_own_group(
+    cfn: dict[str, Any], resolve: Resolver
+) -> None:
+    mappings = of_type(cfn, "AWS::Lambda::EventSourceMapping")
+    assert len(mappings) == len(CONSUMERS)
+    groups = set()
+    for mapping in mappings.values():
+        props = resolve.resolve(mapping["Properties"])
+        function = mapping["Properties"]["FunctionName"]["Ref"]
+        assert function in CONSUMERS
+        assert props["EventSourceArn"] == CLUSTER_ARN
+        assert props["Topics"] == [settings.DEFAULT_ORDER_TOPIC]
+        assert props["StartingPosition"] == "TRIM_HORIZON"
+        group = props["AmazonManagedKafkaEventSourceConfig"]["ConsumerGroupId"]
+        assert group == resolve.template["Mappings"]["Kafka"]["ConsumerGroups"][CONSUMERS[function]]
+        groups.add(group)
+        assert props["DestinationConfig"]["OnFailure"]["Destination"].endswith(":DeadLetterBucket")
+        assert props["ProvisionedPollerConfig"]["MinimumPollers"] >= 1  # error handling needs it
+        assert 1 <= props["BatchSize"] <= 10_000
+        assert props["MaximumBatchingWindowInSeconds"] >= 1
+        assert 0 <= props["MaximumRetryAttempts"] <= 10_000
+    assert len(groups) == len(CONSUMERS), "each consumer needs its own group"
+
+
+def test_kafka_permissions_name_exact_arns(cfn: dict[str, Any], resolve: Resolver) -> None:
+    granted: dict[str, set[str]] = {}
+    for function in [*CONSUMERS, *KAFKA_CLIENTS]:
+        for statement in statements(cfn, resolve, f"{function}Role"):
+            for action in actions(statement):
+                if not action.startswith("kafka-cluster:"):
+                    continue
+                granted.setdefault(function, set()).add(action)
+                for arn in resources(statement):
+                    if action in {
+                        "kafka-cluster:Connect",
+                        "kafka-cluster:DescribeCluster",
+                        "kafka-cluster:WriteDataIdempotently",
+                    }:
+                        assert arn == CLUSTER_ARN, (function, action, arn)
+                    elif action.endswith("Group"):
+                        group = resolve.template["Mappings"]["Kafka"]["ConsumerGroups"][
+                            CONSUMERS[function]
+                        ]
+                        assert arn == GROUP_ARN_PREFIX + group, (function, action, arn)
+                    else:
+                        assert arn == TOPIC_ARN_PREFIX + settings.DEFAULT_ORDER_TOPIC, (
+                            function,
+                            action,
+                            arn,
+                        )
+    assert granted["OrderApiFunction"] == {
+        "kafka-cluster:Connect",
+        "kafka-cluster:WriteDataIdempotently",
+        "kafka-cluster:DescribeTopic",
+        "kafka-cluster:WriteData",
+    }
+    for consumer in CONSUMERS:
+        assert {
+            "kafka-cluster:Connect",
+            "kafka-cluster:ReadData",
+            "kafka-cluster:DescribeTopic",
+            "kafka-cluster:AlterGroup",
+            "kafka-cluster:DescribeGroup",
+        } == granted[consumer]
+    assert "kafka-cluster:WriteData" not in granted["TopicProvisionerFunction"]
+
+
+def test_consumers_can_describe_the_serverless_cluster(
+    cfn: dict[str, Any], resolve: Resolver
+) -> None:
+    for consumer in CONSUMERS:
+        found = [
+            s
+            for s in statements(cfn, resolve, f"{consumer}Role")
+            if "kafka:DescribeClusterV2" in actions(s)
+        ]
+        assert found and all(resources(s) == [CLUSTER_ARN] for s in found)
+
+
+def test_no_wildcards_on_the_data_plane(cfn: dict[str, Any], resolve: Resolver) -> None:
+    for role in of_type(cfn, "AWS::IAM::Role"):
+        for statement in statements(cfn, resolve, role):
+            for action in actions(statement):
+                assert action != "*" and not action.endswith(":*"), (role, action)
+                if action.startswith(DATA_PLANE):
+                    for arn in resources(statement):
+                        assert arn != "*", (role, action)
+                        assert not re.search(r":\*$", arn), (role, action, arn)
+
+
+def test_only_kafka_clients_live_in_the_vpc(cfn: dict[str, Any]) -> None:
+    for name, function in of_type(cfn, "AWS::Lambda::Function").items():
+        assert ("VpcConfig" in function["Properties"]) == (name in KAFKA_CLIENTS), name
+
+
+def test_buckets_refuse_plain_http_and_public_access(
+    cfn: dict[str, Any], resolve: Resolver
+) -> None:
+    buckets = of_type(cfn, "AWS::S3::Bucket")
+    assert set(buckets) == {"ArchiveBucket", "DeadLetterBucket"}
+    policies = {
+        p["Properties"]["Bucket"]["Ref"]: p for p in of_type(cfn, "AWS::S3::BucketPolicy").values()
+    }
+    for name, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert all(props["PublicAccessBlockConfiguration"].values())
+        assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+        assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+        assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+        assert any(r.get("Transitions") for r in props["LifecycleConfiguration"]["Rules"])
+        [deny] = resolve.resolve(policies[name]["Properties"]["PolicyDocument"])["Statement"]
+        assert deny["Effect"] == "Deny"
+        assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        assert set(deny["Resource"]) == {
+            f"arn:aws:test:{REGION}:{ACCOUNT_ID}:{name}",
+            f"arn:aws:test:{REGION}:{ACCOUNT_ID}:{name}/*",
+        }
+
+
+def test_idempotency_table_matches_powertools_defaults(cfn: dict[str, Any]) -> None:
+    table = cfn["Resources"]["IdempotencyTable"]["Properties"]
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_orders_need_an_api_key(cfn: dict[str, Any]) -> None:
+    [api] = of_type(cfn, "AWS::ApiGateway::RestApi").values()
+    method = api["Properties"]["Body"]["paths"]["/orders"]["post"]
+    assert method["security"] == [{"api_key": []}]
+    assert of_type(cfn, "AWS::ApiGateway::UsagePlan")
+    [stage] = of_type(cfn, "AWS::ApiGateway::Stage").values()
+    assert stage["Properties"]["AccessLogSetting"]["DestinationArn"]
+    settings_ = stage["Properties"]["MethodSettings"][0]
+    assert settings_["ThrottlingRateLimit"] and settings_["DataTraceEnabled"] is False
+
+
+def test_environment_names_come_from_the_settings_module(cfn: dict[str, Any]) -> None:
+    known = {v for k, v in vars(settings).items() if k.isupper() and isinstance(v, str)}
+    for name, function in of_type(cfn, "AWS::Lambda::Function").items():
+        for variable in function["Properties"]["Environment"]["Variables"]:
+            assert variable.startswith("POWERTOOLS_") or variable in known, (name, variable)
+
+
+def test_topic_name_is_the_one_the_code_defaults_to(source: dict[str, Any]) -> None:
+    assert source["Mappings"]["Kafka"]["Topics"]["OrderPlaced"] == settings.DEFAULT_ORDER_TOPIC
+
+
+def test_producer_gets_the_bootstrap_string_from_the_provisioner(
+    cfn: dict[str, Any], resolve: Resolver
+) -> None:
+    env = resolve.resolve(cfn["Resources"]["OrderApiFunction"]["Properties"]["Environment"])
+    assert env["Variables"]["KAFKA_BOOTSTRAP_SERVERS"] == "boot-x.kafka-serverless:9098"
+    assert env["Variables"]["KAFKA_SECURITY"] == "iam"
+    topics = cfn["Resources"]["KafkaTopics"]
+    assert topics["Properties"]["ServiceToken"] == {
+        "Fn::GetAtt": ["TopicProvisionerFunction", "Arn"]
+    }
+    assert int(topics["Properties"]["ServiceTimeout"]) <= 900
+
+
+def test_security_group_allows_9098_only_from_itself(cfn: dict[str, Any]) -> None:
+    [ingress] = of_type(cfn, "AWS::EC2::SecurityGroupIngress").values()
+    props = ingress["Properties"]
+    assert (props["FromPort"], props["ToPort"], props["IpProtocol"]) == (9098, 9098, "tcp")
+    assert props["SourceSecurityGroupId"] == props["GroupId"] == {"Ref": "KafkaSecurityGroup"}
+    cluster = cfn["Resources"]["KafkaCluster"]["Properties"]
+    assert cluster["ClientAuthentication"] == {"Sasl": {"Iam": {"Enabled": True}}}
+
+
+@pytest.mark.parametrize("create_vpc", ["true", "false"])
+def test_both_network_modes_transform(source: dict[str, Any], create_vpc: str) -> None:
+    parameters = {
+        **PARAMETERS,
+        "CreateVpc": create_vpc,
+        "ExistingVpcId": "vpc-0123456789abcdef0",
+        "ExistingSubnetIds": "subnet-0a,subnet-0b",
+    }
+    cfn = transform(source, parameters)
+    resolver = Resolver(cfn, parameters, {n: n for n in cfn["Resources"]}, {})
+    subnets = resolver.resolve(
+        cfn["Resources"]["OrderApiFunction"]["Properties"]["VpcConfig"]["SubnetIds"]
+    )
+    if create_vpc == "true":
+        assert subnets == ["PrivateSubnet1", "PrivateSubnet2", "PrivateSubnet3"]
+    else:
+        assert subnets == ["subnet-0a", "subnet-0b"]
+
+
+def test_handlers_exist_for_every_code_folder() -> None:
+    folders = {
+        p.name
+        for p in (ROOT / "functions").iterdir()
+        if p.is_dir() and not p.name.startswith(("_", "."))
+    }
+    declared = {
+        Path(r["Properties"]["CodeUri"]).name
+        for r in load_template()["Resources"].values()
+        if r["Type"] == "AWS::Serverless::Function"
+    }
+    assert folders == declared
+
+
+def _hive_fields(hive_type: str) -> set[str]:
+    """Top-level field names of a Hive struct<...> type."""
+    body, depth, names, current = hive_type[len("struct<") : -1], 0, set(), ""
+    for char in body:
+        if char == "<":
+            depth += 1
+        elif char == ">":
+            depth -= 1
+        elif char == "," and depth == 0:
+            names.add(current.split(":", 1)[0])
+            current = ""
+            continue
+        current += char
+    names.add(current.split(":", 1)[0])
+    return names
+
+
+def test_glue_table_describes_the_archive_lines(cfn: dict[str, Any], resolve: Resolver) -> None:
+    """The Athena table and the archiver agree on every column, and the table points at the
+    objects' real keys, so a query sees what the archiver writes."""
+    import json as json_
+
+    from aws_lambda_powertools.utilities.kafka import ConsumerRecords
+
+    from orderstream.archive import archive_line, object_key
+    from orderstream.events import ORDER_EVENTS
+    from tests.samples import load_event
+
+    table = resolve.resolve(cfn["Resources"]["OrderPlacedArchiveTable"]["Properties"]["TableInput"])
+    columns = {c["Name"]: c["Type"] for c in table["StorageDescriptor"]["Columns"]}
+    records = list(ConsumerRecords(load_event("msk-orders.json"), ORDER_EVENTS).records)
+    line = json_.loads(archive_line(records[0]).data)
+    assert set(line) == set(columns)
+    assert set(line["value"]) == _hive_fields(columns["value"])
+    assert set(line["value"]["order"]) >= {"order_id", "customer", "items", "currency", "total"}
+
+    key = object_key("order-placed", 3, 42, records[0].timestamp)
+    location = table["Parameters"]["storage.location.template"]
+    bucket_prefix = "s3://ArchiveBucket-physical/"
+    assert location.startswith(bucket_prefix)
+    expected_dir = location[len(bucket_prefix) :]
+    for part in ("year", "month", "day", "hour"):
+        value = re.search(rf"{part}=(\d+)", key)
+        assert value is not None
+        expected_dir = expected_dir.replace("${" + part + "}", value.group(1))
+    assert key.startswith(expected_dir)
+    assert [k["Name"] for k in table["PartitionKeys"]] == ["year", "month", "day", "hour"]
+    assert table["Parameters"]["projection.enabled"] == "true"

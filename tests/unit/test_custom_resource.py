@@ -1,0 +1,120 @@
+"""Custom resources always answer CloudFormation exactly once."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from orderstream.custom_resource import (
+    SAFETY_MARGIN_MS,
+    CustomResourceRequest,
+    Outcome,
+    answer,
+    put_response,
+)
+from tests.fakes import recording_http_server
+from tests.samples import load_event
+
+
+class Sent:
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, url: str, body: bytes) -> None:
+        with self.lock:
+            self.bodies.append(json.loads(body))
+
+
+def request(name: str = "cfn-topics-create.json") -> CustomResourceRequest:
+    return CustomResourceRequest.model_validate(load_event(name))
+
+
+def test_success_reports_data_and_the_physical_id() -> None:
+    sent = Sent()
+    status = answer(
+        request(), lambda r: Outcome("pid-1", {"BootstrapServers": "b:9098"}), lambda: 60_000, sent
+    )
+    assert status == "SUCCESS"
+    [body] = sent.bodies
+    assert body["Status"] == "SUCCESS"
+    assert body["PhysicalResourceId"] == "pid-1"
+    assert body["Data"] == {"BootstrapServers": "b:9098"}
+    assert body["RequestId"] == request().request_id
+    assert body["LogicalResourceId"] == "KafkaTopics"
+
+
+def test_an_exception_becomes_failed_with_the_reason() -> None:
+    def boom(_: CustomResourceRequest) -> Outcome:
+        raise RuntimeError("cluster unreachable")
+
+    sent = Sent()
+    assert answer(request(), boom, lambda: 60_000, sent) == "FAILED"
+    [body] = sent.bodies
+    assert body["Status"] == "FAILED"
+    assert "cluster unreachable" in body["Reason"]
+    assert body["PhysicalResourceId"].startswith("failed-")  # a Create that made nothing
+
+
+def test_work_that_outlives_the_function_is_answered_failed_once() -> None:
+    release = threading.Event()
+
+    def hangs(_: CustomResourceRequest) -> Outcome:
+        release.wait(5)
+        return Outcome("late")
+
+    sent = Sent()
+    worker = threading.Thread(
+        target=answer, args=(request(), hangs, lambda: SAFETY_MARGIN_MS + 100, sent)
+    )
+    worker.start()
+    for _ in range(100):
+        if sent.bodies:
+            break
+        time.sleep(0.05)
+    release.set()
+    worker.join(5)
+    assert [b["Status"] for b in sent.bodies] == ["FAILED"]  # the late success is not sent
+    assert "timed out" in sent.bodies[0]["Reason"]
+
+
+def test_delete_keeps_the_physical_id_cloudformation_sent() -> None:
+    sent = Sent()
+    delete = request("cfn-topics-delete.json")
+
+    def boom(_: CustomResourceRequest) -> Outcome:
+        raise RuntimeError("x")
+
+    answer(delete, boom, lambda: 60_000, sent)
+    assert sent.bodies[0]["PhysicalResourceId"] == delete.physical_resource_id
+
+
+def test_reason_is_truncated_to_fit_cloudformations_limit() -> None:
+    def verbose(_: CustomResourceRequest) -> Outcome:
+        raise ValueError("x" * 10_000)
+
+    sent = Sent()
+    answer(request(), verbose, lambda: 60_000, sent)
+    assert len(json.dumps(sent.bodies[0])) < 4096
+
+
+def test_put_response_over_real_http() -> None:
+    with recording_http_server() as (url, received):
+        put_response(url + "?X-Amz-Signature=abc", b'{"Status": "SUCCESS"}')
+    [call] = received
+    assert call.method == "PUT"
+    assert call.path == "/response?X-Amz-Signature=abc"
+    assert call.body == b'{"Status": "SUCCESS"}'
+    # The pre-signed URL is signed without a content type: sending one breaks the signature.
+    assert call.headers.get("Content-Type", "") == ""
+
+
+def test_unparseable_requests_are_refused() -> None:
+    with pytest.raises(ValueError, match="RequestType"):
+        CustomResourceRequest.model_validate(
+            {**load_event("cfn-topics-create.json"), "RequestType": "Upsert"}
+        )
