@@ -1,0 +1,167 @@
+"""How much the S3 archiver costs over the least any archiver must do.
+
+Times `archive_batch` (Powertools decoding, one JSON line per record, gzip per partition, an
+in-memory store) on a batch of 1 KB `order-placed` records in Lambda's MSK event shape, against
+a bare base64-decode + gzip of the same values measured in the same run, and prints both and
+their ratio (medians over repeats, the two interleaved so machine noise hits both alike).
+Also reports the peak memory `archive_batch` allocates beyond the event it is given.
+
+    .venv/bin/python bench/archiver.py [--records 10000] [--partitions 4] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import gzip
+import io
+import statistics
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from aws_lambda_powertools.utilities.kafka import ConsumerRecords
+
+from devstack.msk_event import msk_event
+from orderstream.archive import COMPRESS_LEVEL, archive_batch
+from orderstream.events import ORDER_EVENTS, OrderPlaced, to_message
+from orderstream.models import Customer, LineItem, Order, compute_total
+
+CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
+
+
+@dataclass(frozen=True)
+class FakeRecord:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    topic: str = "order-placed"
+    partition: int = 0
+    offset: int = 0
+    timestamp: int = 0
+    timestamp_type: int = 0
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, key: str, body: bytes, metadata: Mapping[str, str]) -> None:
+        self.objects[key] = body
+
+
+def order_records(count: int, partitions: int) -> list[FakeRecord]:
+    """`count` ~1 KB order-placed records, round-robin over partitions, one a second."""
+    start = datetime(2026, 11, 25, 14, tzinfo=UTC)
+    records = []
+    for i in range(count):
+        items = [
+            LineItem(
+                sku=f"SKU-{i:05d}-{j}",
+                name=f"Espresso beans, dark roast, 250 g ({j})",
+                quantity=1 + j,
+                unit_price=Decimal("12.50"),
+            )
+            for j in range(6)
+        ]
+        order = Order(
+            order_id=uuid.UUID(int=i),
+            customer=Customer(id=f"c-{i}", email=f"customer{i}@example.com", name="Ada Lovelace"),
+            items=items,
+            currency="EUR",
+            total=compute_total(items),
+        )
+        message = to_message(OrderPlaced.new(order, f"req-{i}", occurred_at=start))
+        records.append(
+            FakeRecord(
+                key=message.key,
+                value=message.value,
+                headers=list(message.headers),
+                partition=i % partitions,
+                offset=i // partitions,
+                timestamp=int(start.timestamp() * 1000) + i * 1000,
+            )
+        )
+    return records
+
+
+def archive(event: dict[str, Any]) -> int:
+    store = MemoryStore()
+    archive_batch(ConsumerRecords(event, schema_config=ORDER_EVENTS).records, store=store)
+    return sum(map(len, store.objects.values()))
+
+
+def bare_decode_and_gzip(event: dict[str, Any]) -> int:
+    """The floor: each value base64-decoded into its partition's gzip stream, nothing else."""
+    size = 0
+    for group in event["records"].values():
+        buffer = io.BytesIO()
+        with gzip.GzipFile(
+            filename="", mode="wb", fileobj=buffer, compresslevel=COMPRESS_LEVEL, mtime=0
+        ) as stream:
+            for record in group:
+                stream.write(base64.b64decode(record["value"]))
+                stream.write(b"\n")
+        size += len(buffer.getvalue())
+    return size
+
+
+def timed(run: Callable[[dict[str, Any]], int], event: dict[str, Any]) -> tuple[float, int]:
+    started = time.perf_counter()
+    size = run(event)
+    return time.perf_counter() - started, size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    records = order_records(args.records, args.partitions)
+    event = msk_event(records, CLUSTER_ARN, "b-1.example:9098")
+    value_bytes = sum(len(r.value or b"") for r in records)
+    payload = sum(
+        len(r["value"]) + len(r.get("key", "")) for g in event["records"].values() for r in g
+    )
+
+    archive_times, bare_times = [], []
+    archive(event)  # warm-up: imports, deserializer cache
+    for _ in range(args.repeats):
+        seconds, archive_size = timed(archive, event)
+        archive_times.append(seconds)
+        seconds, bare_size = timed(bare_decode_and_gzip, event)
+        bare_times.append(seconds)
+
+    tracemalloc.start()
+    archive(event)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    archive_median = statistics.median(archive_times)
+    bare_median = statistics.median(bare_times)
+    print(
+        f"batch: {args.records:,} records over {args.partitions} partitions, "
+        f"values {value_bytes / args.records:,.0f} B on average "
+        f"({value_bytes / 1e6:.1f} MB; {payload / 1e6:.1f} MB as base64 in the event)"
+    )
+    print(
+        f"archive_batch        median {archive_median * 1000:8.1f} ms  "
+        f"({args.records / archive_median:,.0f} records/s, {archive_size / 1e6:.2f} MB gzip)"
+    )
+    print(
+        f"bare decode + gzip   median {bare_median * 1000:8.1f} ms  "
+        f"({args.records / bare_median:,.0f} records/s, {bare_size / 1e6:.2f} MB gzip)"
+    )
+    print(f"ratio archive / bare: {archive_median / bare_median:.2f}x  ({args.repeats} repeats)")
+    print(f"archive_batch peak allocation beyond the event: {peak / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""The archiver's Lambda handler against moto S3, fed Lambda's MSK event shape."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from types import ModuleType
+from typing import Any
+from urllib.parse import unquote
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSPreparedRequest
+from botocore.exceptions import EndpointConnectionError
+
+from devstack.msk_event import msk_event
+from orderstream import settings
+from orderstream.events import OrderPlaced, to_message
+from orderstream.models import Customer, LineItem, Order, compute_total
+from tests.samples import load_event
+
+BUCKET = "orderstream-archive-test"
+HOUR_14 = "topics/order-placed/year=2026/month=11/day=25/hour=14"
+SAMPLE_KEYS = [
+    f"{HOUR_14}/order-placed+0+00000000000000000040.jsonl.gz",
+    f"{HOUR_14}/order-placed+1+00000000000000000140.jsonl.gz",
+    f"{HOUR_14}/order-placed+2+00000000000000000240.jsonl.gz",
+]
+CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/6f1a2b3c-s1"
+
+
+@dataclass
+class FakeLambdaContext:
+    function_name: str = "orderstream-s3-archiver"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = (
+        "arn:aws:lambda:eu-west-1:123456789012:function:orderstream-s3-archiver"
+    )
+    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 60_000
+
+
+@dataclass(frozen=True)
+class FakeRecord:
+    """A Kafka record as kafka-python would read it, for devstack.msk_event."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    topic: str = "order-placed"
+    partition: int = 0
+    offset: int = 0
+    timestamp: int = 0
+    timestamp_type: int = 0
+
+
+@pytest.fixture
+def s3(aws: None) -> Any:
+    client = boto3.client("s3")
+    client.create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    return client
+
+
+@pytest.fixture
+def archiver(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    """The handler module, imported once the test environment (metrics namespace) is set."""
+    from functions.s3_archiver import app
+
+    monkeypatch.setenv(settings.ARCHIVE_BUCKET, BUCKET)
+    app.archive_store.cache_clear()
+    yield app
+    app.archive_store.cache_clear()
+
+
+def invoke(archiver: ModuleType, event: dict[str, Any]) -> Any:
+    return archiver.lambda_handler(event, FakeLambdaContext())
+
+
+def three_partition_event() -> dict[str, Any]:
+    """msk-orders.json (partitions 0 and 1) plus msk-poison.json (partition 2)."""
+    event = load_event("msk-orders.json")
+    event["records"] |= load_event("msk-poison.json")["records"]
+    return event
+
+
+def archive_contents(s3: Any) -> dict[str, bytes]:
+    listing = s3.list_objects_v2(Bucket=BUCKET)
+    return {
+        item["Key"]: s3.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+        for item in listing.get("Contents", [])
+    }
+
+
+def lines_of(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in gzip.decompress(body).decode().splitlines()]
+
+
+def emitted_metrics(stdout: str) -> dict[str, Any]:
+    """Metric values from the CloudWatch EMF blob(s) Powertools printed."""
+    values: dict[str, Any] = {}
+    for text in stdout.splitlines():
+        if text.startswith("{") and '"_aws"' in text:
+            blob = json.loads(text)
+            for directive in blob["_aws"]["CloudWatchMetrics"]:
+                for metric in directive["Metrics"]:
+                    value = blob[metric["Name"]]
+                    values[metric["Name"]] = value[0] if isinstance(value, list) else value
+    return values
+
+
+def order_records(count: int, partitions: int) -> list[FakeRecord]:
+    """`count` order-placed records of ~1 KB, round-robin over partitions, one a second."""
+    start = datetime(2026, 11, 25, 14, tzinfo=UTC)
+    records = []
+    for i in range(count):
+        items = [
+            LineItem(
+                sku=f"SKU-{i:05d}-{j}",
+                name=f"Espresso beans, dark roast, 250 g ({j})",
+                quantity=1 + j,
+                unit_price=Decimal("12.50"),
+            )
+            for j in range(6)
+        ]
+        order = Order(
+            order_id=uuid.UUID(int=i),
+            customer=Customer(id=f"c-{i}", email=f"customer{i}@example.com", name="Ada Lovelace"),
+            items=items,
+            currency="EUR",
+            total=compute_total(items),
+        )
+        event = OrderPlaced.new(order, correlation_id=f"req-{i}", occurred_at=start)
+        message = to_message(event)
+        records.append(
+            FakeRecord(
+                key=message.key,
+                value=message.value,
+                headers=[(name, value) for name, value in message.headers],
+                partition=i % partitions,
+                offset=i // partitions,
+                timestamp=int(start.timestamp() * 1000) + i * 1000,
+            )
+        )
+    return records
+
+
+def inject_put_failures(archiver: ModuleType, key_part: str, times: int | None = None) -> list[str]:
+    """Make PutObject for keys containing `key_part` fail to connect, `times` times (None:
+    always). Raising ahead of moto keeps the request from reaching it, as a real network
+    failure would; returning an error response instead would still let moto store the object.
+    Returns the attempts it failed."""
+    attempts: list[str] = []
+
+    def fail(request: AWSPreparedRequest, **_: Any) -> None:
+        if key_part in unquote(request.url) and (times is None or len(attempts) < times):
+            attempts.append(request.url)
+            raise EndpointConnectionError(endpoint_url=request.url)
+
+    archiver.archive_store().client.meta.events.register_first("before-send.s3.PutObject", fail)
+    return attempts
+
+
+@pytest.fixture
+def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """botocore sleeps between attempts via time.sleep; record the delays instead."""
+    delays: list[float] = []
+    monkeypatch.setattr("botocore.endpoint.time.sleep", delays.append)
+    return delays
+
+
+# --- tests -------------------------------------------------------------------------------------
+
+
+def test_three_partitions_become_three_objects(
+    archiver: ModuleType, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    event = three_partition_event()
+
+    summary = invoke(archiver, event)
+
+    contents = archive_contents(s3)
+    assert sorted(contents) == SAMPLE_KEYS
+    assert summary == {
+        "archived": 8,
+        "poison": 1,
+        "objects": 3,
+        "bytes": sum(map(len, contents.values())),
+    }
+    groups = sorted(event["records"].values(), key=lambda group: group[0]["partition"])
+    for key, group in zip(SAMPLE_KEYS, groups, strict=True):
+        lines = lines_of(contents[key])
+        assert [line["offset"] for line in lines] == [raw["offset"] for raw in group]
+        for line, raw in zip(lines, group, strict=True):
+            assert line["key"].encode() == base64.b64decode(raw["key"])
+            assert [(h["name"], h["value"].encode()) for h in line["headers"]] == [
+                (name, bytes(octets)) for chunk in raw["headers"] for name, octets in chunk.items()
+            ]
+            if line["error"] is None:
+                assert line["value"] == json.loads(base64.b64decode(raw["value"]))
+            else:
+                assert line["value_base64"] == raw["value"]
+    head = s3.head_object(Bucket=BUCKET, Key=SAMPLE_KEYS[1])
+    assert head["ContentType"] == "application/x-ndjson"
+    assert head["ContentEncoding"] == "gzip"
+    assert head["Metadata"] == {
+        "record-count": "3",
+        "first-offset": "140",
+        "last-offset": "142",
+        "poison-count": "0",
+    }
+    assert emitted_metrics(capsys.readouterr().out) | {"ColdStart": None} == {
+        "RecordsArchived": 8.0,
+        "ObjectsWritten": 3.0,
+        "BytesWritten": float(summary["bytes"]),
+        "PoisonRecordsArchived": 1.0,
+        "ColdStart": None,
+    }
+
+
+def test_same_batch_twice_overwrites_with_identical_bytes(archiver: ModuleType, s3: Any) -> None:
+    invoke(archiver, three_partition_event())
+    first = archive_contents(s3)
+
+    invoke(archiver, three_partition_event())
+
+    assert archive_contents(s3) == first
+    assert sorted(first) == SAMPLE_KEYS
+
+
+@pytest.mark.parametrize("sample", ["msk-poison.json", "msk-null-key.json"])
+def test_poison_and_null_key_samples_are_archived_and_the_handler_succeeds(
+    archiver: ModuleType, s3: Any, sample: str
+) -> None:
+    event = load_event(sample)
+    [group] = event["records"].values()
+
+    summary = invoke(archiver, event)
+
+    [body] = archive_contents(s3).values()
+    lines = lines_of(body)
+    assert len(lines) == len(group) == summary["archived"]
+    for line, raw in zip(lines, group, strict=True):
+        if "key" not in raw:
+            assert (line["key"], line["key_encoding"]) == (None, None)
+        if raw["offset"] == 241:  # the poison record
+            assert line["value"] is None
+            assert line["value_base64"] == raw["value"]
+            assert line["error"].startswith("value is not UTF-8 JSON")
+        else:
+            assert line["error"] is None
+            assert line["value"]["event_type"] == "order-placed"
+    assert summary["poison"] == (1 if sample == "msk-poison.json" else 0)
+
+
+@pytest.mark.slow
+def test_a_batch_of_10000_one_kilobyte_orders_is_archived(archiver: ModuleType, s3: Any) -> None:
+    records = order_records(10_000, partitions=4)
+    assert 900 <= len(records[0].value or b"") <= 1100
+    event = msk_event(records, CLUSTER_ARN, "b-1.example:9098")
+
+    summary = invoke(archiver, event)
+
+    contents = archive_contents(s3)
+    assert summary["archived"] == 10_000
+    assert summary["objects"] == len(contents) == 4
+    assert summary["poison"] == 0
+    for partition in range(4):
+        [key] = [k for k in contents if f"/order-placed+{partition}+" in k]
+        assert key.endswith(f"+{partition}+{0:020d}.jsonl.gz")
+        lines = lines_of(contents[key])
+        assert [line["offset"] for line in lines] == list(range(2_500))
+        assert lines[-1]["key"] == lines[-1]["value"]["order"]["order_id"]
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+def test_a_failed_write_fails_the_batch_and_leaves_no_object_for_its_partition(
+    archiver: ModuleType, s3: Any, no_backoff: list[float]
+) -> None:
+    failed = inject_put_failures(archiver, "order-placed+1+")
+
+    with pytest.raises(EndpointConnectionError):
+        invoke(archiver, three_partition_event())
+
+    assert len(failed) == 5  # the retry config's max_attempts, all used
+    assert len(no_backoff) == 4
+    # Partition 0 went first and is complete; 1 failed, so 2 was never tried.
+    before_retry = archive_contents(s3)
+    assert sorted(before_retry) == SAMPLE_KEYS[:1]
+
+    # The mapping redelivers the batch; S3 is healthy again.
+    archiver.archive_store.cache_clear()
+    invoke(archiver, three_partition_event())
+
+    after_retry = archive_contents(s3)
+    assert sorted(after_retry) == SAMPLE_KEYS
+    assert after_retry[SAMPLE_KEYS[0]] == before_retry[SAMPLE_KEYS[0]]
+
+
+def test_a_transient_s3_error_is_retried_within_the_invocation(
+    archiver: ModuleType, s3: Any, no_backoff: list[float]
+) -> None:
+    failed = inject_put_failures(archiver, "order-placed+2+", times=2)
+
+    summary = invoke(archiver, three_partition_event())
+
+    assert len(failed) == 2
+    assert summary["objects"] == 3
+    assert sorted(archive_contents(s3)) == SAMPLE_KEYS
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
+def test_a_missing_bucket_setting_fails_with_its_name(
+    archiver: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(settings.ARCHIVE_BUCKET)
+    with pytest.raises(settings.ConfigurationError, match=settings.ARCHIVE_BUCKET):
+        invoke(archiver, three_partition_event())
+
+
+def test_the_handler_never_imports_kafka_python() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from functions.s3_archiver import app; "
+        "print(any(m == 'kafka' or m.startswith('kafka.') for m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
