@@ -97,7 +97,9 @@ class EmbeddedBroker:
         self._log.seek(0)
         return self._log.read().decode(errors="replace")[-limit:]
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 1.0) -> None:
+        # Tansu lingers ~5 s on SIGTERM while clients are connected; its memory storage has
+        # nothing to flush, so it is killed after a short grace period.
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.terminate()

@@ -57,9 +57,13 @@ def get_producer(environ: Mapping[str, str] | None = None) -> KafkaProducer:
 
 
 def discard_producer() -> None:
-    """Close and forget the producer, e.g. after a fatal error or between tests."""
+    """Close and forget the producer after a failed send, so the next call starts afresh.
+
+    Closed without waiting: a record still buffered must not be delivered after the caller
+    has already been told the publish failed.
+    """
     global _producer
     with _lock:
         producer, _producer = _producer, None
     if producer is not None:
-        producer.close(timeout=1)
+        producer.close(timeout=0)

@@ -20,6 +20,7 @@ from pydantic import (
     EmailStr,
     Field,
     PlainSerializer,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -60,6 +61,13 @@ def _no_control_characters(value: str) -> str:
     return value
 
 
+_MONEY_SCHEMA = {
+    "type": "string",
+    "pattern": r"^\d{1,15}(\.\d{1,2})?$",
+    "description": "Decimal amount as a string, at most 2 decimal places, e.g. '19.95'",
+    "examples": ["19.95"],
+}
+# The JSON schema says what the wire carries (a decimal string), not pydantic's Decimal view.
 Money = Annotated[
     Decimal,
     BeforeValidator(_price_from_json),
@@ -67,8 +75,21 @@ Money = Annotated[
     AfterValidator(lambda d: d.quantize(CENT)),
     # Money travels as a string: a JSON number would be read back as a float by most clients.
     PlainSerializer(lambda d: str(d), return_type=str, when_used="json"),
+    WithJsonSchema(_MONEY_SCHEMA, mode="serialization"),
+    WithJsonSchema(
+        {"anyOf": [_MONEY_SCHEMA, {"type": "integer", "minimum": 0}]}, mode="validation"
+    ),
 ]
-UnitPrice = Annotated[Money, Field(le=MAX_UNIT_PRICE)]
+_UNIT_PRICE_SCHEMA = {**_MONEY_SCHEMA, "pattern": r"^\d{1,7}(\.\d{1,2})?$"}
+UnitPrice = Annotated[
+    Money,
+    Field(le=MAX_UNIT_PRICE),
+    WithJsonSchema(_UNIT_PRICE_SCHEMA, mode="serialization"),
+    WithJsonSchema(
+        {"anyOf": [_UNIT_PRICE_SCHEMA, {"type": "integer", "minimum": 0, "maximum": 9999999}]},
+        mode="validation",
+    ),
+]
 
 
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_control_characters)]

@@ -1,0 +1,571 @@
+"""POST /orders: validate an order, publish its `order-placed` event once, answer 202.
+
+Every answer is JSON a client can act on: `{"error", "message", "errors": [{"field", "reason"}]}`
+for refusals, the event's topic/partition/offset for an accepted order. Publishing and
+idempotency live in `orderstream.publishing`; this module maps HTTP onto it.
+
+No `from __future__ import annotations` here: the resolver reads the route's annotations at
+runtime to validate the body and to generate the OpenAPI document.
+"""
+
+import base64
+import binascii
+import functools
+import json
+import logging
+import os
+import re
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from http import HTTPStatus
+from typing import Annotated, Any, Final, TypeVar
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+)
+from aws_lambda_powertools.event_handler.openapi.params import Body
+from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.shared.constants import METRICS_NAMESPACE_ENV
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.config import Config
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from orderstream import settings
+from orderstream.events import CorrelationId
+from orderstream.models import OrderRequest
+from orderstream.publishing import (
+    Accepted,
+    BrokerUnavailableError,
+    IdempotencyStoreUnavailableError,
+    OrderIdConflictError,
+    OrderInProgressError,
+    OrderIntake,
+    Outcome,
+    idempotency_expiry,
+)
+
+ORDERS_PATH: Final = "/orders"
+MAX_BODY_BYTES: Final = 64 * 1024
+RETRY_AFTER_UNAVAILABLE_S: Final = 5
+RETRY_AFTER_IN_PROGRESS_S: Final = 1
+CORRELATION_HEADER: Final = "X-Correlation-Id"
+MAX_LISTED_ERRORS: Final = 50
+MAX_TEXT: Final = 200  # field paths and reasons can echo client input: keep them short
+
+# kafka-python logs every record's key and value at DEBUG; customer data must not reach the logs
+# even when someone turns the root logger up to DEBUG.
+logging.getLogger("kafka").setLevel(logging.INFO)
+
+_EMAIL = re.compile(r"[^\s@\"'<>()\[\],;:\\]+@([^\s@\"'<>()\[\],;:\\]+)")
+
+
+def mask_emails(value: Any) -> Any:
+    """Replace every e-mail address's local part with *** in anything about to be logged."""
+    if isinstance(value, str):
+        return _EMAIL.sub(r"***@\1", value)
+    if isinstance(value, Mapping):
+        return {mask_emails(k): mask_emails(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [mask_emails(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return mask_emails(str(value))  # what json.dumps(default=str) would write, masked
+
+
+def _masked_log_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(mask_emails(record), separators=(",", ":"))
+
+
+def json_text(body: Any) -> str:
+    """Compact JSON with <, > and & escaped, so echoed input can never be read as markup."""
+    text = json.dumps(body, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+class BodyError(Exception):
+    """A body that cannot be read as JSON; `reason` names the problem without echoing input."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BodyTooLargeError(BodyError):
+    pass
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Two parsers may pick different duplicates; refusing them keeps every reader in agreement.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise BodyError("an object has the same key twice")
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise BodyError(f"{name} is not a JSON number")
+
+
+def parse_json_body(text: str) -> Any:
+    """The resolver's JSON parser: size-capped, strict about duplicate keys and NaN."""
+    if len(text) > MAX_BODY_BYTES or len(text.encode()) > MAX_BODY_BYTES:
+        raise BodyTooLargeError(f"the body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(
+            text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
+        )
+    except json.JSONDecodeError as exc:
+        raise BodyError(f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise BodyError("the JSON is nested too deeply") from None
+    except ValueError:  # Python refuses integers of more than 4300 digits
+        raise BodyError("a number in the body is too long") from None
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media_type, *params = (part.strip().lower() for part in content_type.split(";"))
+    charsets = {p.partition("=")[2].strip('"') for p in params if p.startswith("charset=")}
+    return media_type == "application/json" and charsets <= {"utf-8"}
+
+
+def with_canonical_content_type(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with its media type in lower case: RFC 9110 makes it case-insensitive, the
+    resolver's body parser does not, and the two must agree on what is JSON."""
+    patched = dict(event)
+    for field_name in ("headers", "multiValueHeaders"):
+        headers = event.get(field_name)
+        if not headers:
+            continue
+        patched[field_name] = {
+            name: _lower_media_type(value) if name.lower() == "content-type" else value
+            for name, value in headers.items()
+        }
+    return patched
+
+
+def _lower_media_type(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_lower_media_type(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    media_type, sep, params = value.partition(";")
+    return media_type.strip().lower() + sep + params
+
+
+def body_size(event: Mapping[str, Any]) -> int:
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        try:
+            return len(base64.b64decode(body))
+        except (binascii.Error, ValueError):
+            return len(body)
+    return len(body.encode())
+
+
+_valid_correlation_id = TypeAdapter(CorrelationId)
+
+
+def correlation_id_for(event: Mapping[str, Any], context: LambdaContext) -> str:
+    """The client's X-Correlation-Id if it is usable, else API Gateway's request id."""
+    headers = event.get("headers") or {}
+    given = next((v for k, v in headers.items() if k.lower() == CORRELATION_HEADER.lower()), None)
+    request_id = (event.get("requestContext") or {}).get("requestId")
+    for candidate in (given, request_id, getattr(context, "aws_request_id", None)):
+        if isinstance(candidate, str):
+            try:
+                return _valid_correlation_id.validate_python(candidate)
+            except ValidationError:
+                continue
+    return str(uuid.uuid4())
+
+
+class FieldError(BaseModel):
+    field: str = Field(
+        description="Dotted path into the order, e.g. items.0.quantity; empty for the whole body."
+    )
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="Stable machine-readable code, e.g. invalid_order.")
+    message: str = Field(description="What went wrong and what to do about it.")
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+logger = Logger(json_serializer=_masked_log_line)
+tracer = Tracer()
+# Read here, not left to Metrics: the namespace must never be missing when metrics are flushed.
+metrics = Metrics(namespace=os.environ.get(METRICS_NAMESPACE_ENV) or "orderstream")
+app = APIGatewayRestResolver(
+    enable_validation=True,
+    serializer=json_text,
+    json_body_deserializer=parse_json_body,
+    debug=False,  # debug mode prints whole events, customer e-mails included
+)
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Response[Any]])
+
+
+def handles(*exceptions: type[Exception]) -> Callable[[_Handler], _Handler]:
+    """`app.exception_handler`, with the type Powertools leaves out."""
+    register: Callable[[_Handler], _Handler] = app.exception_handler(list(exceptions))
+    return register
+
+
+@functools.cache
+def _intake(table: str, expires_after_s: int, topic: str, send_timeout_ms: int) -> OrderIntake:
+    # Bounded DynamoDB calls: a slow table must not eat the time the broker's wait needs.
+    client_config = Config(
+        connect_timeout=1, read_timeout=2, retries={"mode": "standard", "max_attempts": 2}
+    )
+    persistence = DynamoDBPersistenceLayer(table_name=table, boto_config=client_config)
+    return OrderIntake(
+        persistence,
+        topic=topic,
+        send_timeout_ms=send_timeout_ms,
+        expires_after_seconds=expires_after_s,
+    )
+
+
+def order_intake() -> OrderIntake:
+    """The container's intake, built on first use (and again if the settings change)."""
+    return _intake(
+        settings.required(settings.IDEMPOTENCY_TABLE),
+        idempotency_expiry(),
+        settings.order_topic(),
+        settings.KafkaSettings.from_env().send_timeout_ms,
+    )
+
+
+def _answer(
+    status: HTTPStatus, body: BaseModel, headers: Mapping[str, str] | None = None
+) -> Response[Any]:
+    return Response(
+        status_code=int(status),
+        content_type="application/json",
+        body=body.model_dump(mode="json"),
+        headers={
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            CORRELATION_HEADER: str(app.context.get("correlation_id", "")),
+            **(headers or {}),
+        },
+    )
+
+
+def _refuse(
+    status: HTTPStatus,
+    error: str,
+    message: str,
+    errors: list[FieldError] | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    metric: str | None = "OrdersRejected",
+) -> Response[Any]:
+    if metric:
+        metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
+    logger.info(
+        "request refused",
+        extra={
+            "status": int(status),
+            "error": error,
+            "fields": [e.field for e in errors or []],
+        },
+    )
+    return _answer(status, ErrorBody(error=error, message=message, errors=errors or []), headers)
+
+
+def _body_precondition_failed() -> Response[Any] | None:
+    """413 and 415 come before any judgement of the content, whichever step noticed first."""
+    event = app.current_event
+    if body_size(event.raw_event) > MAX_BODY_BYTES:
+        return _refuse(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            "body_too_large",
+            f"The request body must not exceed {MAX_BODY_BYTES} bytes.",
+        )
+    if not is_json_media_type(event.headers.get("content-type")):
+        return _refuse(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the order as JSON with the header Content-Type: application/json.",
+        )
+    return None
+
+
+def _malformed(reason: str) -> Response[Any]:
+    return _refuse(
+        HTTPStatus.BAD_REQUEST,
+        "malformed_json",
+        "The request body is not valid JSON.",
+        [FieldError(field="", reason=reason[:MAX_TEXT])],
+    )
+
+
+def _field_errors(exc: RequestValidationError) -> list[FieldError]:
+    found: list[FieldError] = []
+    for error in exc.errors()[:MAX_LISTED_ERRORS]:
+        location = [str(part) for part in error.get("loc", ())]
+        if location[:1] == ["body"]:
+            location = location[1:]
+        found.append(
+            FieldError(field=".".join(location)[:MAX_TEXT], reason=str(error["msg"])[:MAX_TEXT])
+        )
+    return found
+
+
+@handles(RequestValidationError)
+def _invalid_order(exc: RequestValidationError) -> Response[Any]:
+    if (refusal := _body_precondition_failed()) is not None:
+        return refusal
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return _malformed("the body could not be parsed")
+    if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
+        return _refuse(
+            HTTPStatus.BAD_REQUEST,
+            "missing_body",
+            "The request body is empty: send the order as JSON.",
+        )
+    found = _field_errors(exc)
+    more = f" (the first {len(found)} are listed)" if len(errors) > len(found) else ""
+    return _refuse(
+        HTTPStatus.UNPROCESSABLE_ENTITY,
+        "invalid_order",
+        f"The order is invalid: {len(errors)} problem(s){more}. Fix the fields listed in errors.",
+        found,
+    )
+
+
+@handles(RequestUnsupportedContentType)
+def _unsupported_content(_: RequestUnsupportedContentType) -> Response[Any]:
+    refusal = _body_precondition_failed()
+    if refusal is None:  # the resolver and we disagree about the type: still not ours to read
+        return _refuse(
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the order as JSON with the header Content-Type: application/json.",
+        )
+    return refusal
+
+
+@handles(BodyError)
+def _unreadable_body(exc: BodyError) -> Response[Any]:
+    return _body_precondition_failed() or _malformed(exc.reason)
+
+
+@handles(UnicodeDecodeError, binascii.Error)
+def _undecodable_body(_: ValueError) -> Response[Any]:
+    return _body_precondition_failed() or _malformed("the body is not UTF-8 text")
+
+
+@handles(BrokerUnavailableError, IdempotencyStoreUnavailableError)
+def _unavailable(exc: BrokerUnavailableError | IdempotencyStoreUnavailableError) -> Response[Any]:
+    cause = exc.__cause__
+    logger.warning(
+        "order not published",
+        extra={"cause": type(cause).__name__, "detail": str(cause)[:500] if cause else None},
+    )
+    return _refuse(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        "unavailable",
+        f"{exc} Nothing was accepted; resend the same order after Retry-After seconds.",
+        headers={"Retry-After": str(RETRY_AFTER_UNAVAILABLE_S)},
+        metric="PublishFailures",
+    )
+
+
+@handles(OrderIdConflictError)
+def _conflict(exc: OrderIdConflictError) -> Response[Any]:
+    return _refuse(HTTPStatus.CONFLICT, "order_id_conflict", str(exc))
+
+
+@handles(OrderInProgressError)
+def _in_progress(exc: OrderInProgressError) -> Response[Any]:
+    return _refuse(
+        HTTPStatus.CONFLICT,
+        "order_in_progress",
+        str(exc),
+        headers={"Retry-After": str(RETRY_AFTER_IN_PROGRESS_S)},
+        metric="OrdersDuplicate",
+    )
+
+
+@app.not_found
+def _no_route(_: NotFoundError) -> Response[Any]:
+    if app.current_event.path == ORDERS_PATH:
+        return _refuse(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            f"{ORDERS_PATH} only accepts POST.",
+            headers={"Allow": "POST"},
+            metric=None,
+        )
+    return _refuse(
+        HTTPStatus.NOT_FOUND,
+        "not_found",
+        f"There is no such resource; orders are placed with POST {ORDERS_PATH}.",
+        metric=None,
+    )
+
+
+@handles(Exception)
+def _unexpected(exc: Exception) -> Response[Any]:
+    # The resolver's form and multipart parsers can fail on bodies we refuse anyway.
+    if (refusal := _body_precondition_failed()) is not None:
+        return refusal
+    # The traceback goes to the log (e-mails masked), never to the client.
+    logger.exception("unexpected error", extra={"error_type": type(exc).__name__})
+    return _refuse(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "Something went wrong on our side. Retrying with the same order_id is safe; if it "
+        f"persists, report the {CORRELATION_HEADER} of this response.",
+        metric=None,
+    )
+
+
+def _problem(description: str, *, retry_after: bool = False) -> OpenAPIResponse:
+    answer: OpenAPIResponse = {
+        "description": description,
+        "content": {"application/json": {"model": ErrorBody}},
+    }
+    if retry_after:
+        answer["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "integer"},
+            }
+        }
+    return answer
+
+
+RESPONSES: Final[dict[int, OpenAPIResponse]] = {
+    202: {
+        "description": "Accepted: the order's event is on the topic (acknowledged by all "
+        "in-sync replicas). A replay of the same order returns the same answer.",
+        "content": {"application/json": {"model": Accepted}},
+    },
+    400: _problem("The body is empty, not UTF-8, or not valid JSON."),
+    409: _problem(
+        "order_id_conflict: the order_id was used for a different order; order_in_progress: "
+        "the same order is being processed right now (see Retry-After).",
+        retry_after=True,
+    ),
+    413: _problem(f"The body is larger than {MAX_BODY_BYTES} bytes."),
+    415: _problem("The Content-Type is not application/json."),
+    422: _problem("The order is invalid; errors lists each field and why."),
+    500: _problem("An unexpected error; retrying with the same order_id is safe."),
+    503: _problem(
+        "The broker or the idempotency store is unavailable; nothing was accepted. Resend the "
+        "same order after Retry-After seconds.",
+        retry_after=True,
+    ),
+}
+
+
+@app.post(
+    ORDERS_PATH,
+    summary="Place an order",
+    description=(
+        "Validates the order, computes its total and publishes an order-placed event keyed "
+        "by order_id. Send an order_id (a UUID you generate) to make retries safe: the same "
+        "order again returns the original answer and publishes nothing. Without one the API "
+        "generates it, and a retry becomes a second order. An optional X-Correlation-Id "
+        "header (1-128 printable ASCII characters) is carried into logs and the event; "
+        "otherwise the API Gateway request id is used. Every response echoes it."
+    ),
+    operation_id="placeOrder",
+    tags=["orders"],
+    responses=RESPONSES,
+)
+def place_order(
+    order: Annotated[OrderRequest, Body(description="The order; its total is computed by us.")],
+) -> Response[Accepted]:
+    # A body without a Content-Type is parsed as JSON by the resolver; it is still refused.
+    if (refusal := _body_precondition_failed()) is not None:
+        return refusal
+    if order.order_id is not None:
+        logger.append_keys(order_id=str(order.order_id))
+    outcome = _accept(order)
+    if outcome.replayed:
+        metrics.add_metric(name="OrdersDuplicate", unit=MetricUnit.Count, value=1)
+    else:
+        metrics.add_metric(name="OrdersAccepted", unit=MetricUnit.Count, value=1)
+        if outcome.publish_ms is not None:
+            metrics.add_metric(
+                name="PublishLatency", unit=MetricUnit.Milliseconds, value=outcome.publish_ms
+            )
+    accepted = outcome.accepted
+    logger.info(
+        "order accepted",
+        extra={
+            "order_id": str(accepted.order_id),
+            "partition": accepted.partition,
+            "offset": accepted.offset,
+            "replayed": outcome.replayed,
+            "publish_ms": outcome.publish_ms,
+        },
+    )
+    return _answer(HTTPStatus.ACCEPTED, accepted)
+
+
+@tracer.capture_method(capture_response=False)  # the response holds nothing worth a trace
+def _accept(order: OrderRequest) -> Outcome:
+    return order_intake().accept(
+        order,
+        correlation_id=str(app.context["correlation_id"]),
+        lambda_context=app.lambda_context,
+    )
+
+
+# The resolver keeps the current request in class attributes. Lambda sends a container one
+# request at a time anyway; the lock keeps that true for local servers and tests with threads.
+_one_request_at_a_time = threading.Lock()
+
+
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    with _one_request_at_a_time:
+        response: dict[str, Any] = _handle(event, context)
+    return response
+
+
+@logger.inject_lambda_context(log_event=False, clear_state=True)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    correlation_id = correlation_id_for(event, context)
+    logger.set_correlation_id(correlation_id)
+    app.context["correlation_id"] = correlation_id  # read by every answer; cleared by resolve
+    return app.resolve(with_canonical_content_type(event), context)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The API as the resolver sees it; checked in as schemas/openapi.json."""
+    document: dict[str, Any] = json.loads(
+        app.get_openapi_json_schema(
+            title="orderstream orders API",
+            version="1.0.0",
+            description="Place orders; each accepted order becomes an order-placed event.",
+        )
+    )
+    # The resolver always adds its own validation-error schemas; our errors use ErrorBody, so
+    # a client generator must not see them.
+    schemas: dict[str, Any] = document.get("components", {}).get("schemas", {})
+    while unused := [name for name in schemas if _ref(name) not in json.dumps(document)]:
+        for name in unused:
+            del schemas[name]
+    return document
+
+
+def _ref(schema_name: str) -> str:
+    return json.dumps(f"#/components/schemas/{schema_name}")
