@@ -81,8 +81,12 @@ class MotoServer:
             self._log = None
 
     def data(self) -> dict[str, Any]:
+        return self.data_at(self.endpoint_url)
+
+    @staticmethod
+    def data_at(endpoint_url: str) -> dict[str, Any]:
         """moto's own view of its state (sent emails included)."""
-        with urllib.request.urlopen(f"{self.endpoint_url}/moto-api/data.json", timeout=10) as r:  # noqa: S310
+        with urllib.request.urlopen(f"{endpoint_url}/moto-api/data.json", timeout=10) as r:  # noqa: S310
             state: dict[str, Any] = json.load(r)
         return state
 

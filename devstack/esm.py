@@ -212,6 +212,10 @@ class EventSourceMapping:
         self._thread.start()
         return self
 
+    def request_stop(self) -> None:
+        """Start no new batch or retry; `stop()` then waits for the current invocation."""
+        self._stop.set()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:

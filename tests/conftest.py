@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,49 @@ def idempotency_table(aws: None, monkeypatch: pytest.MonkeyPatch) -> str:
     )
     monkeypatch.setenv(settings.IDEMPOTENCY_TABLE, IDEMPOTENCY_TABLE_NAME)
     return IDEMPOTENCY_TABLE_NAME
+
+
+@pytest.fixture(scope="session")
+def sam_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`sam build` of a copy of the repository, as a user runs it (no Docker: the venv's
+    python3.13 builds the layer). Returns the build folder."""
+    import shutil
+    import subprocess
+    import sys
+
+    from devstack.template import REGION, ROOT
+
+    root = tmp_path_factory.mktemp("sam")
+    source = root / "src"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".venv*", ".git", ".aws-sam", "*cache*", "__pycache__", "outbox"
+        ),
+    )
+    build = root / "build"
+    venv_bin = Path(sys.executable).parent
+    result = subprocess.run(
+        [
+            str(venv_bin / "sam"),
+            "build",
+            "--build-dir",
+            str(build),
+            "--cache-dir",
+            str(root / "cache"),
+        ],
+        cwd=source,
+        env={
+            **os.environ,
+            "PATH": f"{venv_bin}:{os.environ['PATH']}",
+            "AWS_DEFAULT_REGION": REGION,
+            "SAM_CLI_TELEMETRY": "0",
+        },
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return build

@@ -49,8 +49,7 @@ def of_type(cfn: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
 
 def statements(cfn: dict[str, Any], resolve: Resolver, role: str) -> Iterator[dict[str, Any]]:
     for policy in cfn["Resources"][role]["Properties"].get("Policies", []):
-        for statement in resolve.resolve(policy["PolicyDocument"])["Statement"]:
-            yield statement
+        yield from resolve.resolve(policy["PolicyDocument"])["Statement"]
 
 
 def actions(statement: dict[str, Any]) -> list[str]:
@@ -159,14 +158,16 @@ def test_consumers_can_describe_the_serverless_cluster(
             for s in statements(cfn, resolve, f"{consumer}Role")
             if "kafka:DescribeClusterV2" in actions(s)
         ]
-        assert found and all(resources(s) == [CLUSTER_ARN] for s in found)
+        assert found
+        assert all(resources(s) == [CLUSTER_ARN] for s in found)
 
 
 def test_no_wildcards_on_the_data_plane(cfn: dict[str, Any], resolve: Resolver) -> None:
     for role in of_type(cfn, "AWS::IAM::Role"):
         for statement in statements(cfn, resolve, role):
             for action in actions(statement):
-                assert action != "*" and not action.endswith(":*"), (role, action)
+                assert action != "*", role
+                assert not action.endswith(":*"), (role, action)
                 if action.startswith(DATA_PLANE):
                     for arn in resources(statement):
                         assert arn != "*", (role, action)
@@ -219,7 +220,8 @@ def test_orders_need_an_api_key(cfn: dict[str, Any]) -> None:
     [stage] = of_type(cfn, "AWS::ApiGateway::Stage").values()
     assert stage["Properties"]["AccessLogSetting"]["DestinationArn"]
     settings_ = stage["Properties"]["MethodSettings"][0]
-    assert settings_["ThrottlingRateLimit"] and settings_["DataTraceEnabled"] is False
+    assert settings_["ThrottlingRateLimit"]
+    assert settings_["DataTraceEnabled"] is False
 
 
 def test_environment_names_come_from_the_settings_module(cfn: dict[str, Any]) -> None:

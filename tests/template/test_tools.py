@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -77,62 +76,20 @@ def test_checkov_finds_nothing_that_is_not_skipped_with_a_reason() -> None:
 
 
 @pytest.mark.slow
-def test_sam_build_and_every_handler_imports_from_its_build_output(tmp_path: Path) -> None:
-    """sam build as a user runs it; then each handler module is imported in a fresh interpreter
-    with only its build folder and the layer on the path, as Lambda would, so a dependency
-    missing from the layer's requirements fails here rather than in AWS."""
-    source = tmp_path / "src"
-    shutil.copytree(
-        ROOT,
-        source,
-        ignore=shutil.ignore_patterns(".venv*", ".git", ".aws-sam", "*cache*", "__pycache__"),
-    )
-    build = tmp_path / "build"
-    result = run(
-        tool("sam"),
-        "build",
-        "--build-dir",
-        str(build),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-        "--template-file",
-        str(source / "template.yaml"),
-        cwd=source,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-    layer = next(p for p in build.iterdir() if p.name.startswith("SharedLayer")) / "python"
+def test_sam_build_puts_shared_code_in_the_layer_only(sam_build: Path) -> None:
+    """Each function's build folder holds its own code; the layer holds the package and every
+    dependency. (tests/e2e/test_invoke.py runs each built function as Lambda would.)"""
+    layer = next(p for p in sam_build.iterdir() if p.name.startswith("SharedLayer")) / "python"
     assert (layer / "orderstream" / "events.py").is_file()
+    for package in ("pydantic", "aws_lambda_powertools", "kafka", "boto3", "email_validator"):
+        assert (layer / package).is_dir(), f"{package} missing from the layer"
     functions = [
         name
         for name, r in load_template()["Resources"].items()
         if r["Type"] == "AWS::Serverless::Function"
     ]
     for name in functions:
-        code = build / name
+        code = sam_build / name
         assert (code / "app.py").is_file(), name
-        # Function folders carry only their own code; shared dependencies come from the layer.
-        assert not (code / "pydantic").exists() and not (code / "orderstream").exists(), name
-        probe = subprocess.run(
-            [
-                sys.executable,
-                "-I",
-                "-S",
-                "-c",
-                "import sys; sys.path[:0] = sys.argv[1:3]; import app; assert callable(app.lambda_handler)",
-                str(code),
-                str(layer),
-            ],
-            env={
-                "AWS_DEFAULT_REGION": REGION,
-                "AWS_REGION": REGION,
-                "PATH": os.environ["PATH"],
-                "POWERTOOLS_TRACE_DISABLED": "true",
-            },
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert probe.returncode == 0, f"{name}: {probe.stderr[-2000:]}"
+        assert not (code / "pydantic").exists(), name
+        assert not (code / "orderstream").exists(), name

@@ -1,0 +1,316 @@
+"""The whole pipeline on one machine: broker, AWS emulator, API, event-source mappings.
+
+Everything is read from template.yaml: the functions and their environments, the API routes,
+the mappings (topic, group, batching, retries, destination) and the resources to create.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from kafka import KafkaAdminClient
+
+from devstack import aws
+from devstack.api import LocalApi, routes_of
+from devstack.broker import EmbeddedBroker
+from devstack.esm import EventSourceMapping, MappingSpec
+from devstack.functions import FunctionHost, FunctionPool, FunctionSpec, Invocation, load_functions
+from devstack.mail import sent_emails, write_outbox
+from devstack.ports import LOOPBACK, port_in_use
+from devstack.template import ROOT, Resolver, load_template
+from orderstream import settings
+from orderstream.topics import reconcile_topics, required_topics
+
+STATE_DIR = ROOT / "devstack" / ".state"
+OUTBOX = ROOT / "outbox"
+LOCAL_PARAMETERS = {"Stage": "local", "SenderEmail": "orders@orderstream.local"}
+API_CONTAINERS = 4  # concurrent requests served per function, like Lambda scaling out
+
+# Ports, each overridable by an environment variable.
+BROKER_PORT_VAR, AWS_PORT_VAR, API_PORT_VAR = "BROKER_PORT", "AWS_PORT", "API_PORT"
+DEFAULT_PORTS = {BROKER_PORT_VAR: 9092, AWS_PORT_VAR: 5000, API_PORT_VAR: 3000}
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class StackInfo:
+    """What `status` and `invoke` need to find a running stack (written to stack.json)."""
+
+    bootstrap_servers: str
+    aws_endpoint: str
+    api_url: str
+    topics: list[str]
+    groups: dict[str, str]  # function -> consumer group
+    buckets: dict[str, str]  # logical id -> name
+    pid: int = field(default_factory=os.getpid)
+
+
+def configured_ports(environ: dict[str, str] | None = None) -> dict[str, int]:
+    env = os.environ if environ is None else environ
+    ports = {}
+    for name, default in DEFAULT_PORTS.items():
+        raw = env.get(name, str(default))
+        if not raw.isdigit() or not 0 <= int(raw) < 65536:
+            raise StackError(f"{name}={raw!r} is not a port number")
+        ports[name] = int(raw)
+    return ports
+
+
+class LocalStack:
+    def __init__(
+        self,
+        broker_port: int = 0,
+        aws_port: int = 0,
+        api_port: int = 0,
+        external_bootstrap: str | None = None,
+        state_dir: Path = STATE_DIR,
+        outbox: Path | None = OUTBOX,
+        built_dir: Path | None = None,
+        log: Callable[[str], None] = print,
+        parameters: dict[str, str] | None = None,
+        max_batching_window_s: float | None = None,
+    ) -> None:
+        self.broker_port, self.aws_port, self.api_port = broker_port, aws_port, api_port
+        self.external_bootstrap = external_bootstrap
+        self.state_dir = state_dir
+        self.outbox = outbox
+        self.built_dir = built_dir
+        self.log = log
+        self.parameters = {**LOCAL_PARAMETERS, **(parameters or {})}
+        # Tests shorten the archiver's 60 s window; `make run` keeps the template's values.
+        self.max_batching_window_s = max_batching_window_s
+        self.template = load_template()
+        self.broker: EmbeddedBroker | None = None
+        self.moto: aws.MotoServer | None = None
+        self.resolver: Resolver | None = None
+        self.functions: dict[str, FunctionSpec] = {}
+        self.pools: dict[str, FunctionPool] = {}
+        self.mappings: list[EventSourceMapping] = []
+        self.api: LocalApi | None = None
+        self.info: StackInfo | None = None
+        self._logs: list[IO[str]] = []
+        self._stop = threading.Event()
+        self._outbox_thread: threading.Thread | None = None
+        self.topics: list[str] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> StackInfo:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_backing(self) -> tuple[str, str, Resolver]:
+        """Broker, AWS emulator, resources and topics: what a function needs to run."""
+        if self.external_bootstrap:
+            bootstrap = self.external_bootstrap
+            self.log(f"broker    {bootstrap} (yours, from {settings.KAFKA_BOOTSTRAP_SERVERS})")
+        else:
+            self.broker = EmbeddedBroker(port=self.broker_port or None).start()
+            bootstrap = self.broker.bootstrap_servers
+            self.log(f"broker    {bootstrap} (Tansu, in memory)")
+        self.moto = aws.MotoServer(port=self.aws_port or None).start()
+        aws.wait_until_ready(self.moto.endpoint_url)
+        self.log(f"aws       {self.moto.endpoint_url} (moto_server)")
+
+        resources = aws.plan(self.template, self.parameters, bootstrap)
+        self.resolver = resources.resolver(self.template, self.parameters)
+        for created in aws.create(self.resolver, self.moto.endpoint_url):
+            self.log(f"          created {created}")
+        self.topics = self._create_topics(bootstrap)
+        return bootstrap, self.moto.endpoint_url, self.resolver
+
+    def _start(self) -> StackInfo:
+        if self.api_port and port_in_use(self.api_port):
+            raise StackError(
+                f"port {self.api_port} on {LOOPBACK} is already in use (set {API_PORT_VAR})"
+            )
+        bootstrap, endpoint, resolver = self.start_backing()
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "logs").mkdir(exist_ok=True)
+        self.functions = load_functions(resolver)
+        for logical_id in self.functions:
+            self.pools[logical_id] = FunctionPool(self._host_factory(logical_id), API_CONTAINERS)
+
+        groups: dict[str, str] = {}
+        s3 = aws.client("s3", endpoint)
+        for logical_id, spec in self.functions.items():
+            for name, event in spec.events.items():
+                if event.get("Type") != "MSK":
+                    continue
+                mapping_spec = MappingSpec.from_event(
+                    logical_id, name, resolver.resolve(event["Properties"])
+                )
+                if self.max_batching_window_s is not None:
+                    mapping_spec = dataclasses.replace(
+                        mapping_spec,
+                        batching_window_s=min(
+                            mapping_spec.batching_window_s, self.max_batching_window_s
+                        ),
+                    )
+                mapping = EventSourceMapping(
+                    mapping_spec,
+                    bootstrap,
+                    self._invoker(logical_id),
+                    put_object=lambda bucket, key, body: s3.put_object(
+                        Bucket=bucket, Key=key, Body=body
+                    ),
+                    log=self.log,
+                )
+                self.mappings.append(mapping.start())
+                groups[logical_id] = mapping_spec.group_id
+                self.log(
+                    f"mapping   {logical_id} <- {','.join(mapping_spec.topics)} "
+                    f"(group {mapping_spec.group_id}, batch {mapping_spec.batch_size}, "
+                    f"window {mapping_spec.batching_window_s:g}s)"
+                )
+
+        routes = routes_of(self.functions)
+        try:
+            self.api = LocalApi(
+                routes, lambda fn, event: self.pools[fn].invoke(event), self.api_port, log=self.log
+            ).start()
+        except OSError as exc:
+            raise StackError(
+                f"the local API cannot listen on {LOOPBACK}:{self.api_port}: {exc}"
+            ) from exc
+        for route in routes:
+            self.log(f"api       {route.method} {self.api.url}{route.resource} -> {route.function}")
+
+        if self.outbox is not None:
+            self._outbox_thread = threading.Thread(
+                target=self._watch_outbox, name="outbox", daemon=True
+            )
+            self._outbox_thread.start()
+            self.log(f"outbox    {self.outbox}")
+
+        buckets = {
+            lid: resolver.values[lid]
+            for lid, r in self.template["Resources"].items()
+            if r["Type"] == "AWS::S3::Bucket"
+        }
+        self.info = StackInfo(bootstrap, endpoint, self.api.url, self.topics, groups, buckets)
+        (self.state_dir / "stack.json").write_text(json.dumps(asdict(self.info), indent=2))
+        self.log("ready")
+        return self.info
+
+    def stop(self) -> None:
+        self._stop.set()
+        for mapping in self.mappings:
+            mapping.request_stop()  # all at once, so none starts another batch
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+        for pool in self.pools.values():
+            pool.stop()  # ends in-flight invocations: their batches stay uncommitted
+        for mapping in self.mappings:
+            mapping.stop()
+        self.mappings = []
+        if self._outbox_thread is not None:
+            self._outbox_thread.join(3)
+        if self.moto is not None:
+            self.moto.stop()
+            self.moto = None
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        for log in self._logs:
+            log.close()
+        self._logs = []
+        state = self.state_dir / "stack.json"
+        if state.exists() and json.loads(state.read_text()).get("pid") == os.getpid():
+            state.unlink()
+
+    # ------------------------------------------------------------------ pieces
+
+    def _create_topics(self, bootstrap: str) -> list[str]:
+        """The topics, by the topic provisioner's own code, with the template's properties."""
+        assert self.resolver is not None
+        props = self.template["Resources"]["KafkaTopics"]["Properties"]
+        topic = self.resolver.resolve(props["OrderTopic"])
+        partitions = int(self.resolver.resolve(props["Partitions"]))
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="devstack")
+        try:
+            changes = reconcile_topics(admin, required_topics(topic, partitions))
+        finally:
+            admin.close()
+        self.log(f"topics    {topic} ({partitions} partitions): {changes.summary()}")
+        return [topic]
+
+    def _host_factory(self, logical_id: str) -> Callable[[], FunctionHost]:
+        def make() -> FunctionHost:
+            log = (self.state_dir / "logs" / f"{logical_id}.log").open("a", buffering=1)
+            self._logs.append(log)
+            assert self.moto is not None
+            return FunctionHost(
+                self.functions[logical_id],
+                self.moto.endpoint_url,
+                built_dir=self.built_dir,
+                log=log,
+            )
+
+        return make
+
+    def _invoker(self, logical_id: str) -> Callable[[dict[str, Any]], Invocation]:
+        return lambda event: self.pools[logical_id].invoke(event)
+
+    def restart_mappings(self) -> None:
+        """Stop every mapping (uncommitted batches are redelivered) and start them afresh."""
+        assert self.info is not None
+        specs = [(m.spec, m.put_object) for m in self.mappings]
+        for mapping in self.mappings:
+            mapping.stop()
+        self.mappings = [
+            EventSourceMapping(
+                spec,
+                self.info.bootstrap_servers,
+                self._invoker(spec.function),
+                put_object=put,
+                log=self.log,
+            ).start()
+            for spec, put in specs
+        ]
+
+    def _watch_outbox(self) -> None:
+        assert self.moto is not None
+        assert self.outbox is not None
+        while not self._stop.wait(1.0):
+            try:
+                emails = sent_emails(self.moto.data(), self._templates())
+                for path in write_outbox(self.outbox, emails):
+                    self.log(f"email     {path.name}")
+            except Exception as exc:  # the emulator is going away; the next pass retries
+                if not self._stop.is_set():
+                    self.log(f"outbox: {type(exc).__name__}: {exc}")
+
+    def _templates(self) -> dict[str, dict[str, str]]:
+        assert self.moto is not None
+        ses = aws.client("ses", self.moto.endpoint_url)
+        names = [t["Name"] for t in ses.list_templates()["TemplatesMetadata"]]
+        return {name: ses.get_template(TemplateName=name)["Template"] for name in names}
+
+
+def running_stack(state_dir: Path = STATE_DIR) -> StackInfo | None:
+    """The stack started by `make run`, if it is up."""
+    path = state_dir / "stack.json"
+    if not path.exists():
+        return None
+    info = StackInfo(**json.loads(path.read_text()))
+    try:
+        os.kill(info.pid, 0)
+    except OSError:
+        return None
+    return info

@@ -1,0 +1,90 @@
+"""`python -m devstack status`: what is in the running stack, read from the broker and emulator."""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+from devstack import aws
+from devstack.mail import sent_emails
+from devstack.stack import StackInfo
+
+
+def end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The offset after each partition's last record.
+
+    Tansu's high watermark is the last batch's base offset + 1, not the end: read that last
+    batch and take its highest offset instead.
+    """
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        reported = consumer.end_offsets(partitions)
+        ends: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            ends[tp] = reported[tp]
+            if reported[tp] == 0:
+                continue
+            consumer.assign([tp])
+            consumer.seek(tp, reported[tp] - 1)
+            for _ in range(10):
+                records = consumer.poll(timeout_ms=200).get(tp, [])
+                if records:
+                    ends[tp] = max(ends[tp], records[-1].offset + 1)
+                    consumer.seek(tp, ends[tp])
+                elif ends[tp] > reported[tp] - 1:
+                    break
+        return ends
+    finally:
+        consumer.close()
+
+
+def report(info: StackInfo) -> str:
+    lines: list[str] = []
+    admin = KafkaAdminClient(bootstrap_servers=info.bootstrap_servers, client_id="devstack-status")
+    try:
+        described = admin.describe_topics(info.topics)
+        partitions = [
+            TopicPartition(t["name"], p["partition_index"])
+            for t in described
+            for p in t["partitions"]
+        ]
+        ends = end_offsets(info.bootstrap_servers, partitions)
+        lines.append("topics")
+        for tp in sorted(partitions):
+            lines.append(f"  {tp.topic}-{tp.partition:<3} end offset {ends[tp]}")
+        lines.append("consumer groups (committed offset, lag)")
+        for function, group in sorted(info.groups.items()):
+            committed = admin.list_group_offsets({group: None}).get(group, {})
+            lag = sum(
+                ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions
+            )
+            detail = " ".join(
+                f"{tp.partition}:{committed[tp].offset if tp in committed else '-'}"
+                for tp in sorted(partitions)
+            )
+            lines.append(f"  {group:<24} ({function}) lag {lag}  [{detail}]")
+    finally:
+        admin.close()
+
+    ses = aws.client("ses", info.aws_endpoint)
+    templates = {
+        t["Name"]: ses.get_template(TemplateName=t["Name"])["Template"]
+        for t in ses.list_templates()["TemplatesMetadata"]
+    }
+    emails = sent_emails(aws.MotoServer.data_at(info.aws_endpoint), templates)
+    lines.append(f"emails sent: {len(emails)} (rendered in outbox/)")
+    for email in emails[-10:]:
+        lines.append(f"  {', '.join(email.to):<32} {email.subject}")
+
+    s3 = aws.client("s3", info.aws_endpoint)
+    for logical_id, bucket in sorted(info.buckets.items()):
+        objects = [
+            o
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])
+        ]
+        lines.append(f"{logical_id} s3://{bucket}: {len(objects)} objects")
+        for obj in objects[-10:]:
+            metadata = s3.head_object(Bucket=bucket, Key=obj["Key"]).get("Metadata", {})
+            records = f" {metadata['record-count']} records" if "record-count" in metadata else ""
+            lines.append(f"  {obj['Key']} ({obj['Size']} bytes{records})")
+    return "\n".join(lines)

@@ -1,0 +1,110 @@
+"""The local stack, started on free 127.0.0.1 ports for the end-to-end tests."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devstack import aws
+from devstack.stack import LocalStack, StackInfo
+
+
+class Stack:
+    """A running LocalStack plus the questions the tests ask it."""
+
+    def __init__(self, stack: LocalStack, info: StackInfo, lines: list[str]) -> None:
+        self.stack, self.info, self.lines = stack, info, lines
+
+    def post(
+        self, body: Any, headers: dict[str, str] | None = None, path: str = "/orders"
+    ) -> tuple[int, Any]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.info.api_url + path,
+            data=data,
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"null")
+
+    def emailed_orders(self) -> Counter[str]:
+        """order_id -> number of confirmation emails SES accepted for it."""
+        ses = aws.MotoServer.data_at(self.info.aws_endpoint).get("ses", {})
+        counts: Counter[str] = Counter()
+        for bulk in ses.get("BulkTemplateMessage", []):
+            for destination in bulk["destinations"]:
+                counts[json.loads(destination["ReplacementTemplateData"])["order_id"]] += 1
+        for single in ses.get("TemplateMessage", []):
+            if isinstance(single["destinations"], dict):
+                counts[json.loads(single["template_data"])["order_id"]] += 1
+        return counts
+
+    def objects(self, logical_id: str) -> dict[str, bytes]:
+        s3 = aws.client("s3", self.info.aws_endpoint)
+        bucket = self.info.buckets[logical_id]
+        keys = [
+            o["Key"]
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])
+        ]
+        return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
+
+    def archived_lines(self) -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for body in self.objects("ArchiveBucket").values()
+            for line in gzip.decompress(body).splitlines()
+        ]
+
+    def archived_orders(self) -> Counter[str]:
+        """order_id -> number of (partition, offset) positions archived for it."""
+        positions = {
+            (line["partition"], line["offset"]): line["value"]["order"]["order_id"]
+            for line in self.archived_lines()
+            if line["value"]
+        }
+        return Counter(positions.values())
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout_s: float = 90.0, every_s: float = 0.5
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout_s} s")
+        time.sleep(every_s)
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("devstack")
+    lines: list[str] = []
+    lock = threading.Lock()
+
+    def log(line: str) -> None:
+        with lock:
+            lines.append(line)
+
+    stack = LocalStack(
+        state_dir=state, outbox=Path(state) / "outbox", log=log, max_batching_window_s=1.0
+    )
+    info = stack.start()
+    try:
+        yield Stack(stack, info, lines)
+    finally:
+        stack.stop()
