@@ -31,16 +31,23 @@ def broker_binary() -> str:
 class EmbeddedBroker:
     """A Tansu process on one loopback port, stopped on `stop()` or leaving a `with` block."""
 
-    def __init__(self, port: int | None = None, storage: str = "memory://tansu/") -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        storage: str = "memory://tansu/",
+        advertised_port: int | None = None,
+    ) -> None:
         self._requested_port = port
         self.port = port or 0
         self.storage = storage
+        # Clients are told to connect here (e.g. a fault-injecting proxy in front of the broker).
+        self.advertised_port = advertised_port
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
+        return f"{LOOPBACK}:{self.advertised_port or self.port}"
 
     @property
     def running(self) -> bool:
@@ -60,10 +67,10 @@ class EmbeddedBroker:
                 return self
             failure = self.log_tail()
             self.stop()
-        raise BrokerError(f"the broker did not start on {self.bootstrap_servers}: {failure}")
+        raise BrokerError(f"the broker did not start on {LOOPBACK}:{self.port}: {failure}")
 
     def _spawn(self, timeout_s: float) -> bool:
-        url = f"tcp://{self.bootstrap_servers}"
+        url = f"tcp://{LOOPBACK}:{self.port}"
         self._log = tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 -- lives as long as the broker
         env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "STORAGE_ENGINE"}}
         self._process = subprocess.Popen(
@@ -73,7 +80,7 @@ class EmbeddedBroker:
                 "--listener-url",
                 url,
                 "--advertised-listener-url",
-                url,
+                f"tcp://{self.bootstrap_servers}",
                 "--storage-engine",
                 self.storage,
             ],

@@ -29,9 +29,6 @@ from devstack.msk_event import KafkaRecord, msk_event, msk_record
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
 DEFAULT_BATCHING_WINDOW_S = 0.5  # Lambda's default for Kafka sources
-# Tansu joins a group after about half the session timeout; short keeps start-up quick.
-SESSION_TIMEOUT_MS = 6_000
-HEARTBEAT_INTERVAL_MS = 1_000
 
 
 @dataclass(frozen=True)
@@ -190,8 +187,21 @@ class EventSourceMapping:
     # -- lifecycle
 
     def start(self) -> EventSourceMapping:
-        self._consumer = KafkaConsumer(
-            *self.spec.topics,
+        self._thread = threading.Thread(
+            target=self._run, name=f"esm-{self.spec.function}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def _connect(self) -> KafkaConsumer:
+        """A consumer that owns every partition of the topics, committing to the mapping's group.
+
+        One poller per mapping, assigned all partitions rather than joining the group: the
+        group still holds the committed offsets (what `status` and AWS show as the mapping's
+        progress), but there is no rebalancing, so a restarted mapping resumes at once. (Tansu's
+        group coordination was seen to wedge for good after quick join/leave cycles.)
+        """
+        consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,
             group_id=self.spec.group_id,
             client_id=f"devstack-esm-{self.spec.function}",
@@ -200,29 +210,27 @@ class EventSourceMapping:
             if self.spec.starting_position == "TRIM_HORIZON"
             else "latest",
             max_poll_records=self.spec.batch_size,
-            session_timeout_ms=SESSION_TIMEOUT_MS,
-            heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
-            # A batch may be retried for a while; staying in the group meanwhile keeps the
-            # partitions from being handed to nobody.
-            max_poll_interval_ms=30 * 60 * 1000,
         )
-        self._thread = threading.Thread(
-            target=self._run, name=f"esm-{self.spec.function}", daemon=True
-        )
-        self._thread.start()
-        return self
+        partitions: list[TopicPartition] = []
+        while not partitions and not self._stop.is_set():
+            for topic in self.spec.topics:
+                found = consumer.partitions_for_topic(topic) or set()
+                partitions += [TopicPartition(topic, p) for p in sorted(found)]
+            if not partitions:
+                self._stop.wait(0.5)  # the topic is not there yet (or the broker is away)
+        consumer.assign(partitions)
+        return consumer
 
     def request_stop(self) -> None:
         """Start no new batch or retry; `stop()` then waits for the current invocation."""
         self._stop.set()
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop polling; the thread leaves the group (closing its consumer) once the current
+        invocation, if any, has returned. Nothing unprocessed is committed."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
-        if self._consumer is not None:
-            self._consumer.close(autocommit=False)
-            self._consumer = None
 
     @property
     def alive(self) -> bool:
@@ -231,14 +239,48 @@ class EventSourceMapping:
     # -- the loop
 
     def _run(self) -> None:
+        # The consumer lives and dies in this thread: kafka-python consumers are not
+        # thread-safe, and closing it here always sends LeaveGroup, so a restarted mapping
+        # rejoins the group at once.
+        self._consumer = self._connect()
         try:
-            while not self._stop.is_set():
+            self._loop()
+        finally:
+            self._consumer.close(autocommit=False)
+
+    def _loop(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
                 batch = self._collect()
                 if batch:
                     self._process(batch)
-        except BaseException as exc:  # surfaced by `status`, never silently lost
-            self.error = exc
-            self.log(f"{self.spec.function}: mapping stopped: {type(exc).__name__}: {exc}")
+                failures = 0
+            except Exception as exc:
+                # Like Lambda's pollers, a mapping outlives a broker outage: it logs, backs off
+                # and resumes from the last committed offsets. Nothing was committed for the
+                # batch in hand, so it is fetched and delivered again.
+                failures += 1
+                self.error = exc
+                self.log(
+                    f"{self.spec.function}: polling failed ({type(exc).__name__}: {exc}); retrying"
+                )
+                self._carry = []
+                self._rewind()
+                self._stop.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
+
+    def _rewind(self) -> None:
+        """Go back to the committed offsets, so records fetched but not processed come again."""
+        assert self._consumer is not None
+        try:
+            for tp in self._consumer.assignment():
+                committed = self._consumer.committed(tp)
+                if committed is not None:
+                    self._consumer.seek(tp, committed)
+                elif self.spec.starting_position == "TRIM_HORIZON":
+                    self._consumer.seek_to_beginning(tp)
+        except Exception as exc:  # the broker is still away; the group rejoin will reset
+            self.log(f"{self.spec.function}: could not rewind yet ({type(exc).__name__})")
 
     def _collect(self) -> list[KafkaRecord]:
         """One batch: BatchSize records, or the batching window, or the payload cap."""

@@ -8,6 +8,7 @@ reused between invocations, so module-level clients and caches behave as in Lamb
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -162,16 +163,27 @@ class FunctionHost:
         os.close(write_fd)
         self._results = os.fdopen(read_fd, "r")
 
+    def kill(self) -> None:
+        """End the container at once, as Lambda does on a timeout or a crash. An invocation in
+        flight returns a Runtime.ExitError; the next one starts a fresh container (cold)."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+
     def stop(self) -> None:
+        self.kill()
+        with self._lock:
+            self._cleanup()
+
+    def _cleanup(self) -> None:
         process, self._process = self._process, None
         if process is not None:
-            if process.stdin:
-                process.stdin.close()
-            try:
-                process.wait(2)
-            except subprocess.TimeoutExpired:
+            if process.poll() is None:
                 process.kill()
-                process.wait(2)
+            process.wait(5)
+            if process.stdin:
+                with contextlib.suppress(OSError):  # unflushed input to a dead container
+                    process.stdin.close()
         if self._results is not None:
             self._results.close()
             self._results = None
@@ -179,10 +191,12 @@ class FunctionHost:
     def invoke(self, event: Any, request_id: str | None = None) -> Invocation:
         with self._lock:
             if self._process is None or self._process.poll() is not None:
-                self.stop()
+                self._cleanup()
                 self.start()
-            assert self._process is not None
-            assert self._process.stdin is not None
+            process, results = self._process, self._results
+            assert process is not None
+            assert process.stdin is not None
+            assert results is not None
             request_id = request_id or str(uuid.uuid4())
             context = {
                 "function_name": self.spec.function_name,
@@ -193,20 +207,25 @@ class FunctionHost:
             }
             started = time.perf_counter()
             try:
-                self._process.stdin.write(json.dumps({"event": event, "context": context}) + "\n")
-                self._process.stdin.flush()
-            except BrokenPipeError:
-                self.stop()
+                process.stdin.write(json.dumps({"event": event, "context": context}) + "\n")
+                process.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                self._cleanup()
                 return self._failure(request_id, started, "Runtime.ExitError", "container exited")
-            line = self._read_line(self.spec.timeout_s)
+            line = self._read_line(results, self.spec.timeout_s)
             if line is None:
                 # Like Lambda: the container is discarded and the next invocation starts cold.
-                self.stop()
+                self._cleanup()
                 return self._failure(
                     request_id,
                     started,
                     "Sandbox.Timedout",
                     f"Task timed out after {self.spec.timeout_s:.2f} seconds",
+                )
+            if not line:
+                self._cleanup()
+                return self._failure(
+                    request_id, started, "Runtime.ExitError", "the container exited mid-invocation"
                 )
             reply = json.loads(line)
             return Invocation(
@@ -218,17 +237,22 @@ class FunctionHost:
                 init_ms=reply.get("init_ms", 0.0),
             )
 
-    def _read_line(self, timeout_s: float) -> str | None:
+    @staticmethod
+    def _read_line(results: IO[str], timeout_s: float) -> str | None:
+        """The next result line; "" when the container died, None when it ran out of time."""
         box: queue.Queue[str] = queue.Queue()
-        results = self._results
-        assert results is not None
-        reader = threading.Thread(target=lambda: box.put(results.readline()), daemon=True)
-        reader.start()
+
+        def read() -> None:
+            try:
+                box.put(results.readline())
+            except (OSError, ValueError):  # closed under us: the container is gone
+                box.put("")
+
+        threading.Thread(target=read, daemon=True).start()
         try:
-            line = box.get(timeout=timeout_s)
+            return box.get(timeout=timeout_s)
         except queue.Empty:
             return None
-        return line or None  # "" means the container died
 
     @staticmethod
     def _failure(request_id: str, started: float, kind: str, message: str) -> Invocation:
@@ -270,6 +294,11 @@ class FunctionPool:
                 self._all.append(host)
                 return host
         return self._free.get()
+
+    def kill(self) -> None:
+        """Kill every container mid-whatever (fault tests); the pool keeps serving, cold."""
+        for host in self._all:
+            host.kill()
 
     def stop(self) -> None:
         for host in self._all:

@@ -21,6 +21,7 @@ from devstack import aws
 from devstack.api import LocalApi, routes_of
 from devstack.broker import EmbeddedBroker
 from devstack.esm import EventSourceMapping, MappingSpec
+from devstack.faults import HttpFaultProxy, TcpFaultProxy
 from devstack.functions import FunctionHost, FunctionPool, FunctionSpec, Invocation, load_functions
 from devstack.mail import sent_emails, write_outbox
 from devstack.ports import LOOPBACK, port_in_use
@@ -79,6 +80,7 @@ class LocalStack:
         log: Callable[[str], None] = print,
         parameters: dict[str, str] | None = None,
         max_batching_window_s: float | None = None,
+        faults: bool = False,
     ) -> None:
         self.broker_port, self.aws_port, self.api_port = broker_port, aws_port, api_port
         self.external_bootstrap = external_bootstrap
@@ -89,6 +91,12 @@ class LocalStack:
         self.parameters = {**LOCAL_PARAMETERS, **(parameters or {})}
         # Tests shorten the archiver's 60 s window; `make run` keeps the template's values.
         self.max_batching_window_s = max_batching_window_s
+        # With faults, functions reach AWS and every client reaches Kafka through proxies that
+        # tests can make fail (see devstack/faults.py).
+        self.faults = faults
+        self.aws_faults: HttpFaultProxy | None = None
+        self.kafka_faults: TcpFaultProxy | None = None
+        self.function_endpoint = ""
         self.template = load_template()
         self.broker: EmbeddedBroker | None = None
         self.moto: aws.MotoServer | None = None
@@ -117,12 +125,23 @@ class LocalStack:
         if self.external_bootstrap:
             bootstrap = self.external_bootstrap
             self.log(f"broker    {bootstrap} (yours, from {settings.KAFKA_BOOTSTRAP_SERVERS})")
+        elif self.faults:
+            self.kafka_faults = TcpFaultProxy(target_port=0)
+            self.broker = EmbeddedBroker(advertised_port=self.kafka_faults.port).start()
+            self.kafka_faults.target_port = self.broker.port
+            self.kafka_faults.start()
+            bootstrap = self.broker.bootstrap_servers
+            self.log(f"broker    {bootstrap} (Tansu on {self.broker.port}, through a fault proxy)")
         else:
             self.broker = EmbeddedBroker(port=self.broker_port or None).start()
             bootstrap = self.broker.bootstrap_servers
             self.log(f"broker    {bootstrap} (Tansu, in memory)")
         self.moto = aws.MotoServer(port=self.aws_port or None).start()
         aws.wait_until_ready(self.moto.endpoint_url)
+        self.function_endpoint = self.moto.endpoint_url
+        if self.faults:
+            self.aws_faults = HttpFaultProxy(self.moto.endpoint_url).start()
+            self.function_endpoint = self.aws_faults.url
         self.log(f"aws       {self.moto.endpoint_url} (moto_server)")
 
         resources = aws.plan(self.template, self.parameters, bootstrap)
@@ -221,9 +240,15 @@ class LocalStack:
         self.mappings = []
         if self._outbox_thread is not None:
             self._outbox_thread.join(3)
+        if self.aws_faults is not None:
+            self.aws_faults.stop()
+            self.aws_faults = None
         if self.moto is not None:
             self.moto.stop()
             self.moto = None
+        if self.kafka_faults is not None:
+            self.kafka_faults.stop()
+            self.kafka_faults = None
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
@@ -254,10 +279,9 @@ class LocalStack:
         def make() -> FunctionHost:
             log = (self.state_dir / "logs" / f"{logical_id}.log").open("a", buffering=1)
             self._logs.append(log)
-            assert self.moto is not None
             return FunctionHost(
                 self.functions[logical_id],
-                self.moto.endpoint_url,
+                self.function_endpoint,
                 built_dir=self.built_dir,
                 log=log,
             )

@@ -63,6 +63,12 @@ class Stack:
         ]
         return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
 
+    def stack_object_metadata(self, key: str, logical_id: str = "ArchiveBucket") -> dict[str, str]:
+        s3 = aws.client("s3", self.info.aws_endpoint)
+        head = s3.head_object(Bucket=self.info.buckets[logical_id], Key=key)
+        metadata: dict[str, str] = head.get("Metadata", {})
+        return metadata
+
     def archived_lines(self) -> list[dict[str, Any]]:
         return [
             json.loads(line)
@@ -101,7 +107,11 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             lines.append(line)
 
     stack = LocalStack(
-        state_dir=state, outbox=Path(state) / "outbox", log=log, max_batching_window_s=1.0
+        state_dir=state,
+        outbox=Path(state) / "outbox",
+        log=log,
+        max_batching_window_s=1.0,
+        faults=True,  # proxies in front of AWS and Kafka; tests switch faults on and off
     )
     info = stack.start()
     try:

@@ -104,22 +104,3 @@ def test_a_poison_record_is_dead_lettered_and_the_partition_keeps_flowing(
             for line in local_stack.archived_lines()
         )
     )
-
-
-def test_restarting_the_mappings_mid_batch_loses_nothing_and_sends_nothing_twice(
-    local_stack: Stack,
-) -> None:
-    bodies = [order(1000 + i) for i in range(60)]
-    ids = {body["order_id"] for body in bodies}
-    with ThreadPoolExecutor(max_workers=6) as pool:
-        list(pool.map(local_stack.post, bodies))
-    # Kill the email notifier's containers and the mappings while batches are in flight.
-    for _ in range(3):
-        time.sleep(0.7)
-        local_stack.stack.pools["EmailNotifierFunction"].stop()
-        local_stack.stack.restart_mappings()
-    wait_until(lambda: ids <= set(local_stack.emailed_orders()), timeout_s=180)
-    wait_until(lambda: ids <= set(local_stack.archived_orders()), timeout_s=120)
-    emailed, archived = local_stack.emailed_orders(), local_stack.archived_orders()
-    assert sorted(emailed[i] for i in ids) == [1] * len(ids)
-    assert sorted(archived[i] for i in ids) == [1] * len(ids)

@@ -1,0 +1,141 @@
+"""Faults on the local stack, each ending with the count that matters: every accepted order
+archived once and emailed once. Faults are real network faults injected on loopback."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from devstack.faults import s3_put_failures, ses_throttling
+from devstack.msk_event import msk_event
+from devstack.status import end_offsets
+from tests.e2e.conftest import Stack, wait_until
+from tests.samples import load_event
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SAMPLE: dict[str, Any] = json.loads(load_event("api-post-order.json")["body"])
+
+
+def orders(count: int, tag: str) -> list[dict[str, Any]]:
+    bodies = []
+    for i in range(count):
+        body = copy.deepcopy(SAMPLE)
+        body["order_id"] = str(uuid.uuid4())
+        body["customer"]["email"] = f"{tag}{i}@example.com"
+        bodies.append(body)
+    return bodies
+
+
+def post_all(stack: Stack, bodies: list[dict[str, Any]]) -> list[tuple[int, Any]]:
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        return list(pool.map(stack.post, bodies))
+
+
+def delivered_exactly_once(stack: Stack, ids: set[str], timeout_s: float = 180) -> None:
+    wait_until(lambda: ids <= set(stack.emailed_orders()), timeout_s=timeout_s)
+    wait_until(lambda: ids <= set(stack.archived_orders()), timeout_s=timeout_s)
+    emailed, archived = stack.emailed_orders(), stack.archived_orders()
+    assert sorted(emailed[i] for i in ids) == [1] * len(ids), "an order was emailed twice"
+    assert sorted(archived[i] for i in ids) == [1] * len(ids), "an order was archived twice"
+
+
+def test_consumers_killed_mid_batch_three_times(local_stack: Stack) -> None:
+    bodies = orders(60, "killed")
+    assert {status for status, _ in post_all(local_stack, bodies)} == {202}
+    for _ in range(3):
+        time.sleep(0.7)
+        # The containers die mid-invocation and the mappings restart from their commits.
+        local_stack.stack.pools["EmailNotifierFunction"].kill()
+        local_stack.stack.pools["S3ArchiverFunction"].kill()
+        local_stack.stack.restart_mappings()
+    delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
+
+
+def test_the_same_batch_redelivered_three_times(local_stack: Stack) -> None:
+    bodies = orders(12, "redelivered")
+    post_all(local_stack, bodies)
+    ids = {b["order_id"] for b in bodies}
+    delivered_exactly_once(local_stack, ids)
+    archive_before = local_stack.objects("ArchiveBucket")
+
+    # Rebuild, from the topic itself, exactly the batches the archiver wrote, then hand each
+    # to both consumers three more times, as a mapping that lost its commits would.
+    consumer = KafkaConsumer(bootstrap_servers=local_stack.info.bootstrap_servers, group_id=None)
+    try:
+        batches = []
+        for key in archive_before:
+            name = key.rsplit("/", 1)[-1].removesuffix(".jsonl.gz")
+            topic, partition, first = name.rsplit("+", 2)
+            lines = int(local_stack.stack_object_metadata(key)["record-count"])
+            tp = TopicPartition(topic, int(partition))
+            consumer.assign([tp])
+            consumer.seek(tp, int(first))
+            records: list[Any] = []
+            while len(records) < lines:
+                records.extend(consumer.poll(timeout_ms=1000).get(tp, []))
+            batches.append(
+                msk_event(records[:lines], "arn:local", local_stack.info.bootstrap_servers)
+            )
+    finally:
+        consumer.close()
+    for _ in range(3):
+        for event in batches:
+            assert local_stack.stack.pools["S3ArchiverFunction"].invoke(event).ok
+            assert local_stack.stack.pools["EmailNotifierFunction"].invoke(event).ok
+    assert local_stack.objects("ArchiveBucket") == archive_before  # same keys, same bytes
+    emailed = local_stack.emailed_orders()
+    assert sorted(emailed[i] for i in ids) == [1] * len(ids)
+
+
+def test_ses_throttles_thirty_percent_of_calls(local_stack: Stack) -> None:
+    assert local_stack.stack.aws_faults is not None
+    fault = local_stack.stack.aws_faults.add(ses_throttling(rate=0.3))
+    try:
+        bodies = orders(60, "throttled")
+        post_all(local_stack, bodies)
+        delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
+    finally:
+        local_stack.stack.aws_faults.clear()
+    assert fault.injected > 0
+
+
+def test_s3_refuses_writes_for_a_while(local_stack: Stack) -> None:
+    assert local_stack.stack.aws_faults is not None
+    bucket = local_stack.info.buckets["ArchiveBucket"]
+    fault = local_stack.stack.aws_faults.add(s3_put_failures(bucket, seconds=8))
+    try:
+        bodies = orders(30, "s3down")
+        post_all(local_stack, bodies)
+        delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
+    finally:
+        local_stack.stack.aws_faults.clear()
+    assert fault.injected > 0
+
+
+def test_the_broker_unreachable_for_a_while(local_stack: Stack) -> None:
+    proxy = local_stack.stack.kafka_faults
+    assert proxy is not None
+    partitions = [TopicPartition("order-placed", p) for p in range(6)]
+    before = end_offsets(local_stack.info.bootstrap_servers, partitions)
+    bodies = orders(5, "brokerdown")
+    proxy.cut()
+    try:
+        answers = [local_stack.post(body) for body in bodies]
+    finally:
+        proxy.restore()
+    assert [status for status, _ in answers] == [503] * 5
+    assert all(answer["error"] == "unavailable" for _, answer in answers)
+    time.sleep(2)  # whatever a failed send might still deliver has had time to land
+    assert end_offsets(local_stack.info.bootstrap_servers, partitions) == before
+
+    retried = post_all(local_stack, bodies)  # the client retries, as Retry-After told it
+    assert [status for status, _ in retried] == [202] * 5
+    delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
