@@ -9,7 +9,6 @@ the stage requires in AWS is not asked for locally.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import threading
 import time
@@ -190,11 +189,12 @@ class LocalApi:
             def _serve(self) -> None:
                 started = time.perf_counter()
                 path = urlsplit(self.path).path
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    self._reply(413, {}, json.dumps({"message": "Request Too Long"}).encode())
+                body = self._body()
+                if body is None:
+                    # The rest of the request is left unread: the connection must not be reused.
+                    self.close_connection = True
+                    self._reply(413, {"Connection": ["close"]}, b'{"message":"Request Too Long"}')
                     return
-                body = self.rfile.read(length) if length else b""
                 found = api.match(self.command, path)
                 if found is None:
                     # What API Gateway answers for a route or method it does not have.
@@ -217,11 +217,32 @@ class LocalApi:
                 took = (time.perf_counter() - started) * 1000
                 api.log(f"{route.function:<24} {self.command} {path} -> {status} {took:7.0f} ms")
 
+            def _body(self) -> bytes | None:
+                """The request body (plain or chunked), or None when it exceeds the limit."""
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    chunks: list[bytes] = []
+                    size = 0
+                    while True:
+                        length = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if length == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass  # trailers
+                            return b"".join(chunks)
+                        size += length
+                        if size > MAX_BODY_BYTES:
+                            return None
+                        chunks.append(self.rfile.read(length))
+                        self.rfile.readline()  # the CRLF after each chunk
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    return None
+                return self.rfile.read(length) if length else b""
+
             def _reply(self, status: int, headers: dict[str, list[str]], body: bytes) -> None:
                 self.send_response(status)
                 has_type = any(name.lower() == "content-type" for name in headers)
                 for name, values in headers.items():
-                    if name.lower() in {"content-length", "connection", "transfer-encoding"}:
+                    if name.lower() in {"content-length", "transfer-encoding"}:
                         continue
                     for value in values:
                         self.send_header(name, value)
@@ -232,6 +253,7 @@ class LocalApi:
                 self.wfile.write(body)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _serve
+            do_TRACE = do_CONNECT = _serve
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

@@ -113,12 +113,15 @@ def _reject_constant(name: str) -> Any:
     raise BodyError(f"{name} is not a JSON number")
 
 
+_NOT_AN_OBJECT: Final = "Input should be a valid dictionary or object to extract fields from"
+
+
 def parse_json_body(text: str) -> Any:
     """The resolver's JSON parser: size-capped, strict about duplicate keys and NaN."""
     if len(text) > MAX_BODY_BYTES or len(text.encode()) > MAX_BODY_BYTES:
         raise BodyTooLargeError(f"the body is larger than {MAX_BODY_BYTES} bytes")
     try:
-        return json.loads(
+        body = json.loads(
             text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_constant
         )
     except json.JSONDecodeError as exc:
@@ -127,6 +130,13 @@ def parse_json_body(text: str) -> Any:
         raise BodyError("the JSON is nested too deeply") from None
     except ValueError:  # Python refuses integers of more than 4300 digits
         raise BodyError("a number in the body is too long") from None
+    if isinstance(body, list):
+        # The resolver validates a list's first element in place of a body that is not a list
+        # (an unwrapping meant for repeated query parameters): [order, anything] would pass.
+        raise RequestValidationError(
+            [{"type": "model_attributes_type", "loc": ("body",), "msg": _NOT_AN_OBJECT}]
+        )
+    return body
 
 
 def is_json_media_type(content_type: str | None) -> bool:

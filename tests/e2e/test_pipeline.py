@@ -104,3 +104,34 @@ def test_a_poison_record_is_dead_lettered_and_the_partition_keeps_flowing(
             for line in local_stack.archived_lines()
         )
     )
+
+
+def test_the_local_api_reads_chunked_bodies_and_closes_after_an_oversize_one(
+    local_stack: Stack,
+) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(local_stack.info.api_url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=30)
+    try:
+        body = json.dumps(order(7)).encode()
+        connection.request(
+            "POST",
+            "/orders",
+            body=iter([body[:10], body[10:]]),
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            encode_chunked=True,
+        )
+        response = connection.getresponse()
+        assert response.status == 202, response.read()
+        response.read()
+        connection.putrequest("POST", "/orders")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(11 * 1024 * 1024))
+        connection.endheaders()
+        oversize = connection.getresponse()
+        assert oversize.status == 413
+        assert oversize.getheader("Connection") == "close"
+    finally:
+        connection.close()

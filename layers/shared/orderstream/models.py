@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Self
 
 from pydantic import (
@@ -55,6 +55,15 @@ def _price_from_json(value: Any) -> Any:
     raise ValueError("price must be a decimal string such as '19.95', not a JSON number")
 
 
+def _to_cents(amount: Decimal) -> Decimal:
+    try:
+        return amount.quantize(CENT)
+    except InvalidOperation:
+        # More digits than Decimal's 28-digit context holds (an integer price of 10**30):
+        # a refusal like any other, not an arithmetic error that escapes validation.
+        raise ValueError("amount has too many digits") from None
+
+
 def _no_control_characters(value: str) -> str:
     if _CONTROL.search(value):
         raise ValueError("must not contain control characters (such as CR or LF)")
@@ -72,7 +81,7 @@ Money = Annotated[
     Decimal,
     BeforeValidator(_price_from_json),
     Field(ge=0, decimal_places=2),
-    AfterValidator(lambda d: d.quantize(CENT)),
+    AfterValidator(_to_cents),
     # Money travels as a string: a JSON number would be read back as a float by most clients.
     PlainSerializer(lambda d: str(d), return_type=str, when_used="json"),
     WithJsonSchema(_MONEY_SCHEMA, mode="serialization"),
