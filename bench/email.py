@@ -1,0 +1,254 @@
+"""How many SES calls order confirmations cost: the notifier's bulk sends vs one call per order.
+
+Against moto in-process (SES, DynamoDB, S3), in one run:
+
+* **bulk**: the email notifier's real handler over `--orders` orders, delivered as the mapping
+  would (batches of `--batch-size`, the template's BatchSize, over `--partitions` partitions),
+  counting every SES call it makes (SendBulkTemplatedEmail, up to 50 destinations each);
+* **baseline**: one SendTemplatedEmail per order, same template, same template data.
+
+Prints both call counts, their ratio and each side's wall time. The times are moto's (and the
+bulk side includes the idempotency writes), so only the call counts say what SES would bill
+in requests and throttle on.
+
+    .venv/bin/python bench/email.py [--orders 1000] [--batch-size 100] [--partitions 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+# Run as a script, this folder is sys.path[0], and this file would shadow the standard library's
+# `email` package that botocore imports: take the folder off the path before anything needs it.
+# (Every other import is inside the functions, so it happens after this.)
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
+
+CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
+SENDER = "orders@example.com"
+TABLE = "orderstream-bench-idempotency"
+BUCKET = "orderstream-bench-dead-letters"
+REGION: Final = "eu-west-1"
+
+
+@dataclass(frozen=True)
+class FakeRecord:
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    topic: str = "order-placed"
+    partition: int = 0
+    offset: int = 0
+    timestamp: int = 0
+    timestamp_type: int = 0
+
+
+def quiet_offline_environment() -> None:
+    """Fake credentials, no tracing, metrics or info logs: only the figures are printed."""
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench",
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": REGION,
+            "POWERTOOLS_SERVICE_NAME": "email-notifier-bench",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "ERROR",
+        }
+    )
+    os.environ.pop("AWS_PROFILE", None)
+
+
+def order_records(count: int, partitions: int) -> list[FakeRecord]:
+    from orderstream.events import OrderPlaced, to_message
+    from orderstream.models import Customer, LineItem, Order, compute_total
+
+    placed_at = datetime(2026, 11, 25, 14, tzinfo=UTC)
+    records = []
+    for n in range(count):
+        items = [
+            LineItem(sku=f"SKU-{n:05d}-{j}", name=f"Item {j}", quantity=1 + j, unit_price="12.50")
+            for j in range(3)
+        ]
+        order = Order(
+            order_id=f"00000000-0000-4000-8000-{n:012d}",
+            customer=Customer(id=f"c-{n}", email=f"customer{n}@example.com", name="Ada Lovelace"),
+            items=items,
+            currency="EUR",
+            total=compute_total(items),
+        )
+        message = to_message(OrderPlaced.new(order, f"req-{n}", occurred_at=placed_at))
+        records.append(
+            FakeRecord(
+                key=message.key,
+                value=message.value,
+                headers=list(message.headers),
+                partition=n % partitions,
+                offset=n // partitions,
+            )
+        )
+    return records
+
+
+def create_resources() -> str:
+    """Table, bucket, sender identity and the template from template.yaml; the template's name."""
+    import boto3
+
+    from devstack.template import Resolver, load_template
+
+    boto3.client("dynamodb").create_table(
+        TableName=TABLE,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    boto3.client("s3").create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    ses = boto3.client("ses")
+    ses.verify_email_identity(EmailAddress=SENDER)
+    template = load_template()
+    spec = template["Resources"]["OrderConfirmationTemplate"]["Properties"]["Template"]
+    resolved: dict[str, str] = Resolver(template, {"SenderEmail": SENDER}).resolve(spec)
+    ses.create_template(Template=resolved)
+    return resolved["TemplateName"]
+
+
+@contextmanager
+def counting_calls(client: Any, service: str) -> Iterator[Counter[str]]:
+    """Counts the client's API calls by operation (retries not included)."""
+    calls: Counter[str] = Counter()
+
+    def count(model: Any, **_: Any) -> None:
+        calls[model.name] += 1
+
+    client.meta.events.register(f"before-call.{service}", count)
+    try:
+        yield calls
+    finally:
+        client.meta.events.unregister(f"before-call.{service}", count)
+
+
+def ses_destinations() -> int:
+    """Emails moto's SES accepted so far (bulk calls count each destination)."""
+    from moto.core.models import DEFAULT_ACCOUNT_ID
+    from moto.ses.models import ses_backends
+
+    sent = 0
+    for message in ses_backends[DEFAULT_ACCOUNT_ID][REGION].sent_messages:
+        destinations = message.destinations
+        sent += len(destinations) if isinstance(destinations, list) else 1
+    return sent
+
+
+def bulk(
+    records: list[FakeRecord], batch_size: int, template: str
+) -> tuple[Counter[str], Counter[str], float]:
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    from devstack.msk_event import msk_event
+    from functions.email_notifier import app
+    from orderstream import settings
+    from tests.fakes import LambdaContext
+
+    os.environ.update(
+        {
+            settings.IDEMPOTENCY_TABLE: TABLE,
+            settings.DEAD_LETTER_BUCKET: BUCKET,
+            settings.SENDER_EMAIL: SENDER,
+            settings.EMAIL_TEMPLATE: template,
+            settings.EMAIL_REDIRECT_TO: "",
+        }
+    )
+    app.notifier.cache_clear()
+    wired = app.notifier()
+    persistence = wired.ledger.persistence
+    assert isinstance(persistence, DynamoDBPersistenceLayer)
+    with (
+        counting_calls(wired.mailer.client, "ses") as calls,
+        counting_calls(persistence.client, "dynamodb") as ledger_calls,
+        redirect_stdout(io.StringIO()),  # the metrics Powertools prints per invocation
+    ):
+        started = time.perf_counter()
+        for start in range(0, len(records), batch_size):
+            event = msk_event(records[start : start + batch_size], CLUSTER_ARN, "b-1:9098")
+            response = app.lambda_handler(event, LambdaContext(timeout_ms=60_000))
+            if response["batchItemFailures"]:
+                raise SystemExit(f"the notifier reported failures: {response}")
+        return calls, ledger_calls, time.perf_counter() - started
+
+
+def one_call_per_order(records: list[FakeRecord], template: str) -> tuple[Counter[str], float]:
+    import boto3
+
+    from orderstream.confirmation import confirmation_for
+    from orderstream.events import from_bytes
+
+    client = boto3.client("ses")
+    with counting_calls(client, "ses") as calls:
+        started = time.perf_counter()
+        for record in records:
+            confirmation = confirmation_for(from_bytes(record.value, record.key))
+            client.send_templated_email(
+                Source=SENDER,
+                Destination={"ToAddresses": [confirmation.recipient]},
+                Template=template,
+                TemplateData=json.dumps(confirmation.data, separators=(",", ":")),
+            )
+        return calls, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--orders", type=int, default=1_000)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--partitions", type=int, default=3)
+    args = parser.parse_args()
+
+    quiet_offline_environment()
+    from moto import mock_aws
+
+    records = order_records(args.orders, args.partitions)
+    with mock_aws():
+        template = create_resources()
+        bulk_calls, ledger_calls, bulk_seconds = bulk(records, args.batch_size, template)
+        bulk_sent = ses_destinations()
+        single_calls, single_seconds = one_call_per_order(records, template)
+        single_sent = ses_destinations() - bulk_sent
+
+    bulk_total, single_total = sum(bulk_calls.values()), sum(single_calls.values())
+    print(
+        f"{args.orders:,} orders in batches of {args.batch_size} over {args.partitions} "
+        f"partitions (moto in-process)"
+    )
+    print(
+        f"bulk (email notifier)     {bulk_total:6,} SES calls  {bulk_sent:6,} emails  "
+        f"{bulk_seconds * 1000:8.0f} ms  {dict(bulk_calls)}"
+    )
+    print(
+        f"one call per order        {single_total:6,} SES calls  {single_sent:6,} emails  "
+        f"{single_seconds * 1000:8.0f} ms  {dict(single_calls)}"
+    )
+    print(f"  (the bulk side also made {dict(ledger_calls)} idempotency calls to DynamoDB)")
+    print(
+        f"SES calls per 1,000 orders: bulk {bulk_total * 1000 / args.orders:,.0f}, "
+        f"one per order {single_total * 1000 / args.orders:,.0f}; "
+        f"ratio one-per-order / bulk: {single_total / bulk_total:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""The email notifier: one SES order confirmation per order_id, whatever Kafka redelivers.
+
+The handler wires Powertools and three small adapters around
+`orderstream.confirmation.confirm_batch`, which holds the claim -> send -> settle protocol:
+
+* `IdempotencyLedger`: Powertools idempotency records (DynamoDB) keyed on order_id;
+* `SesMailer`: SES v1 SendBulkTemplatedEmail, up to 50 confirmations per call;
+* `S3DeadLetters`: poison records, one object per record, in the dead-letter bucket.
+
+The answer is a partial batch response (the mapping uses ReportBatchItemFailures): only orders
+that could not be settled now are redelivered. The handler raises only for a broken
+configuration, which fails the whole batch. It never imports kafka-python: the mapping hands it
+the records, and the import would only slow cold starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.shared.constants import METRICS_NAMESPACE_ENV
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    BaseError as IdempotencyError,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyItemAlreadyExistsError,
+    IdempotencyItemNotFoundError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import STATUS_CONSTANTS
+from aws_lambda_powertools.utilities.kafka import ConsumerRecords, kafka_consumer
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from orderstream import settings
+from orderstream.confirmation import (
+    Claim,
+    Confirmation,
+    ConfirmationOutcome,
+    DeadLetterError,
+    Delivery,
+    LedgerError,
+    MailerError,
+    Problem,
+    bulk_request,
+    confirm_batch,
+    deliveries,
+)
+from orderstream.dead_letter import CONTENT_TYPE as DEAD_LETTER_CONTENT_TYPE
+from orderstream.dead_letter import DeadLetter
+from orderstream.events import ORDER_EVENTS
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+    from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
+    from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+    from mypy_boto3_s3 import S3Client
+
+#: Names the dead letters and the logs; part of every dead-letter key.
+CONSUMER: Final = "email-notifier"
+# Fixed, and distinct from the order API's "order-api#order": both keep their records in the
+# one idempotency table, keyed on the same order_id, and must never see each other's.
+IDEMPOTENCY_KEY_PREFIX: Final = "email-notifier#order-confirmation"
+#: Longer than the topic's retention (7 days), so a replay from TRIM_HORIZON never mails twice.
+DEFAULT_IDEMPOTENCY_EXPIRES_SECONDS: Final = 8 * 24 * 60 * 60
+
+# Standard mode retries throttling ("Maximum sending rate exceeded"), 5xx and connection errors
+# with jittered exponential backoff. 3 attempts bound one bulk call to about 25 s
+# (3 x (2 s connect + 5 s read) + backoff). Adaptive mode's client-side limiter would only pay
+# off for many threads sharing one client. A read timeout is the one ambiguous case: SES may
+# have sent, the retry then sends again (SES v1 has no idempotency token) - rare, and the
+# alternative of not retrying would hand the same ambiguity to the mapping's retry.
+SES_CONFIG: Final = Config(
+    retries={"mode": "standard", "total_max_attempts": 3},
+    connect_timeout=2,
+    read_timeout=5,
+    tcp_keepalive=True,
+)
+#: One chunk's worst case (claims + the SES call with its retries): a later chunk starts only
+#: with this much time left, so the invocation is not killed while holding claims.
+CHUNK_TIME_BUDGET_MS: Final = 30_000
+# Short timeouts: a slow table must fail the claim (and retry the record), not eat the time
+# the SES call needs.
+DYNAMODB_CONFIG: Final = Config(
+    retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=1, read_timeout=2
+)
+S3_CONFIG: Final = Config(
+    retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=10
+)
+
+_EMAIL = re.compile(r"[^\s@\"'<>()\[\],;:\\]+@([^\s@\"'<>()\[\],;:\\]+)")
+
+
+def mask_emails(value: Any) -> Any:
+    """Every e-mail address's local part as ***, in anything about to be logged."""
+    if isinstance(value, str):
+        return _EMAIL.sub(r"***@\1", value)
+    if isinstance(value, Mapping):
+        return {mask_emails(k): mask_emails(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask_emails(item) for item in value]
+    return value
+
+
+def _masked_log_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(mask_emails(record), separators=(",", ":"), default=str)
+
+
+logger = Logger(json_serializer=_masked_log_line)
+tracer = Tracer()
+# Read here, not left to Metrics: the namespace must never be missing when metrics are flushed.
+metrics = Metrics(namespace=os.environ.get(METRICS_NAMESPACE_ENV) or "orderstream")
+
+
+class IdempotencyLedger:
+    """The ledger of sent confirmations, as Powertools idempotency records.
+
+    Not `idempotent_function`: it wraps one call per key and records the result when that call
+    returns, while one SendBulkTemplatedEmail serves up to 50 keys and succeeds or fails per
+    destination. So the three steps `idempotent_function` takes inside (`save_inprogress`,
+    `save_success`, `delete_record`) are taken here around the bulk call, one per order. The
+    records stay Powertools' own - same table, attributes, expiry and in-progress expiry at
+    the invocation's deadline - so one store and one format serve the API and this function.
+    """
+
+    def __init__(self, persistence: BasePersistenceLayer, config: IdempotencyConfig) -> None:
+        self.persistence = persistence
+        self.config = config
+        persistence.configure(config, key_prefix=IDEMPOTENCY_KEY_PREFIX)
+
+    def register_lambda_context(self, context: LambdaContext) -> None:
+        # An in-progress claim outlives a killed invocation only until its deadline.
+        self.config.register_lambda_context(context)
+
+    def claim(self, order_id: str) -> Claim:
+        data = _key(order_id)
+        try:
+            self.persistence.save_inprogress(data, remaining_time_in_millis=self._time_left())
+        except IdempotencyItemAlreadyExistsError as exc:
+            stored = exc.old_data_record or self._stored(data)
+            if stored is not None and stored.status == STATUS_CONSTANTS["COMPLETED"]:
+                return Claim.SENT
+            return Claim.IN_PROGRESS
+        except (BotoCoreError, ClientError, IdempotencyError) as exc:
+            raise LedgerError(f"claim failed: {type(exc).__name__}: {exc}") from exc
+        return Claim.CLAIMED
+
+    def confirm(self, order_id: str, message_id: str) -> None:
+        # Only SES's message id is kept: no customer data at rest in the idempotency table.
+        try:
+            self.persistence.save_success(_key(order_id), result={"message_id": message_id})
+        except (BotoCoreError, ClientError, IdempotencyError) as exc:
+            raise LedgerError(f"confirm failed: {type(exc).__name__}: {exc}") from exc
+
+    def release(self, order_id: str) -> None:
+        try:
+            self.persistence.delete_record(_key(order_id), MailerError("not sent"))
+        except (BotoCoreError, ClientError, IdempotencyError) as exc:
+            raise LedgerError(f"release failed: {type(exc).__name__}: {exc}") from exc
+
+    def _stored(self, data: dict[str, Any]) -> DataRecord | None:
+        try:
+            return self.persistence.get_record(data)
+        except IdempotencyItemNotFoundError:
+            return None  # released meanwhile: answered IN_PROGRESS, so a retry decides
+
+    def _time_left(self) -> int | None:
+        context = self.config.lambda_context
+        return context.get_remaining_time_in_millis() if context is not None else None
+
+
+def _key(order_id: str) -> dict[str, Any]:
+    return {"order_id": order_id}
+
+
+class BulkTemplatedEmailClient(Protocol):
+    """The one SES call the mailer makes (there are no SES type stubs in the venv)."""
+
+    def send_bulk_templated_email(self, **kwargs: Any) -> dict[str, Any]: ...
+
+
+class SesMailer:
+    def __init__(self, client: BulkTemplatedEmailClient, *, sender: str, template: str) -> None:
+        self.client = client
+        self.sender = sender
+        self.template = template
+
+    @tracer.capture_method(capture_response=False)
+    def send(self, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        request = bulk_request(confirmations, sender=self.sender, template=self.template)
+        try:
+            response = self.client.send_bulk_templated_email(**request)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise MailerError(
+                f"SendBulkTemplatedEmail failed: {error.get('Code')}: {error.get('Message')}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise MailerError(f"SendBulkTemplatedEmail failed: {exc}") from exc
+        return deliveries(response.get("Status", []))
+
+
+class S3DeadLetters:
+    def __init__(self, client: S3Client, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def put(self, letter: DeadLetter) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=letter.key,
+                Body=letter.body,
+                ContentType=DEAD_LETTER_CONTENT_TYPE,
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise DeadLetterError(f"PutObject {letter.key} failed: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Notifier:
+    ledger: IdempotencyLedger
+    mailer: SesMailer
+    dead_letters: S3DeadLetters
+    redirect_to: str | None
+
+
+@functools.cache
+def notifier() -> Notifier:
+    """The container's clients and settings, built on first use: a missing setting fails the
+    invocation with its variable's name, and tests set the environment after importing."""
+    redirect_to = os.environ.get(settings.EMAIL_REDIRECT_TO, "").strip() or None
+    if redirect_to is not None and not _looks_like_address(redirect_to):
+        raise settings.ConfigurationError(
+            f"{settings.EMAIL_REDIRECT_TO}={redirect_to!r} is not an e-mail address"
+        )
+    persistence = DynamoDBPersistenceLayer(
+        table_name=settings.required(settings.IDEMPOTENCY_TABLE), boto_config=DYNAMODB_CONFIG
+    )
+    config = IdempotencyConfig(
+        event_key_jmespath="order_id",
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=idempotency_expiry(),
+        hash_function="sha256",
+    )
+    return Notifier(
+        ledger=IdempotencyLedger(persistence, config),
+        mailer=SesMailer(
+            boto3.client("ses", config=SES_CONFIG),
+            sender=settings.required(settings.SENDER_EMAIL),
+            template=settings.required(settings.EMAIL_TEMPLATE),
+        ),
+        dead_letters=S3DeadLetters(
+            boto3.client("s3", config=S3_CONFIG), settings.required(settings.DEAD_LETTER_BUCKET)
+        ),
+        redirect_to=redirect_to,
+    )
+
+
+def idempotency_expiry(environ: Mapping[str, str] | None = None) -> int:
+    env = os.environ if environ is None else environ
+    name = settings.IDEMPOTENCY_EXPIRES_SECONDS
+    raw = env.get(name, "").strip() or str(DEFAULT_IDEMPOTENCY_EXPIRES_SECONDS)
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise settings.ConfigurationError(f"{name}={raw!r} is not an integer") from None
+    if seconds < 3600:
+        raise settings.ConfigurationError(f"{name} must be at least 3600 seconds")
+    return seconds
+
+
+def _looks_like_address(text: str) -> bool:
+    return bool(re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", text))
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics(capture_cold_start_metric=True)
+@kafka_consumer(schema_config=ORDER_EVENTS)
+def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> PartialItemFailureResponse:
+    wired = notifier()
+    wired.ledger.register_lambda_context(context)
+    outcome = confirm_batch(
+        event.records,
+        ledger=wired.ledger,
+        mailer=wired.mailer,
+        dead_letters=wired.dead_letters,
+        consumer=CONSUMER,
+        redirect_to=wired.redirect_to,
+        time_left_ms=context.get_remaining_time_in_millis,
+        min_time_per_chunk_ms=CHUNK_TIME_BUDGET_MS,
+    )
+    report(outcome, redirected=wired.redirect_to is not None)
+    return outcome.response()
+
+
+def report(outcome: ConfirmationOutcome, *, redirected: bool) -> None:
+    metrics.add_metric(name="EmailsSent", unit=MetricUnit.Count, value=len(outcome.sent))
+    metrics.add_metric(
+        name="EmailsSkippedDuplicate", unit=MetricUnit.Count, value=outcome.duplicates
+    )
+    metrics.add_metric(name="PoisonRecords", unit=MetricUnit.Count, value=outcome.poison)
+    metrics.add_metric(name="SesFailures", unit=MetricUnit.Count, value=outcome.ses_failures)
+    for letter in outcome.dead_letters:
+        logger.warning(
+            "Record dead-lettered",
+            record=f"{letter.topic}-{letter.partition}:{letter.offset}",
+            dead_letter_key=letter.key,
+            reason=letter.reason,
+        )
+    # One line per distinct problem, not per order: a failed bulk call is one event.
+    grouped: dict[tuple[str, str, bool], list[Problem]] = {}
+    for problem in outcome.problems:
+        grouped.setdefault((problem.stage, problem.detail, problem.retried), []).append(problem)
+    for (stage, detail, retried), problems in grouped.items():
+        logger.error(
+            "Confirmations not completed",
+            stage=stage,
+            detail=detail,
+            retried=retried,
+            order_ids=[p.order_id for p in problems if p.order_id],
+            records=[str(ref) for p in problems for ref in p.records],
+        )
+    logger.info(
+        "Batch confirmed",
+        extra={**outcome.summary(), "redirected": redirected, "order_ids": sorted(outcome.sent)},
+    )

@@ -1,0 +1,137 @@
+"""Dead letters: a Kafka record a consumer could not use, kept byte-exact with the reason.
+
+A poison record must neither block its partition nor be lost, so a consumer writes it here and
+moves on. One JSON document per record, under a key made of the record's coordinates:
+
+    dead-letters/<consumer>/<topic>/<partition>/<offset:020>.json
+
+so a redelivered poison record overwrites its own dead letter instead of adding a second one,
+and a listing sorts by offset. The document (keys sorted, compact; spread out here):
+
+    {"consumer": "email-notifier",
+     "headers": [{"content-type": [97, 112, 112, ...]}],
+     "key": "NWIwYzRkMWUtOGYyYS00YzNiLTlkN2UtMDAwMDAwMDBmZmZm",
+     "offset": 241, "partition": 2,
+     "reason": "value is not UTF-8 JSON: 'utf-8' codec can't decode byte 0x89 ...",
+     "timestamp": 1795615330000, "timestamp_type": "CREATE_TIME",
+     "topic": "order-placed",
+     "value": "iVBORw0KIG5vdCBqc29uIHs=",
+     "version": 1}
+
+- `key` and `value` are exactly what Lambda delivered: base64 of the raw bytes, null when the
+  record had no key, or no value (a tombstone). Decoding them gives the bytes on the topic.
+- `headers` are Lambda's raw form, in order, repeats kept: one `{name: [byte, ...]}` per header,
+  `null` for a null header value.
+- No wall-clock time: the bytes are a function of the record and the reason, so rewriting a
+  dead letter changes nothing (S3's LastModified says when it arrived).
+
+Pure: nothing here calls AWS. Consumers store `DeadLetter.body` under `DeadLetter.key`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+from urllib.parse import quote
+
+PREFIX: Final = "dead-letters"
+VERSION: Final = 1
+CONTENT_TYPE: Final = "application/json"
+# Enough for any decoding or validation message; a reason never grows with the record.
+MAX_REASON_CHARS: Final = 2000
+
+_CONSUMER: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+class DeadLetterSource(Protocol):
+    """What a dead letter needs of a record: Powertools' `ConsumerRecordRecords` fits it.
+
+    `original_*` are Lambda's raw fields; `original_value` raises KeyError when Lambda left the
+    value out (a tombstone).
+    """
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def timestamp_type(self) -> str: ...
+    @property
+    def original_key(self) -> str | None: ...
+    @property
+    def original_value(self) -> str | None: ...
+    @property
+    def original_headers(self) -> Sequence[Mapping[str, Sequence[int] | None]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    key: str
+    body: bytes
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+def dead_letter_key(consumer: str, topic: str, partition: int, offset: int) -> str:
+    """Where the dead letter of one record goes; the same record always maps to the same key."""
+    if not _CONSUMER.fullmatch(consumer):
+        raise ValueError(f"consumer name {consumer!r} must be lowercase letters, digits and -")
+    # Kafka topic names are [A-Za-z0-9._-] already; quoting only guards the key's shape.
+    return f"{PREFIX}/{consumer}/{quote(topic, safe='._-')}/{partition}/{offset:020d}.json"
+
+
+def dead_letter(record: DeadLetterSource, *, reason: str, consumer: str) -> DeadLetter:
+    """The record's dead letter; never raises for any key, value or headers Lambda can send."""
+    reason = _clip(reason.strip() or "no reason given")
+    document: dict[str, Any] = {
+        "version": VERSION,
+        "consumer": consumer,
+        "reason": reason,
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp,
+        "timestamp_type": record.timestamp_type,
+        "key": record.original_key,
+        "value": _original_value(record),
+        "headers": _raw_headers(record.original_headers),
+    }
+    body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return DeadLetter(
+        key=dead_letter_key(consumer, record.topic, record.partition, record.offset),
+        body=body,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        reason=reason,
+    )
+
+
+def _original_value(record: DeadLetterSource) -> str | None:
+    try:
+        return record.original_value
+    except KeyError:  # Powertools' accessor when Lambda left a tombstone's value out
+        return None
+
+
+def _raw_headers(
+    original: Sequence[Mapping[str, Sequence[int] | None]],
+) -> list[dict[str, list[int] | None]]:
+    return [
+        {name: None if octets is None else list(octets)}
+        for chunk in original
+        for name, octets in chunk.items()
+    ]
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."

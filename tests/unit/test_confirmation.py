@@ -1,0 +1,602 @@
+"""The confirmation protocol with in-memory ports: one email per order, whatever is redelivered.
+
+The handler tests (test_email_notifier.py) run the same protocol against moto; these pin down
+each rule, fast, with fakes whose behaviour is obvious.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.kafka import ConsumerRecords
+from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecordRecords
+from hypothesis import given
+
+from devstack.msk_event import msk_event
+from orderstream.confirmation import (
+    ESCAPED_BY_RENDERERS,
+    MAX_DESTINATIONS_PER_CALL,
+    Claim,
+    Confirmation,
+    ConfirmationOutcome,
+    DeadLetterError,
+    Delivery,
+    LedgerError,
+    MailerError,
+    RecordRef,
+    bulk_request,
+    confirm_batch,
+    confirmation_for,
+    deliveries,
+    inert,
+    template_data,
+)
+from orderstream.dead_letter import DeadLetter
+from orderstream.events import ORDER_EVENTS, OrderPlaced, to_message
+from orderstream.models import Customer, LineItem, Order, compute_total
+from tests.strategies import text
+
+CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/6f1a2b3c-s1"
+BOOTSTRAP = "boot-abcd1234.c1.kafka-serverless.eu-west-1.amazonaws.com:9098"
+PLACED_AT = datetime(2026, 11, 25, 14, tzinfo=UTC)
+
+# Handlebars' escapeExpression, which SES applies to every {{value}}.
+HANDLEBARS_ESCAPES = {
+    "&": "&amp;",
+    "<": "&lt;",
+    ">": "&gt;",
+    '"': "&quot;",
+    "'": "&#x27;",
+    "`": "&#x60;",
+    "=": "&#x3D;",
+}
+
+
+def handlebars_escape(value: str) -> str:
+    return "".join(HANDLEBARS_ESCAPES.get(c, c) for c in value)
+
+
+# ------------------------------------------------------------------ building batches
+
+
+@dataclass(frozen=True)
+class FakeRecord:
+    """A Kafka record as kafka-python would read it, for devstack.msk_event."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    topic: str = "order-placed"
+    partition: int = 0
+    offset: int = 0
+    timestamp: int = 1795615328000
+    timestamp_type: int = 0
+
+
+def order_placed(
+    n: int,
+    *,
+    name: str = "Ada Lovelace",
+    email: str | None = None,
+    items: list[LineItem] | None = None,
+    currency: str = "EUR",
+) -> OrderPlaced:
+    """Order number `n`: order_id UUID(int=n), customer<n>@example.com, one or two items."""
+    items = items or [
+        LineItem(sku=f"SKU-{n:04d}", name=f"Item {n}", quantity=1 + n % 3, unit_price="12.50"),
+        *([LineItem(sku="GIFT-WRAP", name="Gift wrap", quantity=1, unit_price=2)] * (n % 2)),
+    ]
+    order = Order(
+        order_id=uuid.UUID(int=n),
+        customer=Customer(id=f"c-{n}", email=email or f"customer{n}@example.com", name=name),
+        items=items,
+        currency=currency,
+        total=compute_total(items),
+    )
+    return OrderPlaced.new(order, f"req-{n:04d}", occurred_at=PLACED_AT)
+
+
+def kafka_records(
+    events: Sequence[OrderPlaced], *, partitions: int = 3, first_offset: int = 100
+) -> list[FakeRecord]:
+    """The events as a producer keyed by order_id spreads them: round-robin here, in order."""
+    offsets = dict.fromkeys(range(partitions), first_offset)
+    records = []
+    for i, event in enumerate(events):
+        message = to_message(event)
+        partition = i % partitions
+        records.append(
+            FakeRecord(
+                key=message.key,
+                value=message.value,
+                headers=list(message.headers),
+                partition=partition,
+                offset=offsets[partition],
+            )
+        )
+        offsets[partition] += 1
+    return records
+
+
+def raw_record(value: bytes | None, *, partition: int = 0, offset: int = 0) -> FakeRecord:
+    return FakeRecord(key=None, value=value, partition=partition, offset=offset)
+
+
+def msk_batch(records: Sequence[FakeRecord]) -> dict[str, Any]:
+    return msk_event(records, CLUSTER_ARN, BOOTSTRAP)
+
+
+def consumer_records(batch: dict[str, Any]) -> list[ConsumerRecordRecords]:
+    return list(ConsumerRecords(batch, schema_config=ORDER_EVENTS).records)
+
+
+# ------------------------------------------------------------------ in-memory ports
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self.state: dict[str, str] = {}  # order_id -> "in-progress" | message id
+        self.failing: set[str] = set()  # operations that raise LedgerError
+        self.calls: list[tuple[str, str]] = []
+
+    def claim(self, order_id: str) -> Claim:
+        self._call("claim", order_id)
+        if order_id not in self.state:
+            self.state[order_id] = "in-progress"
+            return Claim.CLAIMED
+        return Claim.IN_PROGRESS if self.state[order_id] == "in-progress" else Claim.SENT
+
+    def confirm(self, order_id: str, message_id: str) -> None:
+        self._call("confirm", order_id)
+        self.state[order_id] = message_id
+
+    def release(self, order_id: str) -> None:
+        self._call("release", order_id)
+        del self.state[order_id]
+
+    def _call(self, operation: str, order_id: str) -> None:
+        self.calls.append((operation, order_id))
+        if operation in self.failing:
+            raise LedgerError(f"{operation} failed: table unavailable")
+
+
+Script = Callable[[int, Sequence[Confirmation]], Sequence[Delivery]]
+
+
+class MemoryMailer:
+    """Delivers everything, unless `script(call_number, confirmations)` answers otherwise;
+    `inbox` holds what was actually delivered."""
+
+    def __init__(self, script: Script | None = None) -> None:
+        self.script = script
+        self.calls: list[list[Confirmation]] = []
+        self.inbox: list[Confirmation] = []
+
+    def send(self, confirmations: Sequence[Confirmation]) -> Sequence[Delivery]:
+        self.calls.append(list(confirmations))
+        answers = (
+            self.script(len(self.calls), confirmations)
+            if self.script
+            else [Delivery(message_id=f"m-{c.order_id}") for c in confirmations]
+        )
+        self.inbox += [c for c, a in zip(confirmations, answers, strict=False) if a.sent]
+        return answers
+
+
+class MemoryDeadLetters:
+    def __init__(self, *, failing: bool = False) -> None:
+        self.letters: dict[str, DeadLetter] = {}
+        self.failing = failing
+
+    def put(self, letter: DeadLetter) -> None:
+        if self.failing:
+            raise DeadLetterError("bucket unavailable")
+        self.letters[letter.key] = letter
+
+
+@dataclass
+class Ports:
+    ledger: MemoryLedger = field(default_factory=MemoryLedger)
+    mailer: MemoryMailer = field(default_factory=MemoryMailer)
+    dead_letters: MemoryDeadLetters = field(default_factory=MemoryDeadLetters)
+
+    def deliver(self, batch: dict[str, Any], **options: Any) -> ConfirmationOutcome:
+        return confirm_batch(
+            consumer_records(batch),
+            ledger=self.ledger,
+            mailer=self.mailer,
+            dead_letters=self.dead_letters,
+            consumer="email-notifier",
+            **options,
+        )
+
+    def emails_per_order(self) -> Counter[str]:
+        return Counter(c.order_id for c in self.mailer.inbox)
+
+
+def failed_offsets(outcome: ConfirmationOutcome) -> set[tuple[int, int]]:
+    return {(ref.partition, ref.offset) for ref in outcome.failed}
+
+
+def position(order_id: str) -> tuple[int, int]:
+    """(partition, offset) of order `n` in `kafka_records(...)` with its defaults."""
+    n = uuid.UUID(order_id).int
+    return n % 3, 100 + n // 3
+
+
+# ------------------------------------------------------------------ the content
+
+
+def test_template_data_holds_the_whole_order_as_strings() -> None:
+    event = order_placed(1)
+
+    assert template_data(event) == {
+        "customer_name": "Ada Lovelace",
+        "order_id": "00000000-0000-0000-0000-000000000001",
+        "currency": "EUR",
+        "total": "27.00",
+        "items": [
+            {
+                "name": "Item 1",
+                "sku": "SKU-0001",
+                "quantity": "2",
+                "unit_price": "12.50",
+                "line_total": "25.00",
+                "currency": "EUR",
+            },
+            {
+                "name": "Gift wrap",
+                "sku": "GIFT-WRAP",
+                "quantity": "1",
+                "unit_price": "2.00",
+                "line_total": "2.00",
+                "currency": "EUR",
+            },
+        ],
+    }
+
+
+def test_markup_in_customer_text_is_made_inert() -> None:
+    evil = "<script>alert(\"x\")</script> & <img src=x onerror='y'>`"
+    item = LineItem(sku="SKU-1", name=evil, quantity=1, unit_price="1.00")
+    data = template_data(order_placed(1, name=evil, items=[item]))
+
+    for value in (data["customer_name"], data["items"][0]["name"]):
+        assert not set(value) & ESCAPED_BY_RENDERERS
+        assert value == (
+            "\uff1cscript\uff1ealert(\uff02x\uff02)\uff1c/script\uff1e \uff06 "
+            "\uff1cimg src\uff1dx onerror\uff1d\u2019y\u2019\uff1e\uff40"
+        )
+    assert inert("O'Brien") == "O\u2019Brien"  # the typographic apostrophe
+
+
+def test_bidirectional_overrides_are_dropped() -> None:
+    assert inert("Ada\u202egnirts\u202c Lovelace\u2066x\u2069") == "Adagnirts Lovelacex"
+
+
+@given(text)
+def test_inert_text_survives_any_html_escaping_unchanged(value: str) -> None:
+    made_inert = inert(value)
+
+    assert handlebars_escape(made_inert) == made_inert
+    assert inert(made_inert) == made_inert
+    assert len(made_inert) <= len(value)
+
+
+def test_the_recipient_is_the_bare_address_or_the_redirect() -> None:
+    event = order_placed(3)
+
+    assert confirmation_for(event).recipient == "customer3@example.com"
+    assert confirmation_for(event, "dev-inbox@example.org").recipient == "dev-inbox@example.org"
+    assert confirmation_for(event).order_id == str(uuid.UUID(int=3))
+
+
+def test_a_bulk_request_has_one_destination_per_confirmation() -> None:
+    confirmations = [confirmation_for(order_placed(n)) for n in range(2)]
+    request = bulk_request(confirmations, sender="orders@example.com", template="t")
+
+    assert request["Source"] == "orders@example.com"
+    assert request["Template"] == "t"
+    assert request["DefaultTemplateData"] == "{}"
+    assert [d["Destination"] for d in request["Destinations"]] == [
+        {"ToAddresses": ["customer0@example.com"]},
+        {"ToAddresses": ["customer1@example.com"]},
+    ]
+    assert json.loads(request["Destinations"][1]["ReplacementTemplateData"]) == template_data(
+        order_placed(1)
+    )
+
+
+@pytest.mark.parametrize("count", [0, MAX_DESTINATIONS_PER_CALL + 1])
+def test_a_bulk_request_outside_the_api_limit_is_refused(count: int) -> None:
+    confirmations = [confirmation_for(order_placed(n)) for n in range(count)]
+    with pytest.raises(ValueError, match="1 to 50 destinations"):
+        bulk_request(confirmations, sender="orders@example.com", template="t")
+
+
+def test_ses_statuses_map_to_sent_retryable_or_permanent() -> None:
+    answers = deliveries(
+        [
+            {"Status": "Success", "MessageId": "m-1"},
+            {"MessageId": "m-2"},  # moto's answer
+            {"Status": "AccountThrottled", "Error": "Maximum sending rate exceeded."},
+            {"Status": "Failed"},
+            {"Status": "MessageRejected", "Error": "Email address is on the suppression list"},
+            {"Status": "InvalidParameterValue", "Error": "Missing final '@domain'"},
+        ]
+    )
+
+    assert [(a.sent, a.retryable) for a in answers] == [
+        (True, True),
+        (True, True),
+        (False, True),
+        (False, True),
+        (False, False),
+        (False, False),
+    ]
+    assert answers[1].message_id == "m-2"
+    assert answers[2].error == "AccountThrottled: Maximum sending rate exceeded."
+
+
+# ------------------------------------------------------------------ the protocol
+
+
+def test_a_batch_goes_out_in_bulk_calls_of_at_most_50() -> None:
+    ports = Ports()
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(120)])))
+
+    assert [len(call) for call in ports.mailer.calls] == [50, 50, 20]
+    assert ports.emails_per_order() == Counter({str(uuid.UUID(int=n)): 1 for n in range(120)})
+    assert outcome.summary() == {
+        "sent": 120,
+        "duplicates": 0,
+        "poison": 0,
+        "ses_failures": 0,
+        "ses_calls": 3,
+        "failed_records": 0,
+    }
+    assert set(ports.ledger.state.values()) == {f"m-{uuid.UUID(int=n)}" for n in range(120)}
+
+
+def test_a_redelivered_batch_sends_nothing() -> None:
+    ports = Ports()
+    batch = msk_batch(kafka_records([order_placed(n) for n in range(20)]))
+    for _ in range(3):
+        outcome = ports.deliver(batch)
+
+    assert len(ports.mailer.inbox) == 20
+    assert len(ports.mailer.calls) == 1
+    assert (len(outcome.sent), outcome.duplicates) == (0, 20)
+
+
+def test_the_same_order_twice_in_a_batch_gets_one_email() -> None:
+    ports = Ports()
+    events = [order_placed(1), order_placed(2), order_placed(1)]
+    outcome = ports.deliver(msk_batch(kafka_records(events, partitions=1)))
+
+    assert ports.emails_per_order() == Counter({str(uuid.UUID(int=1)): 1, str(uuid.UUID(int=2)): 1})
+    assert (len(outcome.sent), outcome.duplicates, outcome.failed) == (2, 1, set())
+
+
+def test_a_destination_failing_mid_chunk_is_retried_alone() -> None:
+    def second_fails_once(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        return [
+            Delivery(error="TransientFailure: try again")
+            if call == 1 and i == 1
+            else Delivery(message_id=f"m-{c.order_id}")
+            for i, c in enumerate(confirmations)
+        ]
+
+    ports = Ports(mailer=MemoryMailer(second_fails_once))
+    batch = msk_batch(kafka_records([order_placed(n) for n in range(6)]))
+    first = ports.deliver(batch)
+
+    victim = ports.mailer.calls[0][1].order_id
+    assert failed_offsets(first) == {position(victim)}
+    assert first.ses_failures == 1
+    assert ("release", victim) in ports.ledger.calls
+    assert len(ports.mailer.inbox) == 5
+
+    second = ports.deliver(batch)
+    assert [c.order_id for c in ports.mailer.calls[1]] == [victim]
+    assert (len(second.sent), second.duplicates, second.failed) == (1, 5, set())
+    assert set(ports.emails_per_order().values()) == {1}
+    assert len(ports.emails_per_order()) == 6
+
+
+def test_a_failed_call_releases_its_chunk_and_a_retry_sends_only_that_chunk() -> None:
+    def third_call_throttled(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        if call == 3:
+            raise MailerError("SendBulkTemplatedEmail failed: Throttling: Maximum sending rate")
+        return [Delivery(message_id=f"m-{c.order_id}") for c in confirmations]
+
+    ports = Ports(mailer=MemoryMailer(third_call_throttled))
+    events = [order_placed(n) for n in range(120)]
+    batch = msk_batch(kafka_records(events))
+    first = ports.deliver(batch)
+
+    unsent = {c.order_id for c in ports.mailer.calls[2]}
+    assert failed_offsets(first) == set(map(position, unsent))
+    assert (len(unsent), first.ses_failures) == (20, 20)
+    assert set(first.sent) == {e.order_id for e in events} - unsent
+    assert {oid for op, oid in ports.ledger.calls if op == "release"} == unsent
+    assert not unsent & ports.ledger.state.keys()
+
+    second = ports.deliver(batch)
+    assert {c.order_id for c in ports.mailer.calls[-1]} == unsent
+    assert (len(second.sent), second.duplicates, second.failed) == (20, 100, set())
+    assert ports.emails_per_order() == Counter({e.order_id: 1 for e in events})
+
+
+def test_a_permanently_rejected_order_is_dead_lettered_not_retried() -> None:
+    def reject_first(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        return [
+            Delivery(error="MessageRejected: suppressed", retryable=False)
+            if i == 0
+            else Delivery(message_id="m")
+            for i, _ in enumerate(confirmations)
+        ]
+
+    ports = Ports(mailer=MemoryMailer(reject_first))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(3)])))
+
+    assert outcome.failed == set()
+    assert outcome.ses_failures == 1
+    [letter] = ports.dead_letters.letters.values()
+    assert letter.key == "dead-letters/email-notifier/order-placed/0/00000000000000000100.json"
+    assert letter.reason == "SES rejected the confirmation: MessageRejected: suppressed"
+    assert str(uuid.UUID(int=0)) not in ports.ledger.state  # released: a fixed replay may send
+
+
+def test_poison_is_dead_lettered_and_the_rest_is_sent() -> None:
+    good = kafka_records([order_placed(n) for n in range(2)], partitions=1)
+    poison = [
+        raw_record(b"\x89PNG not json", offset=102),
+        raw_record(b"[]", offset=103),
+        raw_record(None, offset=104),
+    ]
+    ports = Ports()
+    outcome = ports.deliver(msk_batch([*good, *poison]))
+
+    assert len(ports.mailer.inbox) == 2
+    assert (outcome.poison, outcome.failed) == (3, set())
+    reasons = {json.loads(letter.body)["offset"]: letter.reason for letter in outcome.dead_letters}
+    assert reasons.keys() == {102, 103, 104}
+    assert reasons[102].startswith("value is not UTF-8 JSON")
+    assert reasons[103].startswith("not a valid order-placed event")
+
+
+def test_a_tombstone_without_a_value_field_is_poison_too() -> None:
+    batch = msk_batch([raw_record(b"{}", offset=7)])
+    del batch["records"]["order-placed-0"][0]["value"]
+    ports = Ports()
+    outcome = ports.deliver(batch)
+
+    assert outcome.poison == 1
+    assert outcome.dead_letters[0].reason == "record has no value field (a tombstone?)"
+
+
+def test_poison_that_cannot_be_dead_lettered_is_retried() -> None:
+    ports = Ports(dead_letters=MemoryDeadLetters(failing=True))
+    records = [*kafka_records([order_placed(1)], partitions=1), raw_record(b"nope", offset=101)]
+    outcome = ports.deliver(msk_batch(records))
+
+    assert failed_offsets(outcome) == {(0, 101)}
+    assert len(ports.mailer.inbox) == 1
+    assert outcome.problems[0].stage == "dead-letter"
+
+
+def test_nothing_is_sent_without_a_claim() -> None:
+    ports = Ports()
+    ports.ledger.failing = {"claim"}
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(4)])))
+
+    assert ports.mailer.calls == []
+    assert len(outcome.failed) == 4
+    assert {p.stage for p in outcome.problems} == {"ledger"}
+
+
+def test_an_order_claimed_elsewhere_is_retried_not_sent() -> None:
+    ports = Ports()
+    ports.ledger.state[str(uuid.UUID(int=1))] = "in-progress"
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0), order_placed(1)])))
+
+    assert [c.order_id for c in ports.mailer.inbox] == [str(uuid.UUID(int=0))]
+    assert failed_offsets(outcome) == {(1, 100)}
+
+
+def test_a_sent_email_whose_record_fails_is_not_retried() -> None:
+    ports = Ports()
+    ports.ledger.failing = {"confirm"}
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+
+    assert len(ports.mailer.inbox) == 1
+    assert outcome.failed == set()  # retrying would send it again
+    assert [(p.stage, p.retried) for p in outcome.problems] == [("ledger", False)]
+
+
+def test_later_chunks_wait_for_an_invocation_with_time_left() -> None:
+    ports = Ports()
+    events = [order_placed(n) for n in range(60)]
+    outcome = ports.deliver(
+        msk_batch(kafka_records(events)), time_left_ms=lambda: 1_000, min_time_per_chunk_ms=5_000
+    )
+
+    assert [len(call) for call in ports.mailer.calls] == [50]  # the first chunk always goes
+    assert len(outcome.failed) == 10
+    assert {p.stage for p in outcome.problems} == {"deferred"}
+    deferred = {e.order_id for e in events} - {c.order_id for c in ports.mailer.calls[0]}
+    assert failed_offsets(outcome) == set(map(position, deferred))
+    assert not deferred & ports.ledger.state.keys()  # never claimed
+
+
+def test_an_unexpected_mailer_error_releases_the_claims_and_propagates() -> None:
+    def broken(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        raise RuntimeError("bug")
+
+    ports = Ports(mailer=MemoryMailer(broken))
+    with pytest.raises(RuntimeError, match="bug"):
+        ports.deliver(msk_batch(kafka_records([order_placed(0), order_placed(1)])))
+    assert ports.ledger.state == {}
+
+
+def test_the_response_names_failed_records_as_powertools_batch_processor_does() -> None:
+    records = kafka_records([order_placed(n) for n in range(6)])
+    batch = msk_batch(records)
+    failed = {RecordRef("order-placed", 1, 100), RecordRef("order-placed", 2, 101)}
+    ours = ConfirmationOutcome(failed=failed).response()
+
+    def handler(record: Any) -> None:
+        if RecordRef(record.topic, record.partition, record.offset) in failed:
+            raise RuntimeError("failed")
+
+    theirs = process_partial_response(
+        event=batch, record_handler=handler, processor=BatchProcessor(event_type=EventType.Kafka)
+    )
+    assert ours == {
+        "batchItemFailures": [
+            {"itemIdentifier": {"partition": "order-placed-1", "offset": 100}},
+            {"itemIdentifier": {"partition": "order-placed-2", "offset": 101}},
+        ]
+    }
+    key = json.dumps
+    assert sorted(map(key, ours["batchItemFailures"])) == sorted(
+        map(key, theirs["batchItemFailures"])
+    )
+
+
+def test_an_empty_outcome_reports_no_failures() -> None:
+    assert ConfirmationOutcome().response() == {"batchItemFailures": []}
+    assert Ports().deliver(msk_batch([])).summary()["sent"] == 0
+
+
+def test_decimal_quantities_stay_exact() -> None:
+    item = LineItem(sku="S", name="n", quantity=3, unit_price=Decimal("0.10"))
+    data = template_data(order_placed(5, items=[item]))
+
+    assert (data["items"][0]["line_total"], data["total"]) == ("0.30", "0.30")
+
+
+def test_a_bulk_answer_without_a_status_per_order_counts_as_unsent() -> None:
+    def one_status_short(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        return [Delivery(message_id="m") for _ in confirmations[1:]]
+
+    ports = Ports(mailer=MemoryMailer(one_status_short))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0), order_placed(1)])))
+
+    assert len(outcome.failed) == 2
+    assert ports.ledger.state == {}
+    assert outcome.problems[0].detail == "1 statuses for 2 destinations"

@@ -1,0 +1,559 @@
+"""The email notifier's handler against moto SES, DynamoDB and S3, fed Lambda's MSK event shape.
+
+SES's template comes from template.yaml itself, so what is rendered here is what SES would
+render; sent mail is read from moto's SES backend.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from email import message_from_string
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto.core.models import DEFAULT_ACCOUNT_ID
+from moto.ses.exceptions import SesError
+from moto.ses.models import ses_backends
+
+from devstack.template import ROOT, Resolver, load_template
+from orderstream import settings
+from orderstream.confirmation import template_data
+from orderstream.events import OrderPlaced
+from orderstream.models import LineItem
+from tests.fakes import LambdaContext
+from tests.samples import load_event
+from tests.unit.test_confirmation import (
+    FakeRecord,
+    kafka_records,
+    msk_batch,
+    order_placed,
+)
+
+SENDER = "orders@example.com"
+BUCKET = "orderstream-dead-letters-test"
+NAMES = ["Ada Lovelace", "Grace Hopper", "Katherine Johnson", "Seán Ó Briain", "Zoë O'Brien"]
+
+
+def confirmation_template() -> dict[str, str]:
+    """OrderConfirmationTemplate's Template property, as CloudFormation would create it."""
+    template = load_template()
+    spec = template["Resources"]["OrderConfirmationTemplate"]["Properties"]["Template"]
+    resolved: dict[str, str] = Resolver(template, {"SenderEmail": SENDER}).resolve(spec)
+    return resolved
+
+
+TEMPLATE = confirmation_template()
+
+
+@pytest.fixture
+def ses(aws: None) -> Any:
+    client = boto3.client("ses")
+    client.verify_email_identity(EmailAddress=SENDER)
+    client.create_template(Template=TEMPLATE)
+    return client
+
+
+@pytest.fixture
+def s3(aws: None) -> Any:
+    client = boto3.client("s3")
+    client.create_bucket(
+        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
+    )
+    return client
+
+
+@pytest.fixture
+def notifier(
+    idempotency_table: str, ses: Any, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ModuleType]:
+    """The handler module with a fresh container: clients and settings built on first use."""
+    from functions.email_notifier import app
+
+    monkeypatch.setenv(settings.SENDER_EMAIL, SENDER)
+    monkeypatch.setenv(settings.EMAIL_TEMPLATE, TEMPLATE["TemplateName"])
+    monkeypatch.setenv(settings.DEAD_LETTER_BUCKET, BUCKET)
+    monkeypatch.delenv(settings.EMAIL_REDIRECT_TO, raising=False)
+    monkeypatch.delenv(settings.IDEMPOTENCY_EXPIRES_SECONDS, raising=False)
+    app.notifier.cache_clear()
+    yield app
+    app.notifier.cache_clear()
+
+
+def invoke(app: ModuleType, batch: dict[str, Any]) -> Any:
+    # The template's Timeout: 60 s.
+    context = LambdaContext(function_name="orderstream-dev-email-notifier", timeout_ms=60_000)
+    return app.lambda_handler(batch, context)
+
+
+@pytest.fixture
+def log_lines(notifier: ModuleType) -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """The handler's log lines as the Lambda runtime would receive them (after masking)."""
+    handler = notifier.logger.registered_handler
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+
+    def lines() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    yield lines
+    handler.setStream(previous)
+
+
+class Throttling(SesError):
+    code = "Throttling"
+    message = "Maximum sending rate exceeded."
+
+
+@dataclass(frozen=True)
+class Sent:
+    recipient: str
+    data: dict[str, Any]
+
+    @property
+    def order_id(self) -> str:
+        return str(self.data["order_id"])
+
+
+def ses_backend() -> Any:
+    return ses_backends[DEFAULT_ACCOUNT_ID][os.environ["AWS_REGION"]]
+
+
+def outbox() -> list[Sent]:
+    """Every destination of every bulk call SES accepted, in order."""
+    sent = []
+    for message in ses_backend().sent_messages:
+        assert message.source == SENDER
+        assert message.template == TEMPLATE["TemplateName"]
+        for destination in message.destinations:
+            assert set(destination["Destination"]) == {"ToAddresses"}  # no Cc, no Bcc
+            [recipient] = destination["Destination"]["ToAddresses"]
+            sent.append(Sent(recipient, json.loads(destination["ReplacementTemplateData"])))
+    return sent
+
+
+def emails_per_order() -> Counter[str]:
+    return Counter(s.order_id for s in outbox())
+
+
+def rendered(ses: Any, data: dict[str, Any]) -> Any:
+    """The email SES would build from our template and this data, as a parsed message."""
+    text = ses.test_render_template(
+        TemplateName=TEMPLATE["TemplateName"], TemplateData=json.dumps(data)
+    )["RenderedTemplate"]
+    return message_from_string(text)
+
+
+def parts(message: Any) -> dict[str, str]:
+    return {
+        part.get_content_type(): part.get_payload(decode=True).decode()
+        for part in message.walk()
+        if not part.is_multipart()
+    }
+
+
+def emitted_metrics(stdout: str) -> dict[str, Any]:
+    """Metric values from the CloudWatch EMF blob(s) Powertools printed."""
+    values: dict[str, Any] = {}
+    for text in stdout.splitlines():
+        if text.startswith("{") and '"_aws"' in text:
+            blob = json.loads(text)
+            for directive in blob["_aws"]["CloudWatchMetrics"]:
+                for metric in directive["Metrics"]:
+                    value = blob[metric["Name"]]
+                    values[metric["Name"]] = value[0] if isinstance(value, list) else value
+    return values
+
+
+def orders(count: int) -> list[OrderPlaced]:
+    return [order_placed(n, name=NAMES[n % len(NAMES)]) for n in range(count)]
+
+
+def redelivery(records: list[FakeRecord], response: dict[str, Any]) -> list[FakeRecord]:
+    """What the mapping sends again: each partition from its first failed offset on."""
+    first_failed: dict[str, int] = {}
+    for failure in response["batchItemFailures"]:
+        identifier = failure["itemIdentifier"]
+        partition, offset = identifier["partition"], identifier["offset"]
+        first_failed[partition] = min(offset, first_failed.get(partition, offset))
+    return [
+        r for r in records if r.offset >= first_failed.get(f"{r.topic}-{r.partition}", sys.maxsize)
+    ]
+
+
+def throttling() -> ClientError:
+    response: dict[str, Any] = {
+        "Error": {"Code": "Throttling", "Message": "Maximum sending rate exceeded."},
+        "ResponseMetadata": {"HTTPStatusCode": 400},
+    }
+    return ClientError(response, "SendBulkTemplatedEmail")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ one email per order
+
+
+def test_a_three_partition_batch_of_20_orders_sends_20_emails(
+    notifier: ModuleType, ses: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events = orders(20)
+    batch = msk_batch(kafka_records(events, partitions=3))
+    assert len(batch["records"]) == 3
+
+    assert invoke(notifier, batch) == {"batchItemFailures": []}
+
+    sent = {s.order_id: s for s in outbox()}
+    assert len(outbox()) == 20
+    for event in events:
+        assert sent[event.order_id].recipient == event.order.customer.email
+        assert sent[event.order_id].data == template_data(event)
+    assert len(ses_backend().sent_messages) == 1  # one SendBulkTemplatedEmail for all 20
+    assert emitted_metrics(capsys.readouterr().out) | {"ColdStart": None} == {
+        "ColdStart": None,
+        "EmailsSent": 20.0,
+        "EmailsSkippedDuplicate": 0.0,
+        "PoisonRecords": 0.0,
+        "SesFailures": 0.0,
+    }
+
+
+def test_the_email_greets_by_name_and_lists_items_prices_and_total(
+    notifier: ModuleType, ses: Any
+) -> None:
+    items = [
+        LineItem(sku="BEANS-250", name="Espresso beans", quantity=2, unit_price="12.50"),
+        LineItem(sku="MUG-1", name="Mug", quantity=1, unit_price="8.00"),
+    ]
+    event = order_placed(7, name="Grace Hopper", items=items, currency="CHF")
+    invoke(notifier, msk_batch(kafka_records([event])))
+
+    [sent] = outbox()
+    message = rendered(ses, sent.data)
+    assert message["Subject"] == f"Your order {event.order_id} is confirmed"
+    text, html = parts(message)["text/plain"], parts(message)["text/html"]
+    assert text.startswith("Hello Grace Hopper,\n")
+    assert f"thank you for your order {event.order_id}." in text
+    assert "2 x Espresso beans (BEANS-250) at 12.50 CHF = 25.00 CHF" in text
+    assert "1 x Mug (MUG-1) at 8.00 CHF = 8.00 CHF" in text
+    assert text.rstrip().endswith("Total: 33.00 CHF")
+    assert "<p>Hello Grace Hopper,</p>" in html
+    assert (
+        '<tr><td>Espresso beans</td><td>BEANS-250</td><td align="right">2</td>'
+        '<td align="right">12.50</td><td align="right">25.00</td></tr>'
+    ) in html
+    assert "<strong>33.00 CHF</strong>" in html
+
+
+def test_the_same_batch_delivered_three_times_sends_each_email_once(
+    notifier: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = msk_batch(kafka_records(orders(20)))
+    for _ in range(3):
+        capsys.readouterr()
+        assert invoke(notifier, batch) == {"batchItemFailures": []}
+
+    assert emails_per_order() == Counter({e.order_id: 1 for e in orders(20)})
+    metrics = emitted_metrics(capsys.readouterr().out)
+    assert (metrics["EmailsSent"], metrics["EmailsSkippedDuplicate"]) == (0.0, 20.0)
+
+
+def test_an_order_twice_in_one_batch_gets_one_email(notifier: ModuleType) -> None:
+    events = orders(3)
+    records = kafka_records([*events, events[1]], partitions=2)
+
+    assert invoke(notifier, msk_batch(records)) == {"batchItemFailures": []}
+    assert emails_per_order() == Counter({e.order_id: 1 for e in events})
+
+
+def test_idempotency_records_are_our_own_and_hold_no_customer_data(
+    notifier: ModuleType, idempotency_table: str
+) -> None:
+    from orderstream.publishing import IDEMPOTENCY_KEY_PREFIX as API_PREFIX
+
+    invoke(notifier, msk_batch(kafka_records(orders(2))))
+
+    items = boto3.client("dynamodb").scan(TableName=idempotency_table)["Items"]
+    assert len(items) == 2
+    for item in items:
+        assert item["id"]["S"].startswith("email-notifier#order-confirmation#")
+        assert not item["id"]["S"].startswith(API_PREFIX)
+        assert item["status"]["S"] == "COMPLETED"
+        assert set(json.loads(item["data"]["S"])) == {"message_id"}
+        assert "@" not in json.dumps(item)
+    ttl_days = (
+        int(items[0]["expiration"]["N"]) - int(items[0]["in_progress_expiration"]["N"]) / 1000
+    ) / 86400
+    assert 7.9 < ttl_days < 8.1  # the template's default, longer than the topic's retention
+
+
+# ------------------------------------------------------------------ poison
+
+
+def test_poison_and_null_key_samples_dead_letter_the_poison_and_send_the_rest(
+    notifier: ModuleType, s3: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    batch = load_event("msk-poison.json")
+    batch["records"] |= load_event("msk-null-key.json")["records"]
+    poison = batch["records"]["order-placed-2"][1]
+
+    assert invoke(notifier, batch) == {"batchItemFailures": []}
+
+    assert sorted(s.recipient for s in outbox()) == [
+        "ada@example.com",
+        "grace@example.org",
+        "katherine@example.com",
+    ]
+    key = "dead-letters/email-notifier/order-placed/2/00000000000000000241.json"
+    stored = s3.get_object(Bucket=BUCKET, Key=key)
+    assert stored["ContentType"] == "application/json"
+    letter = json.loads(stored["Body"].read())
+    assert base64.b64decode(letter["value"]) == base64.b64decode(poison["value"])
+    assert letter["key"] == poison["key"]
+    assert letter["headers"] == poison["headers"]
+    assert letter["reason"].startswith("value is not UTF-8 JSON")
+    assert (letter["consumer"], letter["offset"], letter["partition"]) == ("email-notifier", 241, 2)
+    assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 1
+    assert emitted_metrics(capsys.readouterr().out)["PoisonRecords"] == 1.0
+
+    # Redelivered, the poison record overwrites its own dead letter.
+    invoke(notifier, batch)
+    assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 1
+    assert len(outbox()) == 3
+
+
+def test_poison_that_cannot_be_dead_lettered_is_reported_for_retry(
+    notifier: ModuleType, s3: Any
+) -> None:
+    s3.delete_bucket(Bucket=BUCKET)
+
+    response = invoke(notifier, load_event("msk-poison.json"))
+
+    assert response == {
+        "batchItemFailures": [{"itemIdentifier": {"partition": "order-placed-2", "offset": 241}}]
+    }
+    assert len(outbox()) == 2
+
+
+# ------------------------------------------------------------------ SES failures
+
+
+def test_ses_throttling_on_the_third_call_retries_only_the_unsent(
+    notifier: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
+    client = notifier.notifier().mailer.client
+    real_send = client.send_bulk_templated_email
+    calls: list[list[str]] = []
+
+    def third_call_throttled(**request: Any) -> Any:
+        calls.append(
+            [json.loads(d["ReplacementTemplateData"])["order_id"] for d in request["Destinations"]]
+        )
+        if len(calls) == 3:
+            raise throttling()  # what botocore raises once its retries are used up
+        return real_send(**request)
+
+    monkeypatch.setattr(client, "send_bulk_templated_email", third_call_throttled)
+    events = orders(120)
+    records = kafka_records(events)
+    capsys.readouterr()
+
+    first = invoke(notifier, msk_batch(records))
+
+    unsent = set(calls[2])
+    assert [len(c) for c in calls] == [50, 50, 20]
+    assert len(first["batchItemFailures"]) == 20
+    assert set(emails_per_order()) == {e.order_id for e in events} - unsent
+    assert emitted_metrics(capsys.readouterr().out)["SesFailures"] == 20.0
+    [problem] = [line for line in log_lines() if line["message"] == "Confirmations not completed"]
+    assert problem["detail"] == (
+        "SendBulkTemplatedEmail failed: Throttling: Maximum sending rate exceeded."
+    )
+    assert set(problem["order_ids"]) == unsent
+
+    again = redelivery(records, first)
+    assert invoke(notifier, msk_batch(again)) == {"batchItemFailures": []}
+    assert set(calls[3]) == unsent
+    assert emails_per_order() == Counter({e.order_id: 1 for e in events})
+
+
+def test_a_destination_failing_mid_chunk_is_the_only_one_sent_again(
+    notifier: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    log_lines: Callable[[], list[dict[str, Any]]],
+) -> None:
+    client = notifier.notifier().mailer.client
+    real_send = client.send_bulk_templated_email
+    failing: list[str] = []
+
+    def third_destination_fails_once(**request: Any) -> Any:
+        destinations = request["Destinations"]
+        if failing:
+            return real_send(**request)
+        victim = destinations[2]
+        failing.append(json.loads(victim["ReplacementTemplateData"])["order_id"])
+        response = real_send(**{**request, "Destinations": [*destinations[:2], *destinations[3:]]})
+        response["Status"].insert(
+            2,
+            {
+                "Status": "TransientFailure",
+                "Error": f"Try again later ({victim['Destination']['ToAddresses'][0]})",
+            },
+        )
+        return response
+
+    monkeypatch.setattr(client, "send_bulk_templated_email", third_destination_fails_once)
+    events = orders(10)
+    records = kafka_records(events)
+
+    first = invoke(notifier, msk_batch(records))
+
+    [victim] = failing
+    [failure] = first["batchItemFailures"]
+    [record] = [r for r in records if r.key == victim.encode()]
+    assert failure["itemIdentifier"] == {
+        "partition": f"order-placed-{record.partition}",
+        "offset": record.offset,
+    }
+    assert victim not in emails_per_order()
+    [problem] = [line for line in log_lines() if line["message"] == "Confirmations not completed"]
+    assert problem["level"] == "ERROR"
+    assert (problem["stage"], problem["retried"]) == ("ses", True)
+    assert problem["order_ids"] == [victim]
+    assert problem["records"] == [f"order-placed-{record.partition}:{record.offset}"]
+    assert problem["detail"] == "TransientFailure: Try again later (***@example.com)"
+    assert "customer" not in json.dumps(log_lines())  # no address in any log line
+
+    assert invoke(notifier, msk_batch(redelivery(records, first))) == {"batchItemFailures": []}
+    assert emails_per_order() == Counter({e.order_id: 1 for e in events})
+
+
+@pytest.mark.filterwarnings("ignore:Exception\\(Throttling\\)")
+def test_a_throttle_within_the_retry_budget_goes_unnoticed(
+    notifier: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = notifier.notifier().mailer.client
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
+    backend = ses_backend()
+    real_send = backend.send_bulk_templated_email
+    attempts: list[int] = []
+
+    def throttle_the_first_attempt(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            raise Throttling()  # SES answers 400 Throttling; botocore backs off and retries
+        return real_send(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "send_bulk_templated_email", throttle_the_first_attempt)
+
+    assert invoke(notifier, msk_batch(kafka_records(orders(3)))) == {"batchItemFailures": []}
+    assert attempts == [1, 2]
+    assert len(outbox()) == 3
+
+
+def test_without_the_idempotency_table_nothing_is_sent_and_all_is_retried(
+    notifier: ModuleType, idempotency_table: str
+) -> None:
+    boto3.client("dynamodb").delete_table(TableName=idempotency_table)
+
+    response = invoke(notifier, msk_batch(kafka_records(orders(4))))
+
+    assert len(response["batchItemFailures"]) == 4
+    assert outbox() == []
+
+
+# ------------------------------------------------------------------ escaping, headers, redirect
+
+
+def test_markup_in_names_is_inert_in_every_part_and_adds_no_header(
+    notifier: ModuleType, ses: Any
+) -> None:
+    item = LineItem(sku="SKU-1", name="<img src=x onerror=alert(1)>", quantity=1, unit_price="1.00")
+    event = order_placed(9, name='<script>alert("pwned")</script> & Co', items=[item])
+    invoke(notifier, msk_batch(kafka_records([event])))
+
+    [sent] = outbox()
+    message = rendered(ses, sent.data)
+    html, text = parts(message)["text/html"], parts(message)["text/plain"]
+    for forbidden in ("<script", "<img", "onerror=", '"pwned"', " & "):
+        assert forbidden not in html
+    assert html.count("<") == TEMPLATE["HtmlPart"].count("<")  # only the template's own tags
+    assert "\uff1cscript\uff1e" in html  # visible, harmless
+    assert "\uff1cscript\uff1e" in text
+    assert message.keys() == ["Date", "Subject", "Content-Type", "MIME-Version"]
+    assert message["Subject"] == f"Your order {event.order_id} is confirmed"
+    assert sent.recipient == "customer9@example.com"
+
+
+def test_a_name_with_cr_lf_never_reaches_ses(notifier: ModuleType, s3: Any) -> None:
+    [record] = kafka_records([order_placed(4)])
+    value = json.loads(record.value or b"")
+    value["order"]["customer"]["name"] = "Eve\r\nBcc: victim@example.net"
+    forged = replace(record, value=json.dumps(value).encode())
+
+    assert invoke(notifier, msk_batch([forged])) == {"batchItemFailures": []}
+
+    assert outbox() == []
+    [entry] = s3.list_objects_v2(Bucket=BUCKET)["Contents"]
+    letter = json.loads(s3.get_object(Bucket=BUCKET, Key=entry["Key"])["Body"].read())
+    assert "control characters" in letter["reason"]
+    assert base64.b64decode(letter["value"]) == forged.value
+
+
+def test_redirect_sends_every_email_to_one_address(
+    notifier: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(settings.EMAIL_REDIRECT_TO, "dev-inbox@example.org")
+    notifier.notifier.cache_clear()
+
+    invoke(notifier, msk_batch(kafka_records(orders(5))))
+
+    assert [s.recipient for s in outbox()] == ["dev-inbox@example.org"] * 5
+    assert len(emails_per_order()) == 5
+
+
+# ------------------------------------------------------------------ configuration
+
+
+@pytest.mark.filterwarnings("ignore:No application metrics to publish")
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        (settings.SENDER_EMAIL, ""),
+        (settings.DEAD_LETTER_BUCKET, ""),
+        (settings.EMAIL_REDIRECT_TO, "not-an-address"),
+        (settings.IDEMPOTENCY_EXPIRES_SECONDS, "soon"),
+    ],
+)
+def test_a_broken_setting_fails_the_invocation_naming_it(
+    notifier: ModuleType, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(settings.ConfigurationError, match=variable):
+        invoke(notifier, msk_batch(kafka_records(orders(1))))
+    assert outbox() == []
+
+
+def test_the_function_never_imports_kafka_python() -> None:
+    code = (
+        "import sys; from functions.email_notifier import app; "
+        "loaded = sorted(m for m in sys.modules if m == 'kafka' or m.startswith('kafka.')); "
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'layers' / 'shared'}{os.pathsep}{ROOT}"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
