@@ -25,6 +25,7 @@ help:
 	@echo "make schemas    regenerate schemas/ from the code"
 	@echo "make run        the whole pipeline locally: broker, AWS emulator, API, mappings"
 	@echo "make status     what the running local stack holds"
+	@echo "make bench      benchmarks, each a ratio to a baseline measured in the same run"
 	@echo "make clean      remove .venv and build output"
 
 venv: $(STAMP) $(CHECKOV_STAMP)
@@ -75,6 +76,11 @@ run: $(STAMP)
 
 status: $(STAMP)
 	$(PY) -m devstack status
+
+# One table of ratios to baselines measured in the same run, also written to bench/README.md.
+# Under 10 minutes, loopback only; not part of `make test`.
+bench: $(STAMP)
+	$(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache

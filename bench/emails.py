@@ -11,7 +11,7 @@ Prints both call counts, their ratio and each side's wall time. The times are mo
 bulk side includes the idempotency writes), so only the call counts say what SES would bill
 in requests and throttle on.
 
-    .venv/bin/python bench/email.py [--orders 1000] [--batch-size 100] [--partitions 3]
+    .venv/bin/python bench/emails.py [--orders 1000] [--batch-size 100] [--partitions 3]
 """
 
 from __future__ import annotations
@@ -20,21 +20,13 @@ import argparse
 import io
 import json
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Final
-
-# Run as a script, this folder is sys.path[0], and this file would shadow the standard library's
-# `email` package that botocore imports: take the folder off the path before anything needs it.
-# (Every other import is inside the functions, so it happens after this.)
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != _HERE]
 
 CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
 SENDER = "orders@example.com"

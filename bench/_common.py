@@ -1,0 +1,123 @@
+"""What bench/run.py's parts share: result rows, percentiles, a Lambda context, the machine.
+
+Only standard-library modules that never import `email` are imported here: bench/email.py
+would shadow that package for a script run from this folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table. `ratio` is always measured / baseline."""
+
+    benchmark: str
+    measured: float
+    baseline: float
+    unit: str  # "ms", "calls", "orders/s"
+
+    @property
+    def ratio(self) -> float:
+        return self.measured / self.baseline if self.baseline else math.nan
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Row:
+        return cls(
+            str(data["benchmark"]), float(data["measured"]), float(data["baseline"]), data["unit"]
+        )
+
+
+@dataclass
+class PartResult:
+    """What one part hands back to the table: rows, and notes saying what was compared."""
+
+    part: str
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "part": self.part,
+            "rows": [row.__dict__ for row in self.rows],
+            "notes": self.notes,
+            "seconds": self.seconds,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PartResult:
+        return cls(
+            part=str(data["part"]),
+            rows=[Row.from_dict(r) for r in data.get("rows", [])],
+            notes=[str(n) for n in data.get("notes", [])],
+            seconds=float(data.get("seconds", 0.0)),
+            error=data.get("error"),
+        )
+
+
+def percentile(values: Sequence[float], q: int) -> float:
+    """The q-th percentile (1-99), linear between the closest ranks; the median for q=50."""
+    if len(values) < 2:
+        return float(values[0]) if values else math.nan
+    if q == 50:
+        return statistics.median(values)
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
+
+
+@dataclass
+class LambdaContext:
+    """What Powertools and the handlers read from Lambda's context object."""
+
+    function_name: str = "orderstream-bench"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:orderstream-bench"
+    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    timeout_ms: int = 30_000
+    started: float = field(default_factory=time.monotonic)
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, self.timeout_ms - int((time.monotonic() - self.started) * 1000))
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr: stdout is where the handlers under test write their logs."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, str]:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "nproc": str(cores),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "system": f"{platform.system()} {platform.release()}",
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
