@@ -16,7 +16,6 @@ the records, and the import would only slow cold starts.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -60,6 +59,7 @@ from orderstream.confirmation import (
 from orderstream.dead_letter import CONTENT_TYPE as DEAD_LETTER_CONTENT_TYPE
 from orderstream.dead_letter import DeadLetter
 from orderstream.events import ORDER_EVENTS
+from orderstream.redaction import masked_log_line
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
@@ -100,25 +100,7 @@ S3_CONFIG: Final = Config(
     retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=10
 )
 
-_EMAIL = re.compile(r"[^\s@\"'<>()\[\],;:\\]+@([^\s@\"'<>()\[\],;:\\]+)")
-
-
-def mask_emails(value: Any) -> Any:
-    """Every e-mail address's local part as ***, in anything about to be logged."""
-    if isinstance(value, str):
-        return _EMAIL.sub(r"***@\1", value)
-    if isinstance(value, Mapping):
-        return {mask_emails(k): mask_emails(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [mask_emails(item) for item in value]
-    return value
-
-
-def _masked_log_line(record: Mapping[str, Any]) -> str:
-    return json.dumps(mask_emails(record), separators=(",", ":"), default=str)
-
-
-logger = Logger(json_serializer=_masked_log_line)
+logger = Logger(json_serializer=masked_log_line)
 tracer = Tracer()
 # Read here, not left to Metrics: the namespace must never be missing when metrics are flushed.
 metrics = Metrics(namespace=os.environ.get(METRICS_NAMESPACE_ENV) or "orderstream")
@@ -270,16 +252,8 @@ def notifier() -> Notifier:
 
 
 def idempotency_expiry(environ: Mapping[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    name = settings.IDEMPOTENCY_EXPIRES_SECONDS
-    raw = env.get(name, "").strip() or str(DEFAULT_IDEMPOTENCY_EXPIRES_SECONDS)
-    try:
-        seconds = int(raw)
-    except ValueError:
-        raise settings.ConfigurationError(f"{name}={raw!r} is not an integer") from None
-    if seconds < 3600:
-        raise settings.ConfigurationError(f"{name} must be at least 3600 seconds")
-    return seconds
+    """How long a sent confirmation is remembered; an hour at least, 8 days by default."""
+    return settings.idempotency_expiry(DEFAULT_IDEMPOTENCY_EXPIRES_SECONDS, 3600, environ)
 
 
 def _looks_like_address(text: str) -> bool:

@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import os
-import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -50,6 +49,7 @@ from orderstream.publishing import (
     Outcome,
     idempotency_expiry,
 )
+from orderstream.redaction import masked_log_line
 
 ORDERS_PATH: Final = "/orders"
 MAX_BODY_BYTES: Final = 64 * 1024
@@ -62,25 +62,6 @@ MAX_TEXT: Final = 200  # field paths and reasons can echo client input: keep the
 # kafka-python logs every record's key and value at DEBUG; customer data must not reach the logs
 # even when someone turns the root logger up to DEBUG.
 logging.getLogger("kafka").setLevel(logging.INFO)
-
-_EMAIL = re.compile(r"[^\s@\"'<>()\[\],;:\\]+@([^\s@\"'<>()\[\],;:\\]+)")
-
-
-def mask_emails(value: Any) -> Any:
-    """Replace every e-mail address's local part with *** in anything about to be logged."""
-    if isinstance(value, str):
-        return _EMAIL.sub(r"***@\1", value)
-    if isinstance(value, Mapping):
-        return {mask_emails(k): mask_emails(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [mask_emails(item) for item in value]
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    return mask_emails(str(value))  # what json.dumps(default=str) would write, masked
-
-
-def _masked_log_line(record: Mapping[str, Any]) -> str:
-    return json.dumps(mask_emails(record), separators=(",", ":"))
 
 
 def json_text(body: Any) -> str:
@@ -211,7 +192,7 @@ class ErrorBody(BaseModel):
     errors: list[FieldError] = Field(default_factory=list)
 
 
-logger = Logger(json_serializer=_masked_log_line)
+logger = Logger(json_serializer=masked_log_line)
 tracer = Tracer()
 # Read here, not left to Metrics: the namespace must never be missing when metrics are flushed.
 metrics = Metrics(namespace=os.environ.get(METRICS_NAMESPACE_ENV) or "orderstream")

@@ -15,7 +15,6 @@ duplicates by order_id, which is why every consumer is idempotent.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Mapping
@@ -35,10 +34,9 @@ from aws_lambda_powertools.utilities.idempotency.serialization.base import (
 from kafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, Field
 
-from orderstream import kafka_client
+from orderstream import kafka_client, settings
 from orderstream.events import OrderPlaced, to_message
 from orderstream.models import OrderRequest
-from orderstream.settings import IDEMPOTENCY_EXPIRES_SECONDS, ConfigurationError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
@@ -94,17 +92,8 @@ class OrderInProgressError(IntakeError):
 
 
 def idempotency_expiry(environ: Mapping[str, str] | None = None) -> int:
-    env = os.environ if environ is None else environ
-    raw = env.get(IDEMPOTENCY_EXPIRES_SECONDS) or str(DEFAULT_IDEMPOTENCY_EXPIRES_SECONDS)
-    try:
-        seconds = int(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"{IDEMPOTENCY_EXPIRES_SECONDS}={raw!r} is not an integer"
-        ) from None
-    if seconds < 60:
-        raise ConfigurationError(f"{IDEMPOTENCY_EXPIRES_SECONDS} must be at least 60 seconds")
-    return seconds
+    """The API's replay window; a minute at least, a day by default."""
+    return settings.idempotency_expiry(DEFAULT_IDEMPOTENCY_EXPIRES_SECONDS, 60, environ)
 
 
 def publish(event: OrderPlaced, *, topic: str, send_timeout_ms: int) -> Outcome:

@@ -99,6 +99,25 @@ def order_topic(environ: Mapping[str, str] | None = None) -> str:
     return env.get(ORDER_TOPIC) or DEFAULT_ORDER_TOPIC
 
 
+def idempotency_expiry(
+    default_seconds: int, minimum_seconds: int, environ: Mapping[str, str] | None = None
+) -> int:
+    """How long an idempotency record lives (IDEMPOTENCY_EXPIRES_SECONDS, else the default)."""
+    env = os.environ if environ is None else environ
+    raw = env.get(IDEMPOTENCY_EXPIRES_SECONDS, "").strip() or str(default_seconds)
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{IDEMPOTENCY_EXPIRES_SECONDS}={raw!r} is not an integer"
+        ) from None
+    if seconds < minimum_seconds:
+        raise ConfigurationError(
+            f"{IDEMPOTENCY_EXPIRES_SECONDS} must be at least {minimum_seconds} seconds"
+        )
+    return seconds
+
+
 def required(name: str, environ: Mapping[str, str] | None = None) -> str:
     """A setting the function cannot run without; fails at init with the variable's name."""
     env = os.environ if environ is None else environ
