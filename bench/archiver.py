@@ -20,31 +20,18 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 
-from devstack.msk_event import msk_event
+from devstack.msk_event import PlainRecord, msk_event
 from orderstream.archive import COMPRESS_LEVEL, archive_batch
 from orderstream.events import ORDER_EVENTS, OrderPlaced, to_message
 from orderstream.models import Customer, LineItem, Order, compute_total
 
 CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
-
-
-@dataclass(frozen=True)
-class FakeRecord:
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
-    topic: str = "order-placed"
-    partition: int = 0
-    offset: int = 0
-    timestamp: int = 0
-    timestamp_type: int = 0
 
 
 class MemoryStore:
@@ -55,7 +42,7 @@ class MemoryStore:
         self.objects[key] = body
 
 
-def order_records(count: int, partitions: int) -> list[FakeRecord]:
+def order_records(count: int, partitions: int) -> list[PlainRecord]:
     """`count` ~1 KB order-placed records, round-robin over partitions, one a second."""
     start = datetime(2026, 11, 25, 14, tzinfo=UTC)
     records = []
@@ -78,7 +65,7 @@ def order_records(count: int, partitions: int) -> list[FakeRecord]:
         )
         message = to_message(OrderPlaced.new(order, f"req-{i}", occurred_at=start))
         records.append(
-            FakeRecord(
+            PlainRecord(
                 key=message.key,
                 value=message.value,
                 headers=list(message.headers),

@@ -24,27 +24,16 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
+
+from devstack.msk_event import PlainRecord, msk_event
 
 CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
 SENDER = "orders@example.com"
 TABLE = "orderstream-bench-idempotency"
 BUCKET = "orderstream-bench-dead-letters"
 REGION: Final = "eu-west-1"
-
-
-@dataclass(frozen=True)
-class FakeRecord:
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
-    topic: str = "order-placed"
-    partition: int = 0
-    offset: int = 0
-    timestamp: int = 0
-    timestamp_type: int = 0
 
 
 def quiet_offline_environment() -> None:
@@ -64,7 +53,7 @@ def quiet_offline_environment() -> None:
     os.environ.pop("AWS_PROFILE", None)
 
 
-def order_records(count: int, partitions: int) -> list[FakeRecord]:
+def order_records(count: int, partitions: int) -> list[PlainRecord]:
     from orderstream.events import OrderPlaced, to_message
     from orderstream.models import Customer, LineItem, Order, compute_total
 
@@ -84,7 +73,7 @@ def order_records(count: int, partitions: int) -> list[FakeRecord]:
         )
         message = to_message(OrderPlaced.new(order, f"req-{n}", occurred_at=placed_at))
         records.append(
-            FakeRecord(
+            PlainRecord(
                 key=message.key,
                 value=message.value,
                 headers=list(message.headers),
@@ -147,11 +136,10 @@ def ses_destinations() -> int:
 
 
 def bulk(
-    records: list[FakeRecord], batch_size: int, template: str
+    records: list[PlainRecord], batch_size: int, template: str
 ) -> tuple[Counter[str], Counter[str], float]:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-    from devstack.msk_event import msk_event
     from functions.email_notifier import app
     from orderstream import settings
     from tests.fakes import LambdaContext
@@ -183,7 +171,7 @@ def bulk(
         return calls, ledger_calls, time.perf_counter() - started
 
 
-def one_call_per_order(records: list[FakeRecord], template: str) -> tuple[Counter[str], float]:
+def one_call_per_order(records: list[PlainRecord], template: str) -> tuple[Counter[str], float]:
     import boto3
 
     from orderstream.confirmation import confirmation_for

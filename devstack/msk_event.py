@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -31,6 +32,20 @@ class KafkaRecord(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes | None]]: ...
+
+
+@dataclass(frozen=True)
+class PlainRecord:
+    """A Kafka record as kafka-python reads one, made by hand (tests, benchmarks, samples)."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+    topic: str = "order-placed"
+    partition: int = 0
+    offset: int = 0
+    timestamp: int = 1795615328000  # 2026-11-25T14:02:08Z
+    timestamp_type: int = 0  # CREATE_TIME
 
 
 def msk_record(record: KafkaRecord) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import base64
 import gzip
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -15,7 +14,7 @@ from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecor
 from hypothesis import given
 from hypothesis import strategies as st
 
-from devstack.msk_event import msk_record
+from devstack.msk_event import PlainRecord, msk_record
 from orderstream.archive import (
     ArchiveOutcome,
     archive_batch,
@@ -46,20 +45,6 @@ class MemoryStore:
         if self.puts == self.fail_on_put:
             raise ConnectionError("injected: S3 unreachable")
         self.objects[key] = (body, dict(metadata))
-
-
-@dataclass(frozen=True)
-class FakeRecord:
-    """A Kafka record as kafka-python would read it, for devstack.msk_event."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
-    topic: str = "order-placed"
-    partition: int = 0
-    offset: int = 0
-    timestamp: int = 1795615328000
-    timestamp_type: int = 0
 
 
 def consumer_record(raw: dict[str, Any]) -> ConsumerRecordRecords:
@@ -239,8 +224,8 @@ def test_failed_put_raises_and_a_retry_rewrites_the_same_bytes() -> None:
 
 
 def test_redelivery_with_more_records_replaces_the_object_rather_than_adding_one() -> None:
-    first = [FakeRecord(b"k", b"{}", offset=o, timestamp=1_000 * o) for o in (7, 8)]
-    more = [*first, FakeRecord(b"k", b"{}", offset=9, timestamp=9_000)]
+    first = [PlainRecord(b"k", b"{}", offset=o, timestamp=1_000 * o) for o in (7, 8)]
+    more = [*first, PlainRecord(b"k", b"{}", offset=9, timestamp=9_000)]
     store = MemoryStore()
 
     archive_batch([consumer_record(msk_record(r)) for r in first], store=store)
@@ -258,8 +243,8 @@ def test_redelivery_with_more_records_replaces_the_object_rather_than_adding_one
 def test_a_batch_across_an_hour_is_filed_under_its_first_records_hour() -> None:
     before = 1795615199999  # 2026-11-25T13:59:59.999Z
     records = [
-        FakeRecord(b"k", b"{}", offset=12, timestamp=before),
-        FakeRecord(b"k", b"{}", offset=13, timestamp=before + 1),
+        PlainRecord(b"k", b"{}", offset=12, timestamp=before),
+        PlainRecord(b"k", b"{}", offset=13, timestamp=before + 1),
     ]
     store = MemoryStore()
     archive_batch([consumer_record(msk_record(r)) for r in records], store=store)
@@ -288,7 +273,7 @@ def test_object_key_is_well_formed_for_any_timestamp(timestamp: int) -> None:
 
 
 def test_non_utf8_key_and_header_are_base64_and_signed_header_bytes_are_read_unsigned() -> None:
-    raw = msk_record(FakeRecord(b"\xff\xfe", b"{}", headers=[("trace", b"\x80abc")]))
+    raw = msk_record(PlainRecord(b"\xff\xfe", b"{}", headers=[("trace", b"\x80abc")]))
     raw["headers"].append({"java-signed": [-1, 104, 105]})
     line = json.loads(archive_line(consumer_record(raw)).data)
     assert (line["key"], line["key_encoding"]) == ("//4=", "base64")
@@ -300,7 +285,7 @@ def test_non_utf8_key_and_header_are_base64_and_signed_header_bytes_are_read_uns
 
 
 def test_repeated_header_names_and_null_header_values_are_kept_in_order() -> None:
-    raw = msk_record(FakeRecord(b"k", b"{}", headers=[("a", b"1"), ("a", b"2")]))
+    raw = msk_record(PlainRecord(b"k", b"{}", headers=[("a", b"1"), ("a", b"2")]))
     raw["headers"].append({"gone": None})
     line = json.loads(archive_line(consumer_record(raw)).data)
     assert line["headers"] == [
@@ -311,7 +296,7 @@ def test_repeated_header_names_and_null_header_values_are_kept_in_order() -> Non
 
 
 def test_empty_key_is_not_a_null_key() -> None:
-    line = json.loads(archive_line(consumer_record(msk_record(FakeRecord(b"", b"{}")))).data)
+    line = json.loads(archive_line(consumer_record(msk_record(PlainRecord(b"", b"{}")))).data)
     assert (line["key"], line["key_encoding"]) == ("", "utf-8")
 
 
@@ -329,7 +314,7 @@ def test_empty_key_is_not_a_null_key() -> None:
     ],
 )
 def test_values_that_are_not_event_objects_are_kept_raw(value: bytes, reason: str) -> None:
-    raw = msk_record(FakeRecord(b"k", value))
+    raw = msk_record(PlainRecord(b"k", value))
     archived = archive_line(consumer_record(raw))
     line = json.loads(archived.data)
     assert archived.error is not None
@@ -340,7 +325,7 @@ def test_values_that_are_not_event_objects_are_kept_raw(value: bytes, reason: st
 
 @pytest.mark.parametrize("absent", [True, False])
 def test_tombstone_has_no_value_and_says_so(absent: bool) -> None:
-    raw = msk_record(FakeRecord(b"k", None))
+    raw = msk_record(PlainRecord(b"k", None))
     if absent:
         del raw["value"]
     else:
@@ -351,7 +336,7 @@ def test_tombstone_has_no_value_and_says_so(absent: bool) -> None:
 
 
 def test_line_is_compact_sorted_ascii_json() -> None:
-    raw = msk_record(FakeRecord("ключ".encode(), json.dumps({"b": "ü", "a": 1}).encode()))
+    raw = msk_record(PlainRecord("ключ".encode(), json.dumps({"b": "ü", "a": 1}).encode()))
     data = archive_line(consumer_record(raw)).data
     assert data.isascii()
     assert b"\n" not in data
@@ -388,7 +373,7 @@ def test_any_bytes_make_a_line_that_round_trips(
     java_signed_headers: bool,
     timestamp: int,
 ) -> None:
-    raw = msk_record(FakeRecord(key, value, headers=headers, timestamp=timestamp))
+    raw = msk_record(PlainRecord(key, value, headers=headers, timestamp=timestamp))
     raw["headers"] = [{name: None if octets is None else list(octets)} for name, octets in headers]
     if java_signed_headers:
         for chunk in raw["headers"]:

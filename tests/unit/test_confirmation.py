@@ -25,7 +25,7 @@ from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecordRecords
 from hypothesis import given
 
-from devstack.msk_event import msk_event
+from devstack.msk_event import PlainRecord, msk_event
 from orderstream.confirmation import (
     ESCAPED_BY_RENDERERS,
     MAX_DESTINATIONS_PER_CALL,
@@ -72,20 +72,6 @@ def handlebars_escape(value: str) -> str:
 # ------------------------------------------------------------------ building batches
 
 
-@dataclass(frozen=True)
-class FakeRecord:
-    """A Kafka record as kafka-python would read it, for devstack.msk_event."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
-    topic: str = "order-placed"
-    partition: int = 0
-    offset: int = 0
-    timestamp: int = 1795615328000
-    timestamp_type: int = 0
-
-
 def order_placed(
     n: int,
     *,
@@ -111,7 +97,7 @@ def order_placed(
 
 def kafka_records(
     events: Sequence[OrderPlaced], *, partitions: int = 3, first_offset: int = 100
-) -> list[FakeRecord]:
+) -> list[PlainRecord]:
     """The events as a producer keyed by order_id spreads them: round-robin here, in order."""
     offsets = dict.fromkeys(range(partitions), first_offset)
     records = []
@@ -119,7 +105,7 @@ def kafka_records(
         message = to_message(event)
         partition = i % partitions
         records.append(
-            FakeRecord(
+            PlainRecord(
                 key=message.key,
                 value=message.value,
                 headers=list(message.headers),
@@ -131,11 +117,11 @@ def kafka_records(
     return records
 
 
-def raw_record(value: bytes | None, *, partition: int = 0, offset: int = 0) -> FakeRecord:
-    return FakeRecord(key=None, value=value, partition=partition, offset=offset)
+def raw_record(value: bytes | None, *, partition: int = 0, offset: int = 0) -> PlainRecord:
+    return PlainRecord(key=None, value=value, partition=partition, offset=offset)
 
 
-def msk_batch(records: Sequence[FakeRecord]) -> dict[str, Any]:
+def msk_batch(records: Sequence[PlainRecord]) -> dict[str, Any]:
     return msk_event(records, CLUSTER_ARN, BOOTSTRAP)
 
 

@@ -26,6 +26,7 @@ from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ses.exceptions import SesError
 from moto.ses.models import ses_backends
 
+from devstack.msk_event import PlainRecord
 from devstack.template import ROOT, Resolver, load_template
 from orderstream import settings
 from orderstream.confirmation import template_data
@@ -34,7 +35,6 @@ from orderstream.models import LineItem
 from tests.fakes import LambdaContext
 from tests.samples import load_event
 from tests.unit.test_confirmation import (
-    FakeRecord,
     kafka_records,
     msk_batch,
     order_placed,
@@ -179,7 +179,7 @@ def orders(count: int) -> list[OrderPlaced]:
     return [order_placed(n, name=NAMES[n % len(NAMES)]) for n in range(count)]
 
 
-def redelivery(records: list[FakeRecord], response: dict[str, Any]) -> list[FakeRecord]:
+def redelivery(records: list[PlainRecord], response: dict[str, Any]) -> list[PlainRecord]:
     """What the mapping sends again: each partition from its first failed offset on."""
     first_failed: dict[str, int] = {}
     for failure in response["batchItemFailures"]:

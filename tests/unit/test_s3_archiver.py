@@ -7,7 +7,7 @@ import gzip
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import ModuleType
@@ -19,7 +19,7 @@ import pytest
 from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import EndpointConnectionError
 
-from devstack.msk_event import msk_event
+from devstack.msk_event import PlainRecord, msk_event
 from orderstream import settings
 from orderstream.events import OrderPlaced, to_message
 from orderstream.models import Customer, LineItem, Order, compute_total
@@ -46,20 +46,6 @@ class FakeLambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return 60_000
-
-
-@dataclass(frozen=True)
-class FakeRecord:
-    """A Kafka record as kafka-python would read it, for devstack.msk_event."""
-
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
-    topic: str = "order-placed"
-    partition: int = 0
-    offset: int = 0
-    timestamp: int = 0
-    timestamp_type: int = 0
 
 
 @pytest.fixture
@@ -118,7 +104,7 @@ def emitted_metrics(stdout: str) -> dict[str, Any]:
     return values
 
 
-def order_records(count: int, partitions: int) -> list[FakeRecord]:
+def order_records(count: int, partitions: int) -> list[PlainRecord]:
     """`count` order-placed records of ~1 KB, round-robin over partitions, one a second."""
     start = datetime(2026, 11, 25, 14, tzinfo=UTC)
     records = []
@@ -142,7 +128,7 @@ def order_records(count: int, partitions: int) -> list[FakeRecord]:
         event = OrderPlaced.new(order, correlation_id=f"req-{i}", occurred_at=start)
         message = to_message(event)
         records.append(
-            FakeRecord(
+            PlainRecord(
                 key=message.key,
                 value=message.value,
                 headers=[(name, value) for name, value in message.headers],

@@ -44,6 +44,8 @@ from aws_lambda_powertools.utilities.kafka.exceptions import (
     KafkaConsumerDeserializationFormatMismatch,
 )
 
+from orderstream.dead_letter import DeadLetterSource
+
 TOPICS_DIR: Final = "topics"
 SUFFIX: Final = ".jsonl.gz"
 # The object is JSON Lines, stored gzip-encoded: S3 serves it with Content-Encoding: gzip, so an
@@ -70,31 +72,14 @@ _JSON_TYPE_NAMES: Final = {
 }
 
 
-class ArchivableRecord(Protocol):
-    """What the archive needs of a record: Powertools' `ConsumerRecordRecords` fits it.
+class ArchivableRecord(DeadLetterSource, Protocol):
+    """Lambda's raw record fields plus Powertools' decoded `value` (`ConsumerRecordRecords`).
 
-    `value` is the parsed JSON and raises `KafkaConsumerDeserializationError` for a value that
-    is not UTF-8 JSON; the `original_*` fields are Lambda's raw, base64-encoded ones.
+    `value` raises `KafkaConsumerDeserializationError` for a value that is not UTF-8 JSON.
     """
 
     @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def timestamp(self) -> int: ...
-    @property
-    def timestamp_type(self) -> str: ...
-    @property
     def value(self) -> Any: ...
-    @property
-    def original_value(self) -> str | None: ...
-    @property
-    def original_key(self) -> str | None: ...
-    @property
-    def original_headers(self) -> Sequence[Mapping[str, Sequence[int] | None]]: ...
 
 
 class ArchiveStore(Protocol):

@@ -47,10 +47,10 @@ _CONSUMER: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 class DeadLetterSource(Protocol):
-    """What a dead letter needs of a record: Powertools' `ConsumerRecordRecords` fits it.
+    """Lambda's raw fields of an MSK record: Powertools' `ConsumerRecordRecords` fits it.
 
-    `original_*` are Lambda's raw fields; `original_value` raises KeyError when Lambda left the
-    value out (a tombstone).
+    `original_*` are base64 as Lambda sent them; `original_value` raises KeyError when Lambda
+    left the value out (a tombstone). The archiver's records are these plus a decoded `value`.
     """
 
     @property
