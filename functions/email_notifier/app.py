@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -91,10 +92,23 @@ SES_CONFIG: Final = Config(
 #: One chunk's worst case (claims + the SES call with its retries): a later chunk starts only
 #: with this much time left, so the invocation is not killed while holding claims.
 CHUNK_TIME_BUDGET_MS: Final = 30_000
+# A chunk's 50 claims (and 50 confirmations) are independent round trips to DynamoDB: made
+# side by side they take one round trip's time instead of fifty.
+LEDGER_CONCURRENCY: Final = 10
+_ledger_pool = ThreadPoolExecutor(max_workers=LEDGER_CONCURRENCY, thread_name_prefix="ledger")
+
+
+def ledger_fan_out[In, Out](call: Callable[[In], Out], items: Sequence[In], /) -> list[Out]:
+    return list(_ledger_pool.map(call, items))
+
+
 # Short timeouts: a slow table must fail the claim (and retry the record), not eat the time
 # the SES call needs.
 DYNAMODB_CONFIG: Final = Config(
-    retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=1, read_timeout=2
+    retries={"mode": "standard", "total_max_attempts": 3},
+    connect_timeout=1,
+    read_timeout=2,
+    max_pool_connections=LEDGER_CONCURRENCY,
 )
 S3_CONFIG: Final = Config(
     retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=10
@@ -276,6 +290,7 @@ def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> PartialIte
         redirect_to=wired.redirect_to,
         time_left_ms=context.get_remaining_time_in_millis,
         min_time_per_chunk_ms=CHUNK_TIME_BUDGET_MS,
+        fan_out=ledger_fan_out,
     )
     report(outcome, redirected=wired.redirect_to is not None)
     return outcome.response()

@@ -557,3 +557,19 @@ def test_the_function_never_imports_kafka_python() -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ledger_calls_of_a_chunk_run_side_by_side_in_order() -> None:
+    import threading
+
+    from functions.email_notifier import app as notifier_app
+
+    together = threading.Barrier(5, timeout=10)  # passes only if 5 calls wait at once
+
+    def meet(n: int) -> int:
+        together.wait()
+        return n * 2
+
+    assert notifier_app.ledger_fan_out(meet, [1, 2, 3, 4, 5]) == [2, 4, 6, 8, 10]
+    names = notifier_app.ledger_fan_out(lambda _: threading.current_thread().name, range(3))
+    assert all(name.startswith("ledger") for name in names)

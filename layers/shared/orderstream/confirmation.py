@@ -115,6 +115,14 @@ def template_data(event: OrderPlaced) -> dict[str, Any]:
     }
 
 
+#: Runs `call` on every item, returning the results in the items' order.
+FanOut = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+
+def one_by_one[In, Out](call: Callable[[In], Out], items: Sequence[In], /) -> list[Out]:
+    return [call(item) for item in items]
+
+
 @dataclass(frozen=True, slots=True)
 class Confirmation:
     """One email: to whom, for which order, with which template data."""
@@ -328,13 +336,15 @@ def confirm_batch(
     time_left_ms: Callable[[], int] | None = None,
     min_time_per_chunk_ms: int = 0,
     chunk_size: int = MAX_DESTINATIONS_PER_CALL,
+    fan_out: FanOut = one_by_one,
 ) -> ConfirmationOutcome:
     """Send one confirmation per order_id of the batch, unless it was sent before.
 
     Never raises for a record, an order or a failed call: what could not be done now is in
     `outcome.failed` for the mapping to redeliver, poison is dead-lettered. A chunk starts only
     with `min_time_per_chunk_ms` left (the first always starts), so the invocation is not killed
-    while holding claims.
+    while holding claims. `fan_out` runs the per-order ledger calls of a chunk (claims, then
+    confirmations); the handler passes a thread pool, since they are independent round trips.
     """
     if not 1 <= chunk_size <= MAX_DESTINATIONS_PER_CALL:
         raise ValueError(f"chunk_size must be 1 to {MAX_DESTINATIONS_PER_CALL}")
@@ -361,7 +371,7 @@ def confirm_batch(
                 )
             break
         chunk = pending[start : start + chunk_size]
-        for order, reason in _confirm_chunk(chunk, ledger, mailer, redirect_to, outcome):
+        for order, reason in _confirm_chunk(chunk, ledger, mailer, redirect_to, outcome, fan_out):
             for record in order.records:
                 _bury(record, reason, dead_letters, consumer, outcome)
     return outcome
@@ -384,14 +394,21 @@ def _confirm_chunk(
     mailer: Mailer,
     redirect_to: str | None,
     outcome: ConfirmationOutcome,
+    fan_out: FanOut,
 ) -> list[tuple[_Order, str]]:
     """Claim, send and settle one chunk; return the orders SES refused for good, with why."""
-    claimed: list[_Order] = []
-    for order in chunk:
+
+    def try_claim(order_id: str) -> Claim | LedgerError:
         try:
-            claim = ledger.claim(order.order_id)
+            return ledger.claim(order_id)
         except LedgerError as exc:
-            outcome._fail(Problem("ledger", _clip(str(exc)), order.refs, order.order_id))
+            return exc
+
+    claimed: list[_Order] = []
+    claims: list[Claim | LedgerError] = fan_out(try_claim, [o.order_id for o in chunk])
+    for order, claim in zip(chunk, claims, strict=True):
+        if isinstance(claim, LedgerError):
+            outcome._fail(Problem("ledger", _clip(str(claim)), order.refs, order.order_id))
             continue
         if claim is Claim.SENT:
             outcome.duplicates += len(order.records)
@@ -424,25 +441,36 @@ def _confirm_chunk(
             _release(order, ledger, outcome)
         raise
 
+    def try_confirm(sent: tuple[str, str]) -> LedgerError | None:
+        try:
+            ledger.confirm(*sent)
+        except LedgerError as exc:
+            return exc
+        return None
+
+    delivered = [(o, a) for o, a in zip(claimed, answers, strict=True) if a.sent]
+    confirmations_failed: list[LedgerError | None] = fan_out(
+        try_confirm, [(o.order_id, a.message_id or "") for o, a in delivered]
+    )
+    for (order, answer), error in zip(delivered, confirmations_failed, strict=True):
+        outcome.sent[order.order_id] = answer.message_id or ""
+        outcome.duplicates += len(order.records) - 1
+        if error is not None:
+            # The email is out: retrying the record would send it again. The claim stays
+            # until the in-progress expiry; only a redelivery after that could repeat it.
+            outcome.problems.append(
+                Problem(
+                    "ledger",
+                    f"sent, but not recorded as sent: {_clip(str(error))}",
+                    order.refs,
+                    order.order_id,
+                    retried=False,
+                )
+            )
+
     rejected: list[tuple[_Order, str]] = []
     for order, answer in zip(claimed, answers, strict=True):
         if answer.sent:
-            outcome.sent[order.order_id] = answer.message_id or ""
-            outcome.duplicates += len(order.records) - 1
-            try:
-                ledger.confirm(order.order_id, answer.message_id or "")
-            except LedgerError as exc:
-                # The email is out: retrying the record would send it again. The claim stays
-                # until the in-progress expiry; only a redelivery after that could repeat it.
-                outcome.problems.append(
-                    Problem(
-                        "ledger",
-                        f"sent, but not recorded as sent: {_clip(str(exc))}",
-                        order.refs,
-                        order.order_id,
-                        retried=False,
-                    )
-                )
             continue
         outcome.ses_failures += 1
         _release(order, ledger, outcome)
