@@ -11,8 +11,6 @@ import os
 import platform
 import statistics
 import sys
-import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,21 +78,6 @@ def percentile(values: Sequence[float], q: int) -> float:
     if q == 50:
         return statistics.median(values)
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
-@dataclass
-class LambdaContext:
-    """What Powertools and the handlers read from Lambda's context object."""
-
-    function_name: str = "orderstream-bench"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:orderstream-bench"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    timeout_ms: int = 30_000
-    started: float = field(default_factory=time.monotonic)
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, self.timeout_ms - int((time.monotonic() - self.started) * 1000))
 
 
 def progress(message: str) -> None:

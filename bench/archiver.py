@@ -18,18 +18,14 @@ import io
 import statistics
 import time
 import tracemalloc
-import uuid
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 
-from devstack.msk_event import PlainRecord, msk_event
+from devstack.msk_event import msk_event, sample_order_records
 from orderstream.archive import COMPRESS_LEVEL, archive_batch
-from orderstream.events import ORDER_EVENTS, OrderPlaced, to_message
-from orderstream.models import Customer, LineItem, Order, compute_total
+from orderstream.events import ORDER_EVENTS
 
 CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
 
@@ -40,41 +36,6 @@ class MemoryStore:
 
     def put(self, key: str, body: bytes, metadata: Mapping[str, str]) -> None:
         self.objects[key] = body
-
-
-def order_records(count: int, partitions: int) -> list[PlainRecord]:
-    """`count` ~1 KB order-placed records, round-robin over partitions, one a second."""
-    start = datetime(2026, 11, 25, 14, tzinfo=UTC)
-    records = []
-    for i in range(count):
-        items = [
-            LineItem(
-                sku=f"SKU-{i:05d}-{j}",
-                name=f"Espresso beans, dark roast, 250 g ({j})",
-                quantity=1 + j,
-                unit_price=Decimal("12.50"),
-            )
-            for j in range(6)
-        ]
-        order = Order(
-            order_id=uuid.UUID(int=i),
-            customer=Customer(id=f"c-{i}", email=f"customer{i}@example.com", name="Ada Lovelace"),
-            items=items,
-            currency="EUR",
-            total=compute_total(items),
-        )
-        message = to_message(OrderPlaced.new(order, f"req-{i}", occurred_at=start))
-        records.append(
-            PlainRecord(
-                key=message.key,
-                value=message.value,
-                headers=list(message.headers),
-                partition=i % partitions,
-                offset=i // partitions,
-                timestamp=int(start.timestamp() * 1000) + i * 1000,
-            )
-        )
-    return records
 
 
 def archive(event: dict[str, Any]) -> int:
@@ -111,7 +72,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    records = order_records(args.records, args.partitions)
+    records = sample_order_records(args.records, args.partitions)
     event = msk_event(records, CLUSTER_ARN, "b-1.example:9098")
     value_bytes = sum(len(r.value or b"") for r in records)
     payload = sum(

@@ -24,10 +24,9 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
-from datetime import UTC, datetime
 from typing import Any, Final
 
-from devstack.msk_event import PlainRecord, msk_event
+from devstack.msk_event import PlainRecord, msk_event, sample_order_records
 
 CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
 SENDER = "orders@example.com"
@@ -51,37 +50,6 @@ def quiet_offline_environment() -> None:
         }
     )
     os.environ.pop("AWS_PROFILE", None)
-
-
-def order_records(count: int, partitions: int) -> list[PlainRecord]:
-    from orderstream.events import OrderPlaced, to_message
-    from orderstream.models import Customer, LineItem, Order, compute_total
-
-    placed_at = datetime(2026, 11, 25, 14, tzinfo=UTC)
-    records = []
-    for n in range(count):
-        items = [
-            LineItem(sku=f"SKU-{n:05d}-{j}", name=f"Item {j}", quantity=1 + j, unit_price="12.50")
-            for j in range(3)
-        ]
-        order = Order(
-            order_id=f"00000000-0000-4000-8000-{n:012d}",
-            customer=Customer(id=f"c-{n}", email=f"customer{n}@example.com", name="Ada Lovelace"),
-            items=items,
-            currency="EUR",
-            total=compute_total(items),
-        )
-        message = to_message(OrderPlaced.new(order, f"req-{n}", occurred_at=placed_at))
-        records.append(
-            PlainRecord(
-                key=message.key,
-                value=message.value,
-                headers=list(message.headers),
-                partition=n % partitions,
-                offset=n // partitions,
-            )
-        )
-    return records
 
 
 def create_resources() -> str:
@@ -140,9 +108,9 @@ def bulk(
 ) -> tuple[Counter[str], Counter[str], float]:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
+    from devstack.context import LambdaContext
     from functions.email_notifier import app
     from orderstream import settings
-    from tests.fakes import LambdaContext
 
     os.environ.update(
         {
@@ -201,7 +169,7 @@ def main() -> None:
     quiet_offline_environment()
     from moto import mock_aws
 
-    records = order_records(args.orders, args.partitions)
+    records = sample_order_records(args.orders, args.partitions, items_per_order=3)
     with mock_aws():
         template = create_resources()
         bulk_calls, ledger_calls, bulk_seconds = bulk(records, args.batch_size, template)

@@ -39,7 +39,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final
 
-from bench._common import ROOT, LambdaContext, PartResult, Row, machine, percentile, progress
+from bench._common import ROOT, PartResult, Row, machine, percentile, progress
+from devstack.context import LambdaContext
 
 README: Final = ROOT / "bench" / "README.md"
 RESULTS_HEADING: Final = "## Latest results"
@@ -290,10 +291,10 @@ ARCHIVER_REPEATS: Final = 5
 
 def archiver(result: PartResult, quick: bool) -> None:
     from bench import archiver as bench_archiver
-    from devstack.msk_event import msk_event
+    from devstack.msk_event import msk_event, sample_order_records
 
     records_count = ARCHIVER_RECORDS // 10 if quick else ARCHIVER_RECORDS
-    records = bench_archiver.order_records(records_count, 4)
+    records = sample_order_records(records_count, 4)
     event = msk_event(records, bench_archiver.CLUSTER_ARN, "b-1.example:9098")
     value_bytes = sum(len(r.value or b"") for r in records)
     progress(f"archiver: {records_count:,} records, {ARCHIVER_REPEATS} repeats")
@@ -325,13 +326,14 @@ EMAIL_BATCH: Final = 100  # the template's BatchSize
 
 def email(result: PartResult, quick: bool) -> None:
     from bench import emails as bench_email
+    from devstack.msk_event import sample_order_records
 
     orders = EMAIL_ORDERS // 10 if quick else EMAIL_ORDERS
     bench_email.quiet_offline_environment()
     from moto import mock_aws
 
     progress(f"email: {orders:,} orders in batches of {EMAIL_BATCH}")
-    records = bench_email.order_records(orders, 3)
+    records = sample_order_records(orders, 3, items_per_order=3)
     with mock_aws():
         template = bench_email.create_resources()
         bulk_calls, ledger_calls, bulk_s = bench_email.bulk(records, EMAIL_BATCH, template)
@@ -613,16 +615,9 @@ class NotifierLog:
 def emails_in_moto(endpoint: str) -> Counter[str]:
     """order_id -> confirmations SES accepted (moto's own record, read once at the end)."""
     from devstack import aws
+    from devstack.mail import emailed_order_ids
 
-    ses = aws.MotoServer.data_at(endpoint).get("ses", {})
-    counts: Counter[str] = Counter()
-    for bulk in ses.get("BulkTemplateMessage", []):
-        for destination in bulk["destinations"]:
-            counts[json.loads(destination["ReplacementTemplateData"])["order_id"]] += 1
-    for single in ses.get("TemplateMessage", []):
-        if isinstance(single["destinations"], dict):
-            counts[json.loads(single["template_data"])["order_id"]] += 1
-    return counts
+    return emailed_order_ids(aws.MotoServer.data_at(endpoint))
 
 
 def post_order(url: str, body: dict[str, Any]) -> Posted:

@@ -20,7 +20,7 @@ from typing import IO, Any, Self
 
 import boto3
 
-from devstack.ports import LOOPBACK, free_port, port_in_use, wait_for_port
+from devstack.ports import LOOPBACK, free_port, port_in_use, stop_process, wait_for_port
 from devstack.template import ACCOUNT_ID, REGION, Resolver
 
 CREATED_LOCALLY = {"AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SES::Template"}
@@ -69,13 +69,7 @@ class MotoServer:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout_s)
+        stop_process(process, timeout_s)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -14,7 +14,7 @@ import time
 from types import TracebackType
 from typing import IO, Self
 
-from devstack.ports import LOOPBACK, free_port, port_in_use, wait_for_port
+from devstack.ports import LOOPBACK, free_port, port_in_use, stop_process, wait_for_port
 
 
 class BrokerError(RuntimeError):
@@ -108,13 +108,7 @@ class EmbeddedBroker:
         # Tansu lingers ~5 s on SIGTERM while clients are connected; its memory storage has
         # nothing to flush, so it is killed after a short grace period.
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout_s)
+        stop_process(process, timeout_s)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -91,3 +92,16 @@ def write_outbox(folder: Path, emails: list[SentEmail]) -> list[Path]:
         known.add(stem)
         written.append(path)
     return written
+
+
+def emailed_order_ids(moto_state: dict[str, Any]) -> Counter[str]:
+    """order_id -> how many confirmations SES accepted for it (from the template data)."""
+    ses = moto_state.get("ses", {})
+    counts: Counter[str] = Counter()
+    for bulk in ses.get("BulkTemplateMessage", []):
+        for destination in bulk["destinations"]:
+            counts[json.loads(destination["ReplacementTemplateData"])["order_id"]] += 1
+    for single in ses.get("TemplateMessage", []):
+        if isinstance(single["destinations"], dict):  # moto files each bulk send here too
+            counts[json.loads(single["template_data"])["order_id"]] += 1
+    return counts

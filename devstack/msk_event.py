@@ -8,8 +8,11 @@ one-entry dicts of byte lists.
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 
@@ -46,6 +49,47 @@ class PlainRecord:
     offset: int = 0
     timestamp: int = 1795615328000  # 2026-11-25T14:02:08Z
     timestamp_type: int = 0  # CREATE_TIME
+
+
+def sample_order_records(
+    count: int, partitions: int, items_per_order: int = 6
+) -> list[PlainRecord]:
+    """`count` order-placed records (~1 KB with 6 items), round-robin over partitions, one a
+    second from 2026-11-25T14:00Z, order_ids 0, 1, 2... as UUIDs: benchmarks and tests."""
+    from orderstream.events import OrderPlaced, to_message
+    from orderstream.models import Customer, LineItem, Order, compute_total
+
+    start = datetime(2026, 11, 25, 14, tzinfo=UTC)
+    records = []
+    for i in range(count):
+        items = [
+            LineItem(
+                sku=f"SKU-{i:05d}-{j}",
+                name=f"Espresso beans, dark roast, 250 g ({j})",
+                quantity=1 + j,
+                unit_price=Decimal("12.50"),
+            )
+            for j in range(items_per_order)
+        ]
+        order = Order(
+            order_id=uuid.UUID(int=i),
+            customer=Customer(id=f"c-{i}", email=f"customer{i}@example.com", name="Ada Lovelace"),
+            items=items,
+            currency="EUR",
+            total=compute_total(items),
+        )
+        message = to_message(OrderPlaced.new(order, f"req-{i}", occurred_at=start))
+        records.append(
+            PlainRecord(
+                key=message.key,
+                value=message.value,
+                headers=list(message.headers),
+                partition=i % partitions,
+                offset=i // partitions,
+                timestamp=int(start.timestamp() * 1000) + i * 1000,
+            )
+        )
+    return records
 
 
 def msk_record(record: KafkaRecord) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 
 LOOPBACK = "127.0.0.1"
@@ -28,3 +29,15 @@ def wait_for_port(port: int, timeout_s: float, host: str = LOOPBACK) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, grace_s: float) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`: a server we started never outlives us."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(grace_s)

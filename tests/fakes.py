@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+from devstack.context import LambdaContext
 
-@dataclass
-class LambdaContext:
-    """What Powertools and our handlers read from Lambda's context object."""
-
-    function_name: str = "orderstream-test"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:eu-west-1:123456789012:function:orderstream-test"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    timeout_ms: int = 30_000
-    started: float = field(default_factory=time.monotonic)
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, self.timeout_ms - int((time.monotonic() - self.started) * 1000))
+__all__ = ["LambdaContext", "Recorded", "emitted_metrics", "recording_http_server"]
 
 
 @dataclass
@@ -58,3 +47,16 @@ def recording_http_server() -> Iterator[tuple[str, list[Recorded]]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def emitted_metrics(stdout: str) -> dict[str, Any]:
+    """Metric values from the CloudWatch EMF blob(s) Powertools printed."""
+    values: dict[str, Any] = {}
+    for text in stdout.splitlines():
+        if text.startswith("{") and '"_aws"' in text:
+            blob = json.loads(text)
+            for directive in blob["_aws"]["CloudWatchMetrics"]:
+                for metric in directive["Metrics"]:
+                    value = blob[metric["Name"]]
+                    values[metric["Name"]] = value[0] if isinstance(value, list) else value
+    return values

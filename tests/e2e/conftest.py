@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from devstack import aws
+from devstack.mail import emailed_order_ids
 from devstack.stack import LocalStack, StackInfo
 
 
@@ -43,15 +44,7 @@ class Stack:
 
     def emailed_orders(self) -> Counter[str]:
         """order_id -> number of confirmation emails SES accepted for it."""
-        ses = aws.MotoServer.data_at(self.info.aws_endpoint).get("ses", {})
-        counts: Counter[str] = Counter()
-        for bulk in ses.get("BulkTemplateMessage", []):
-            for destination in bulk["destinations"]:
-                counts[json.loads(destination["ReplacementTemplateData"])["order_id"]] += 1
-        for single in ses.get("TemplateMessage", []):
-            if isinstance(single["destinations"], dict):
-                counts[json.loads(single["template_data"])["order_id"]] += 1
-        return counts
+        return emailed_order_ids(aws.MotoServer.data_at(self.info.aws_endpoint))
 
     def objects(self, logical_id: str) -> dict[str, bytes]:
         s3 = aws.client("s3", self.info.aws_endpoint)

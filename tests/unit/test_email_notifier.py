@@ -32,7 +32,7 @@ from orderstream import settings
 from orderstream.confirmation import template_data
 from orderstream.events import OrderPlaced
 from orderstream.models import LineItem
-from tests.fakes import LambdaContext
+from tests.fakes import LambdaContext, emitted_metrics
 from tests.samples import load_event
 from tests.unit.test_confirmation import (
     kafka_records,
@@ -160,19 +160,6 @@ def parts(message: Any) -> dict[str, str]:
         for part in message.walk()
         if not part.is_multipart()
     }
-
-
-def emitted_metrics(stdout: str) -> dict[str, Any]:
-    """Metric values from the CloudWatch EMF blob(s) Powertools printed."""
-    values: dict[str, Any] = {}
-    for text in stdout.splitlines():
-        if text.startswith("{") and '"_aws"' in text:
-            blob = json.loads(text)
-            for directive in blob["_aws"]["CloudWatchMetrics"]:
-                for metric in directive["Metrics"]:
-                    value = blob[metric["Name"]]
-                    values[metric["Name"]] = value[0] if isinstance(value, list) else value
-    return values
 
 
 def orders(count: int) -> list[OrderPlaced]:

@@ -5,11 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
 from types import ModuleType
 from typing import Any
 from urllib.parse import unquote
@@ -19,10 +15,10 @@ import pytest
 from botocore.awsrequest import AWSPreparedRequest
 from botocore.exceptions import EndpointConnectionError
 
-from devstack.msk_event import PlainRecord, msk_event
+from devstack.context import LambdaContext
+from devstack.msk_event import msk_event, sample_order_records
 from orderstream import settings
-from orderstream.events import OrderPlaced, to_message
-from orderstream.models import Customer, LineItem, Order, compute_total
+from tests.fakes import emitted_metrics
 from tests.samples import load_event
 
 BUCKET = "orderstream-archive-test"
@@ -33,19 +29,6 @@ SAMPLE_KEYS = [
     f"{HOUR_14}/order-placed+2+00000000000000000240.jsonl.gz",
 ]
 CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/6f1a2b3c-s1"
-
-
-@dataclass
-class FakeLambdaContext:
-    function_name: str = "orderstream-s3-archiver"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = (
-        "arn:aws:lambda:eu-west-1:123456789012:function:orderstream-s3-archiver"
-    )
-    aws_request_id: str = "c6af9ac6-7b61-11e6-9a41-93e812345678"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 60_000
 
 
 @pytest.fixture
@@ -69,7 +52,7 @@ def archiver(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
 
 
 def invoke(archiver: ModuleType, event: dict[str, Any]) -> Any:
-    return archiver.lambda_handler(event, FakeLambdaContext())
+    return archiver.lambda_handler(event, LambdaContext(function_name="orderstream-s3-archiver"))
 
 
 def three_partition_event() -> dict[str, Any]:
@@ -89,55 +72,6 @@ def archive_contents(s3: Any) -> dict[str, bytes]:
 
 def lines_of(body: bytes) -> list[dict[str, Any]]:
     return [json.loads(line) for line in gzip.decompress(body).decode().splitlines()]
-
-
-def emitted_metrics(stdout: str) -> dict[str, Any]:
-    """Metric values from the CloudWatch EMF blob(s) Powertools printed."""
-    values: dict[str, Any] = {}
-    for text in stdout.splitlines():
-        if text.startswith("{") and '"_aws"' in text:
-            blob = json.loads(text)
-            for directive in blob["_aws"]["CloudWatchMetrics"]:
-                for metric in directive["Metrics"]:
-                    value = blob[metric["Name"]]
-                    values[metric["Name"]] = value[0] if isinstance(value, list) else value
-    return values
-
-
-def order_records(count: int, partitions: int) -> list[PlainRecord]:
-    """`count` order-placed records of ~1 KB, round-robin over partitions, one a second."""
-    start = datetime(2026, 11, 25, 14, tzinfo=UTC)
-    records = []
-    for i in range(count):
-        items = [
-            LineItem(
-                sku=f"SKU-{i:05d}-{j}",
-                name=f"Espresso beans, dark roast, 250 g ({j})",
-                quantity=1 + j,
-                unit_price=Decimal("12.50"),
-            )
-            for j in range(6)
-        ]
-        order = Order(
-            order_id=uuid.UUID(int=i),
-            customer=Customer(id=f"c-{i}", email=f"customer{i}@example.com", name="Ada Lovelace"),
-            items=items,
-            currency="EUR",
-            total=compute_total(items),
-        )
-        event = OrderPlaced.new(order, correlation_id=f"req-{i}", occurred_at=start)
-        message = to_message(event)
-        records.append(
-            PlainRecord(
-                key=message.key,
-                value=message.value,
-                headers=[(name, value) for name, value in message.headers],
-                partition=i % partitions,
-                offset=i // partitions,
-                timestamp=int(start.timestamp() * 1000) + i * 1000,
-            )
-        )
-    return records
 
 
 def inject_put_failures(archiver: ModuleType, key_part: str, times: int | None = None) -> list[str]:
@@ -250,7 +184,7 @@ def test_poison_and_null_key_samples_are_archived_and_the_handler_succeeds(
 
 @pytest.mark.slow
 def test_a_batch_of_10000_one_kilobyte_orders_is_archived(archiver: ModuleType, s3: Any) -> None:
-    records = order_records(10_000, partitions=4)
+    records = sample_order_records(10_000, partitions=4)
     assert 900 <= len(records[0].value or b"") <= 1100
     event = msk_event(records, CLUSTER_ARN, "b-1.example:9098")
 
