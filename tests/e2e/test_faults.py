@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from devstack.faults import s3_put_failures, ses_throttling
+from devstack.faults import Fault, s3_put_failures, ses_throttling
 from devstack.msk_event import msk_event
 from devstack.status import end_offsets
 from tests.e2e.conftest import Stack, wait_until
@@ -95,29 +95,26 @@ def test_the_same_batch_redelivered_three_times(local_stack: Stack) -> None:
     assert sorted(emailed[i] for i in ids) == [1] * len(ids)
 
 
-def test_ses_throttles_thirty_percent_of_calls(local_stack: Stack) -> None:
-    assert local_stack.stack.aws_faults is not None
-    fault = local_stack.stack.aws_faults.add(ses_throttling(rate=0.3))
+def orders_survive(stack: Stack, fault: Fault, count: int, tag: str) -> None:
+    """With `fault` active on the AWS side, `count` orders still arrive exactly once."""
+    assert stack.stack.aws_faults is not None
+    stack.stack.aws_faults.add(fault)
     try:
-        bodies = orders(60, "throttled")
-        post_all(local_stack, bodies)
-        delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
+        bodies = orders(count, tag)
+        post_all(stack, bodies)
+        delivered_exactly_once(stack, {b["order_id"] for b in bodies})
     finally:
-        local_stack.stack.aws_faults.clear()
-    assert fault.injected > 0
+        stack.stack.aws_faults.clear()
+    assert fault.injected > 0  # the fault really happened
+
+
+def test_ses_throttles_thirty_percent_of_calls(local_stack: Stack) -> None:
+    orders_survive(local_stack, ses_throttling(rate=0.3), 60, "throttled")
 
 
 def test_s3_refuses_writes_for_a_while(local_stack: Stack) -> None:
-    assert local_stack.stack.aws_faults is not None
     bucket = local_stack.info.buckets["ArchiveBucket"]
-    fault = local_stack.stack.aws_faults.add(s3_put_failures(bucket, seconds=8))
-    try:
-        bodies = orders(30, "s3down")
-        post_all(local_stack, bodies)
-        delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
-    finally:
-        local_stack.stack.aws_faults.clear()
-    assert fault.injected > 0
+    orders_survive(local_stack, s3_put_failures(bucket, seconds=8), 30, "s3down")
 
 
 def test_the_broker_unreachable_for_a_while(local_stack: Stack) -> None:
