@@ -71,7 +71,9 @@ def create_resources() -> str:
     ses.verify_email_identity(EmailAddress=SENDER)
     template = load_template()
     spec = template["Resources"]["OrderConfirmationTemplate"]["Properties"]["Template"]
-    resolved: dict[str, str] = Resolver(template, {"SenderEmail": SENDER}).resolve(spec)
+    resolved: dict[str, str] = Resolver(template, {"Stage": "dev", "SenderEmail": SENDER}).resolve(
+        spec
+    )
     ses.create_template(Template=resolved)
     return resolved["TemplateName"]
 

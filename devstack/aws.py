@@ -122,7 +122,7 @@ def plan(
 ) -> LocalResources:
     """Name every resource the way CloudFormation would, without creating anything yet."""
     resources = LocalResources()
-    stage = str(parameters.get("Stage", template["Parameters"]["Stage"]["Default"]))
+    stage = str(parameters["Stage"])
     naming = Resolver(template, parameters)
     for logical_id, resource in template["Resources"].items():
         props = resource.get("Properties", {})
@@ -132,7 +132,8 @@ def plan(
                 resources.refs[logical_id] = name
                 resources.attributes[f"{logical_id}.Arn"] = f"arn:aws:s3:::{name}"
             case "AWS::DynamoDB::Table":
-                name = naming.resolve(props["TableName"])
+                # Unnamed in the template, as the buckets: CloudFormation would generate one.
+                name = f"orderstream-{stage}-{logical_id.lower()}"
                 resources.refs[logical_id] = name
                 resources.attributes[f"{logical_id}.Arn"] = (
                     f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{name}"
@@ -141,7 +142,7 @@ def plan(
                 resources.refs[logical_id] = naming.resolve(props["Template"]["TemplateName"])
             case "AWS::MSK::ServerlessCluster":
                 resources.refs[logical_id] = LOCAL_CLUSTER_ARN
-            case "Custom::KafkaTopics":
+            case "Custom::KafkaTopics" | "Custom::KafkaBootstrapBrokers":
                 resources.refs[logical_id] = logical_id
                 resources.attributes[f"{logical_id}.BootstrapServers"] = bootstrap_servers
             case _:

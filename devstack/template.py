@@ -7,6 +7,8 @@ and environments from it, so what runs locally is what template.yaml declares.
 from __future__ import annotations
 
 import copy
+import ipaddress
+import itertools
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,16 +37,79 @@ class _NoManagedPolicyLookups:
         raise AssertionError("template.yaml must name managed policies by ARN or SAM template")
 
 
+LANGUAGE_EXTENSIONS = "AWS::LanguageExtensions"
+SERVERLESS = "AWS::Serverless-2016-10-31"
+POLICY_ATTRIBUTES = ("DeletionPolicy", "UpdateReplacePolicy")
+POLICY_VALUES = {
+    "DeletionPolicy": {"Delete", "Retain", "RetainExceptOnCreate", "Snapshot"},
+    "UpdateReplacePolicy": {"Delete", "Retain", "Snapshot"},
+}
+# Functions only the LanguageExtensions transform knows. We use none of them; an offline reader
+# that passed them through would be testing a template CloudFormation never sees.
+UNSUPPORTED_EXTENSIONS = ("Fn::ForEach", "Fn::Length", "Fn::ToJsonString")
+
+
+def transforms(template: Mapping[str, Any]) -> list[str]:
+    declared = template.get("Transform", [])
+    return [declared] if isinstance(declared, str) else list(declared)
+
+
+def apply_language_extensions(
+    template: Mapping[str, Any], parameters: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """What CloudFormation's AWS::LanguageExtensions transform makes of this template.
+
+    It runs before SAM's and, for the part of it we use, resolves intrinsic functions in
+    DeletionPolicy and UpdateReplacePolicy against the deployment's parameters ("Intrinsic
+    function references in DeletionPolicy and UpdateReplacePolicy attributes", CloudFormation
+    user guide). The result must be one of the attribute's documented values.
+    """
+    result = copy.deepcopy(dict(template))
+    declared = transforms(result)
+    if LANGUAGE_EXTENSIONS not in declared:
+        return result
+    if declared[0] != LANGUAGE_EXTENSIONS:
+        raise ValueError(f"{LANGUAGE_EXTENSIONS} must be the first transform")
+    _refuse_unsupported(result)
+    resolver = Resolver(result, parameters)
+    for logical_id, resource in result.get("Resources", {}).items():
+        for attribute in POLICY_ATTRIBUTES:
+            value = resource.get(attribute)
+            if value is None or isinstance(value, str):
+                continue
+            resolved = resolver.resolve(value)
+            if resolved not in POLICY_VALUES[attribute]:
+                raise ValueError(f"{logical_id}.{attribute} resolves to {resolved!r}")
+            resource[attribute] = resolved
+    rest = declared[1:]
+    if rest:
+        result["Transform"] = rest[0] if len(rest) == 1 else rest
+    else:
+        del result["Transform"]
+    return result
+
+
+def _refuse_unsupported(node: Any) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _refuse_unsupported(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if str(key).startswith(UNSUPPORTED_EXTENSIONS):
+                raise ValueError(f"{key} is not understood offline: teach devstack.template")
+            _refuse_unsupported(value)
+
+
 def transform(
     template: Mapping[str, Any], parameters: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
-    """What CloudFormation receives after the AWS::Serverless transform, computed offline."""
+    """What CloudFormation receives after its transforms (LanguageExtensions, then SAM's)."""
     import boto3
     from samtranslator.parser.parser import Parser
     from samtranslator.translator.translator import Translator
 
     values = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT_ID, **(parameters or {})}
-    packaged = copy.deepcopy(dict(template))
+    packaged = apply_language_extensions(template, parameters)
     # As `sam package` would: local code folders become S3 URIs (named after the folder).
     for resource in packaged["Resources"].values():
         properties = resource.get("Properties", {})
@@ -163,5 +228,47 @@ class Resolver:
             case "Fn::GetAZs":
                 return [f"{REGION}{zone}" for zone in "abc"]
             case "Fn::Cidr":
-                raise KeyError("Fn::Cidr is not evaluated offline")
+                # As CloudFormation: `count` blocks of `bits` host bits, in order, from the start
+                # of the block; an error when they do not fit.
+                block, count, bits = (self.resolve(a) for a in arg)
+                network = ipaddress.ip_network(str(block), strict=False)
+                prefix = network.max_prefixlen - int(bits)
+                if prefix < network.prefixlen:
+                    raise ValueError(f"Fn::Cidr: /{prefix} subnets do not fit in {network}")
+                subnets = list(itertools.islice(network.subnets(new_prefix=prefix), int(count)))
+                if len(subnets) < int(count):
+                    raise ValueError(f"Fn::Cidr: {count} /{prefix} subnets do not fit in {network}")
+                return [str(s) for s in subnets]
         return {key: self.resolve(arg)}
+
+
+def parameter_errors(template: Mapping[str, Any], overrides: Mapping[str, str]) -> list[str]:
+    """What CloudFormation refuses before it creates anything: a parameter without a value, a
+    value outside AllowedValues/AllowedPattern/MinValue/MaxValue, a failed Rules assertion."""
+    errors: list[str] = []
+    for name, spec in template.get("Parameters", {}).items():
+        value = overrides.get(name, spec.get("Default"))
+        if value is None:
+            errors.append(f"{name}: must have a value")
+            continue
+        text = str(value)
+        if "AllowedValues" in spec and text not in {str(v) for v in spec["AllowedValues"]}:
+            errors.append(f"{name}: {text!r} is not one of {spec['AllowedValues']}")
+        if "AllowedPattern" in spec and not re.fullmatch(spec["AllowedPattern"], text):
+            errors.append(f"{name}: {text!r} does not match {spec['AllowedPattern']}")
+        if spec.get("Type") == "Number":
+            number = float(text)
+            if "MinValue" in spec and number < float(spec["MinValue"]):
+                errors.append(f"{name}: {text} is below {spec['MinValue']}")
+            if "MaxValue" in spec and number > float(spec["MaxValue"]):
+                errors.append(f"{name}: {text} is above {spec['MaxValue']}")
+    if errors:
+        return errors
+    resolver = Resolver(template, overrides)
+    for rule_name, rule in template.get("Rules", {}).items():
+        if "RuleCondition" in rule and not resolver.resolve(rule["RuleCondition"]):
+            continue
+        for assertion in rule["Assertions"]:
+            if not resolver.resolve(assertion["Assert"]):
+                errors.append(f"rule {rule_name}: {assertion.get('AssertDescription', '')}")
+    return errors

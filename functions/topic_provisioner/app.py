@@ -1,16 +1,16 @@
 """Custom resource Custom::KafkaTopics: topics on MSK Serverless, created from inside the VPC.
 
-Properties: ClusterArn, OrderTopic, Partitions, DeleteTopicsOnDelete. Returns the cluster's IAM
-bootstrap string as `BootstrapServers` (GetAtt) so it can flow to the producer's environment.
+Properties: ClusterArn, BootstrapServers (from Custom::KafkaBootstrapBrokers, which looks them up
+outside the VPC: this function calls no AWS API but CloudFormation's S3 response URL), OrderTopic,
+Partitions, DeleteTopicsOnDelete. Returns `BootstrapServers` (GetAtt) so the producer's
+environment depends on the topics existing, not only on the cluster.
 """
 
 from __future__ import annotations
 
 import os
-from functools import cache
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from kafka.admin import KafkaAdminClient
@@ -22,19 +22,6 @@ from orderstream.topics import delete_topics, reconcile_topics, required_topics
 
 logger = Logger()
 tracer = Tracer()
-
-
-@cache
-def _kafka_api() -> Any:
-    return boto3.client("kafka")
-
-
-def bootstrap_servers(cluster_arn: str) -> str:
-    """The SASL/IAM bootstrap string; MSK Serverless has no CloudFormation attribute for it."""
-    brokers: str = _kafka_api().get_bootstrap_brokers(ClusterArn=cluster_arn)[
-        "BootstrapBrokerStringSaslIam"
-    ]
-    return brokers
 
 
 def physical_id(cluster_arn: str, topic: str) -> str:
@@ -57,6 +44,7 @@ def admin_for(servers: str) -> KafkaAdminClient:
 def provision(request: CustomResourceRequest) -> Outcome:
     props = request.properties
     cluster_arn = str(props["ClusterArn"])
+    servers = str(props["BootstrapServers"])
     topic = str(props["OrderTopic"])
     resource_id = physical_id(cluster_arn, topic)
 
@@ -67,7 +55,7 @@ def provision(request: CustomResourceRequest) -> Outcome:
         if str(props.get("DeleteTopicsOnDelete", "false")).lower() != "true":
             return Outcome(resource_id, reason="topics kept (DeleteTopicsOnDelete=false)")
         try:
-            admin = admin_for(bootstrap_servers(cluster_arn))
+            admin = admin_for(servers)
             try:
                 deleted = delete_topics(admin, [topic])
             finally:
@@ -78,7 +66,6 @@ def provision(request: CustomResourceRequest) -> Outcome:
             return Outcome(resource_id, reason=f"topics not deleted: {exc}")
         return Outcome(resource_id, reason=f"deleted {deleted or 'nothing'}")
 
-    servers = bootstrap_servers(cluster_arn)
     admin = admin_for(servers)
     try:
         changes = reconcile_topics(admin, required_topics(topic, int(props["Partitions"])))

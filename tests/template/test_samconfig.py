@@ -1,16 +1,17 @@
-"""samconfig.toml: every environment deploys a distinct stack with parameters the template has."""
+"""samconfig.toml: every environment deploys a distinct stack, in a named region, with every
+parameter named, read the way SAM CLI reads it."""
 
 from __future__ import annotations
 
-import shlex
 import tomllib
 from typing import Any
 
 import pytest
 
-from devstack.template import ROOT, load_template
+from devstack.template import ROOT, load_template, parameter_errors
 
 ENVIRONMENTS = ["default", "dev", "prod"]
+SAMPLE_SENDER = "orders@example.com"
 
 
 @pytest.fixture(scope="module")
@@ -19,27 +20,68 @@ def config() -> dict[str, Any]:
 
 
 def overrides(deploy: dict[str, Any]) -> dict[str, str]:
-    return dict(item.split("=", 1) for item in shlex.split(deploy["parameter_overrides"]))
+    """parameter_overrides as `sam deploy` parses it (its own click type)."""
+    from samcli.cli.types import CfnParameterOverridesType
+
+    value = deploy["parameter_overrides"]
+    parsed: dict[str, str] = CfnParameterOverridesType().convert(
+        value if isinstance(value, list) else [value], None, None
+    )
+    return parsed
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_environment_is_complete(config: dict[str, Any], env: str) -> None:
+    """`sam deploy` sends the previous value of every parameter the list leaves out (or the
+    default on a new stack): each environment names them all, so this file is the whole truth."""
     parameters = load_template()["Parameters"]
     deploy = config[env]["deploy"]["parameters"]
-    assert config[env]["global"]["parameters"]["stack_name"].startswith("orderstream-")
+    named = overrides(deploy)
+    assert set(named) == set(parameters), f"{env}: {set(parameters) ^ set(named)}"
+    assert config[env]["global"]["parameters"]["region"]
+    assert config[env]["global"]["parameters"]["stack_name"] == f"orderstream-{named['Stage']}"
     assert deploy["resolve_s3"] is True
     assert "CAPABILITY_IAM" in deploy["capabilities"]
     assert config[env]["build"]["parameters"] == {"cached": True, "parallel": True}
-    for name in overrides(deploy):
-        assert name in parameters, f"{env}: {name} is not a template parameter"
-    stage = overrides(deploy)["Stage"]
-    assert config[env]["global"]["parameters"]["stack_name"] == f"orderstream-{stage}"
+    # sam build uses the template's default architecture: a different one here would deploy
+    # code built for another CPU.
+    assert named["Architecture"] == parameters["Architecture"]["Default"]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_only_the_sample_sender_stands_between_the_file_and_a_deploy(
+    config: dict[str, Any], env: str
+) -> None:
+    """CloudFormation's own checks (allowed values, patterns, rules) pass once SenderEmail is
+    a real identity; with the sample, the template's rule refuses the deploy before it starts."""
+    template = load_template()
+    named = overrides(config[env]["deploy"]["parameters"])
+    assert named["SenderEmail"] == SAMPLE_SENDER
+    [refused] = parameter_errors(template, named)
+    assert "SenderIsNotTheSample" in refused
+    assert parameter_errors(template, {**named, "SenderEmail": "orders@shop.example"}) == []
 
 
 def test_prod_is_separate_and_confirms_changesets(config: dict[str, Any]) -> None:
     prod = config["prod"]["deploy"]["parameters"]
     assert prod["confirm_changeset"] is True
-    assert overrides(prod)["Stage"] == "prod"
-    assert "EmailRedirectTo" not in overrides(prod)  # production mails real customers
+    named = overrides(prod)
+    assert named["Stage"] == "prod"
+    assert named["EmailRedirectTo"] == ""  # production mails real customers
     names = {config[e]["global"]["parameters"]["stack_name"] for e in ENVIRONMENTS}
     assert names == {"orderstream-dev", "orderstream-prod"}
+    # Two stacks of one account and region must not both own its API Gateway logging role.
+    owners = [
+        e
+        for e in ("dev", "prod")
+        if overrides(config[e]["deploy"]["parameters"])["ApiGatewayLogging"]
+        == "create-account-role"
+    ]
+    assert len(owners) <= 1
+
+
+def test_a_command_line_list_without_stage_cannot_deploy(config: dict[str, Any]) -> None:
+    """`--parameter-overrides` replaces this file's list; without Stage the deploy fails."""
+    template = load_template()
+    errors = parameter_errors(template, {"SenderEmail": "orders@shop.example"})
+    assert errors == ["Stage: must have a value"]

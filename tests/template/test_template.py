@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +14,14 @@ import pytest
 from devstack.template import ACCOUNT_ID, REGION, ROOT, Resolver, load_template, transform
 from orderstream import settings
 
-PARAMETERS = {"SenderEmail": "orders@example.com"}
+PARAMETERS = {"Stage": "dev", "SenderEmail": "orders@shop.example"}
 CLUSTER_ARN = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:cluster/orderstream-dev/0a1b2c3d-uuid-s1"
 TOPIC_ARN_PREFIX = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:topic/orderstream-dev/0a1b2c3d-uuid-s1/"
 GROUP_ARN_PREFIX = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:group/orderstream-dev/0a1b2c3d-uuid-s1/"
 DATA_PLANE = ("kafka-cluster:", "s3:", "dynamodb:", "ses:", "sqs:", "sns:")
 CONSUMERS = {"EmailNotifierFunction": "EmailNotifier", "S3ArchiverFunction": "S3Archiver"}
 KAFKA_CLIENTS = {"OrderApiFunction", "TopicProvisionerFunction"}
+LOOKUPS = {"BootstrapBrokersFunction"}  # the MSK API, from outside the VPC
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +42,8 @@ def resolve(cfn: dict[str, Any]) -> Resolver:
         f"{name}.Arn": f"arn:aws:test:{REGION}:{ACCOUNT_ID}:{name}" for name in cfn["Resources"]
     }
     attributes["KafkaTopics.BootstrapServers"] = "boot-x.kafka-serverless:9098"
+    attributes["KafkaBootstrapBrokers.BootstrapServers"] = "boot-x.kafka-serverless:9098"
+    attributes["KafkaSecurityGroup.GroupId"] = "sg-0123456789abcdef0"
     return Resolver(cfn, PARAMETERS, refs, attributes)
 
 
@@ -66,7 +70,7 @@ def test_every_function_runs_python_313_from_its_own_folder(
     source: dict[str, Any], cfn: dict[str, Any]
 ) -> None:
     functions = of_type(cfn, "AWS::Lambda::Function")
-    assert set(functions) == {*CONSUMERS, *KAFKA_CLIENTS}
+    assert set(functions) == {*CONSUMERS, *KAFKA_CLIENTS, *LOOKUPS}
     for name, function in functions.items():
         props = function["Properties"]
         assert props["Runtime"] == "python3.13", name
@@ -118,6 +122,7 @@ def test_kafka_permissions_name_exact_arns(cfn: dict[str, Any], resolve: Resolve
                     if action in {
                         "kafka-cluster:Connect",
                         "kafka-cluster:DescribeCluster",
+                        "kafka-cluster:DescribeClusterDynamicConfiguration",
                         "kafka-cluster:WriteDataIdempotently",
                     }:
                         assert arn == CLUSTER_ARN, (function, action, arn)
@@ -139,14 +144,17 @@ def test_kafka_permissions_name_exact_arns(cfn: dict[str, Any], resolve: Resolve
         "kafka-cluster:WriteData",
     }
     for consumer in CONSUMERS:
+        # The Lambda guide's list for MSK mappings with IAM auth.
         assert {
             "kafka-cluster:Connect",
+            "kafka-cluster:DescribeClusterDynamicConfiguration",
             "kafka-cluster:ReadData",
             "kafka-cluster:DescribeTopic",
             "kafka-cluster:AlterGroup",
             "kafka-cluster:DescribeGroup",
         } == granted[consumer]
     assert "kafka-cluster:WriteData" not in granted["TopicProvisionerFunction"]
+    assert "BootstrapBrokersFunction" not in granted  # it never connects to Kafka
 
 
 def test_consumers_can_describe_the_serverless_cluster(
@@ -218,10 +226,40 @@ def test_orders_need_an_api_key(cfn: dict[str, Any]) -> None:
     assert method["security"] == [{"api_key": []}]
     assert of_type(cfn, "AWS::ApiGateway::UsagePlan")
     [stage] = of_type(cfn, "AWS::ApiGateway::Stage").values()
-    assert stage["Properties"]["AccessLogSetting"]["DestinationArn"]
     settings_ = stage["Properties"]["MethodSettings"][0]
     assert settings_["ThrottlingRateLimit"]
     assert settings_["DataTraceEnabled"] is False
+
+
+@pytest.mark.parametrize("logging", ["off", "use-account-role", "create-account-role"])
+def test_api_gateway_logging_never_needs_a_role_the_account_lacks(
+    source: dict[str, Any], logging: str
+) -> None:
+    """The account's API Gateway logging role is one per account and region: created only on
+    request and then kept; stage logging is on only where the role exists, and the stage waits
+    for it when this stack sets it."""
+    from tests.template.cloudformation import Stack
+
+    parameters = {**PARAMETERS, "ApiGatewayLogging": logging}
+    stack = Stack(transform(source, parameters), parameters)
+    [stage_name] = stack.of_type("AWS::ApiGateway::Stage")
+    stage = stack.values.resolve(stack.resources[stage_name]["Properties"])
+    accounts = stack.of_type("AWS::ApiGateway::Account")
+    if logging == "off":
+        assert "AccessLogSetting" not in stage
+        assert stage["MethodSettings"][0]["LoggingLevel"] == "OFF"
+    else:
+        assert stage["AccessLogSetting"]["DestinationArn"] == "ApiAccessLogs.Arn"
+        assert stage["MethodSettings"][0]["LoggingLevel"] == "ERROR"
+    if logging == "create-account-role":
+        [account] = accounts
+        role = stack.resources["ApiGatewayCloudWatchRole"]
+        for kept in (accounts[account], role):
+            assert kept["DeletionPolicy"] == kept["UpdateReplacePolicy"] == "Retain"
+        assert {account, "ApiGatewayCloudWatchRole"} <= stack.ancestors(stage_name)
+    else:
+        assert accounts == {}
+        assert "ApiGatewayCloudWatchRole" not in stack.resources
 
 
 def test_environment_names_come_from_the_settings_module(cfn: dict[str, Any]) -> None:
@@ -245,7 +283,13 @@ def test_producer_gets_the_bootstrap_string_from_the_provisioner(
     assert topics["Properties"]["ServiceToken"] == {
         "Fn::GetAtt": ["TopicProvisionerFunction", "Arn"]
     }
-    assert int(topics["Properties"]["ServiceTimeout"]) <= 900
+    assert topics["Properties"]["BootstrapServers"] == {
+        "Fn::GetAtt": ["KafkaBootstrapBrokers", "BootstrapServers"]
+    }
+    lookup = cfn["Resources"]["KafkaBootstrapBrokers"]["Properties"]
+    assert lookup["ServiceToken"] == {"Fn::GetAtt": ["BootstrapBrokersFunction", "Arn"]}
+    for custom in (topics["Properties"], lookup):
+        assert int(custom["ServiceTimeout"]) <= 900
 
 
 def test_security_group_allows_9098_only_from_itself(cfn: dict[str, Any]) -> None:
@@ -338,3 +382,74 @@ def test_glue_table_describes_the_archive_lines(cfn: dict[str, Any], resolve: Re
     assert key.startswith(expected_dir)
     assert [k["Name"] for k in table["PartitionKeys"]] == ["year", "month", "day", "hour"]
     assert table["Parameters"]["projection.enabled"] == "true"
+
+
+def test_alarms_can_publish_to_their_encrypted_topic(
+    cfn: dict[str, Any], resolve: Resolver
+) -> None:
+    """CloudWatch cannot use the AWS-managed alias/aws/sns key; the topic's own key lets
+    CloudWatch alarms of this account, and no other account's, encrypt and decrypt with it."""
+    topic = resolve.resolve(cfn["Resources"]["AlarmTopic"]["Properties"])
+    assert topic["KmsMasterKeyId"] == "AlarmTopicKey-physical"
+    key = resolve.resolve(cfn["Resources"]["AlarmTopicKey"]["Properties"])
+    assert key["EnableKeyRotation"] is True
+    [cloudwatch] = [
+        s
+        for s in key["KeyPolicy"]["Statement"]
+        if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    ]
+    assert set(cloudwatch["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    assert cloudwatch["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT_ID}}
+    for statement in key["KeyPolicy"]["Statement"]:
+        assert "kms:*" not in statement["Action"]
+        assert statement["Principal"] != "*"
+        assert statement["Principal"] != {"AWS": "*"}
+    alarms = of_type(cfn, "AWS::CloudWatch::Alarm")
+    assert alarms
+    for name, alarm in alarms.items():
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+
+
+@pytest.mark.parametrize("prefix", range(16, 25))
+def test_every_vpc_cidr_the_template_accepts_holds_its_subnets(
+    source: dict[str, Any], prefix: int
+) -> None:
+    """VpcCidr's pattern admits exactly the sizes Fn::Cidr can carve the three subnets from."""
+    import ipaddress
+
+    from devstack.template import parameter_errors
+
+    parameters = {**PARAMETERS, "VpcCidr": f"10.42.0.0/{prefix}"}
+    accepted = parameter_errors(source, parameters) == []
+    resolver = Resolver(source, parameters)
+    try:
+        subnets = [
+            resolver.resolve(source["Resources"][f"PrivateSubnet{i}"]["Properties"]["CidrBlock"])
+            for i in (1, 2, 3)
+        ]
+    except ValueError:
+        assert not accepted, f"/{prefix} is accepted but its subnets do not fit"
+        return
+    assert accepted, f"/{prefix} fits three subnets but is refused"
+    vpc = ipaddress.IPv4Network(f"10.42.0.0/{prefix}")
+    networks = [ipaddress.IPv4Network(s) for s in subnets]
+    assert all(n.subnet_of(vpc) for n in networks)
+    assert len(set(networks)) == 3
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(networks, 2))
+
+
+def test_the_idempotency_table_has_no_fixed_name(source: dict[str, Any]) -> None:
+    """It is retained on delete: a fixed name would fail the next create ("already exists")."""
+    table = source["Resources"]["IdempotencyTable"]
+    assert table["DeletionPolicy"] == "Retain"
+    assert "TableName" not in table["Properties"]
+
+
+def test_stage_has_no_default(source: dict[str, Any]) -> None:
+    """A parameter list without Stage fails the deploy instead of naming a stack "dev"."""
+    from devstack.template import parameter_errors
+
+    assert "Default" not in source["Parameters"]["Stage"]
+    assert parameter_errors(source, {"SenderEmail": "orders@shop.example"}) == [
+        "Stage: must have a value"
+    ]

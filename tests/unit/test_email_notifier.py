@@ -49,7 +49,9 @@ def confirmation_template() -> dict[str, str]:
     """OrderConfirmationTemplate's Template property, as CloudFormation would create it."""
     template = load_template()
     spec = template["Resources"]["OrderConfirmationTemplate"]["Properties"]["Template"]
-    resolved: dict[str, str] = Resolver(template, {"SenderEmail": SENDER}).resolve(spec)
+    resolved: dict[str, str] = Resolver(template, {"Stage": "dev", "SenderEmail": SENDER}).resolve(
+        spec
+    )
     return resolved
 
 

@@ -47,7 +47,9 @@ def confirmation_template() -> dict[str, str]:
     """OrderConfirmationTemplate's Template property, resolved as CloudFormation would."""
     template = load_template()
     spec = template["Resources"]["OrderConfirmationTemplate"]["Properties"]["Template"]
-    resolved: dict[str, str] = Resolver(template, {"SenderEmail": SENDER}).resolve(spec)
+    resolved: dict[str, str] = Resolver(template, {"Stage": "dev", "SenderEmail": SENDER}).resolve(
+        spec
+    )
     return resolved
 
 

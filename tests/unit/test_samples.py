@@ -41,6 +41,7 @@ def test_every_sample_is_covered_here() -> None:
         "msk-null-key.json",
         "cfn-topics-create.json",
         "cfn-topics-delete.json",
+        "cfn-bootstrap-brokers-create.json",
     }
 
 
@@ -120,7 +121,15 @@ def test_custom_resource_samples(name: str, request_type: str) -> None:
     for field in ("ServiceToken", "ResponseURL", "StackId", "RequestId", "LogicalResourceId"):
         assert event[field]
     assert event["ResourceProperties"]["OrderTopic"] == "order-placed"
+    assert event["ResourceProperties"]["BootstrapServers"].endswith(":9098")
     assert ("PhysicalResourceId" in event) == (request_type == "Delete")
+
+
+def test_bootstrap_brokers_sample_names_only_the_cluster() -> None:
+    event = load_event("cfn-bootstrap-brokers-create.json")
+    assert event["RequestType"] == "Create"
+    assert event["ResourceType"] == "Custom::KafkaBootstrapBrokers"
+    assert set(event["ResourceProperties"]) == {"ServiceToken", "ServiceTimeout", "ClusterArn"}
 
 
 def test_checked_in_schemas_match_the_code() -> None:

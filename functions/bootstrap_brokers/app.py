@@ -1,0 +1,62 @@
+"""Custom resource Custom::KafkaBootstrapBrokers: the cluster's IAM bootstrap string, for the stack.
+
+MSK Serverless has no CloudFormation attribute for it. This function runs outside the VPC, so the
+MSK API is reached over its public endpoint and nothing inside the VPC needs an MSK API endpoint.
+Properties: ClusterArn. Returns `BootstrapServers` (GetAtt).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from orderstream.custom_resource import CustomResourceRequest, Outcome, answer
+from orderstream.redaction import masked_log_line
+
+logger = Logger(json_serializer=masked_log_line)
+tracer = Tracer()
+
+
+@cache
+def _kafka_api() -> Any:
+    return boto3.client("kafka")
+
+
+def bootstrap_servers(cluster_arn: str) -> str:
+    """The SASL/IAM bootstrap string (port 9098)."""
+    brokers: str = _kafka_api().get_bootstrap_brokers(ClusterArn=cluster_arn)[
+        "BootstrapBrokerStringSaslIam"
+    ]
+    return brokers
+
+
+def physical_id(cluster_arn: str) -> str:
+    # One lookup per cluster: a replaced cluster is a new resource, and the old id's Delete is
+    # a no-op.
+    _, name, uuid = cluster_arn.rsplit(":", 1)[-1].split("/", 2)
+    return f"bootstrap-brokers/{name}/{uuid}"
+
+
+def look_up(request: CustomResourceRequest) -> Outcome:
+    cluster_arn = str(request.properties["ClusterArn"])
+    if request.request_type == "Delete":
+        # Nothing was created; never block a stack deletion on the MSK API.
+        return Outcome(
+            request.physical_resource_id or physical_id(cluster_arn), reason="nothing to delete"
+        )
+    servers = bootstrap_servers(cluster_arn)
+    logger.info("bootstrap brokers found", extra={"bootstrap_servers": servers})
+    return Outcome(physical_id(cluster_arn), data={"BootstrapServers": servers}, reason=servers)
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
+    request = CustomResourceRequest.model_validate(event)
+    logger.append_keys(request_type=request.request_type, stack_request_id=request.request_id)
+    status = answer(request, look_up, context.get_remaining_time_in_millis)
+    return {"Status": status}

@@ -1,0 +1,74 @@
+"""The bootstrap-broker lookup: the one MSK API call of the stack, made from outside the VPC.
+
+moto does not implement GetBootstrapBrokers, so botocore's Stubber answers it: the request is
+still validated against the API model. CloudFormation's answer goes to a real HTTP server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from botocore.stub import Stubber
+
+from functions.bootstrap_brokers import app
+from tests.fakes import LambdaContext, recording_http_server
+from tests.samples import load_event
+
+BOOT = "boot-abc.c2.kafka-serverless.eu-west-1.amazonaws.com:9098"
+
+
+@pytest.fixture
+def msk() -> Iterator[Stubber]:
+    with Stubber(app._kafka_api()) as stubber:
+        yield stubber
+        stubber.assert_no_pending_responses()
+
+
+def invoke(event: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    with recording_http_server() as (url, received):
+        event["ResponseURL"] = url
+        result = app.lambda_handler(event, LambdaContext(timeout_ms=60_000))
+    [response] = received
+    return result, json.loads(response.body)
+
+
+def test_create_answers_the_iam_bootstrap_string(msk: Stubber) -> None:
+    event = load_event("cfn-bootstrap-brokers-create.json")
+    arn = event["ResourceProperties"]["ClusterArn"]
+    msk.add_response(
+        "get_bootstrap_brokers", {"BootstrapBrokerStringSaslIam": BOOT}, {"ClusterArn": arn}
+    )
+    result, body = invoke(event)
+    assert result == {"Status": "SUCCESS"}
+    assert body["Status"] == "SUCCESS"
+    assert body["Data"] == {"BootstrapServers": BOOT}
+    assert body["PhysicalResourceId"] == app.physical_id(arn)
+    assert body["LogicalResourceId"] == "KafkaBootstrapBrokers"
+
+
+def test_a_cluster_the_api_does_not_know_fails_the_create(msk: Stubber) -> None:
+    msk.add_client_error(
+        "get_bootstrap_brokers", service_error_code="NotFoundException", http_status_code=404
+    )
+    result, body = invoke(load_event("cfn-bootstrap-brokers-create.json"))
+    assert result == {"Status": "FAILED"}
+    assert body["Status"] == "FAILED"
+    assert "NotFoundException" in body["Reason"]
+
+
+def test_delete_calls_nothing_and_keeps_the_id(msk: Stubber) -> None:
+    event = load_event("cfn-bootstrap-brokers-create.json")
+    event["RequestType"] = "Delete"
+    event["PhysicalResourceId"] = "bootstrap-brokers/orderstream/some-uuid"
+    result, body = invoke(event)  # the Stubber would fail on any call it was not given
+    assert result == {"Status": "SUCCESS"}
+    assert body["PhysicalResourceId"] == "bootstrap-brokers/orderstream/some-uuid"
+
+
+def test_a_replaced_cluster_is_a_new_physical_resource() -> None:
+    old = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream-dev-0a1/1111-s1"
+    new = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream-dev-0b2/2222-s1"
+    assert app.physical_id(old) != app.physical_id(new)
