@@ -453,3 +453,16 @@ def test_stage_has_no_default(source: dict[str, Any]) -> None:
     assert parameter_errors(source, {"SenderEmail": "orders@shop.example"}) == [
         "Stage: must have a value"
     ]
+
+
+def test_the_security_group_description_fits_any_network(source: dict[str, Any]) -> None:
+    """It names the subnets (so a new network replaces the group, and renames the cluster);
+    EC2 takes 255 characters: enough for the longest stage and eight existing subnets."""
+    subnets = ",".join(f"subnet-{i:017x}" for i in range(8))
+    parameters = {**PARAMETERS, "Stage": "a" * 16, "CreateVpc": "false"}
+    parameters |= {"ExistingVpcId": "vpc-0123456789abcdef0", "ExistingSubnetIds": subnets}
+    group = source["Resources"]["KafkaSecurityGroup"]["Properties"]
+    description = Resolver(source, parameters).resolve(group["GroupDescription"])
+    assert all(s in description for s in subnets.split(","))
+    assert len(description) <= 255
+    assert re.fullmatch(r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]+", description)
