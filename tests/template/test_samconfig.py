@@ -41,7 +41,9 @@ def test_environment_is_complete(config: dict[str, Any], env: str) -> None:
     assert config[env]["global"]["parameters"]["region"]
     assert config[env]["global"]["parameters"]["stack_name"] == f"orderstream-{named['Stage']}"
     assert deploy["resolve_s3"] is True
-    assert "CAPABILITY_IAM" in deploy["capabilities"]
+    # IAM roles, and the AWS::LanguageExtensions macro (compatible whether or not a change set
+    # of it needs the acknowledgement).
+    assert set(deploy["capabilities"].split()) == {"CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"}
     assert config[env]["build"]["parameters"] == {"cached": True, "parallel": True}
     # sam build uses the template's default architecture: a different one here would deploy
     # code built for another CPU.
