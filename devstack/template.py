@@ -131,8 +131,8 @@ def parameter_values(template: Mapping[str, Any], overrides: Mapping[str, str]) 
         value = overrides.get(name, spec.get("Default"))
         if value is None:
             raise KeyError(f"parameter {name} has no default: give it a value")
-        if spec.get("Type") == "CommaDelimitedList":
-            value = [v for v in str(value).split(",") if v] if isinstance(value, str) else value
+        if spec.get("Type") == "CommaDelimitedList" and isinstance(value, str):
+            value = value.split(",")  # as CloudFormation: "" is [""], not []
         values[name] = value
     return values
 
@@ -219,6 +219,9 @@ class Resolver:
                 return str(left) == str(right)
             case "Fn::Not":
                 return not self.resolve(arg[0])
+            case "Fn::Contains":  # Rules only: [list of strings, string]
+                items, item = (self.resolve(a) for a in arg)
+                return str(item) in [str(i) for i in items]
             case "Fn::Or":
                 return any(self.resolve(a) for a in arg)
             case "Fn::And":

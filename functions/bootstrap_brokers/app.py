@@ -7,12 +7,15 @@ Properties: ClusterArn. Returns `BootstrapServers` (GetAtt).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import boto3
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import ClientError
 
 from orderstream.custom_resource import CustomResourceRequest, Outcome, answer
 from orderstream.redaction import masked_log_line
@@ -26,12 +29,28 @@ def _kafka_api() -> Any:
     return boto3.client("kafka")
 
 
-def bootstrap_servers(cluster_arn: str) -> str:
+# This function runs seconds after CloudFormation created its role, and IAM is eventually
+# consistent: an AccessDenied then is a role not yet in force, worth a minute of retries.
+IAM_PROPAGATION_S = 60.0
+ACCESS_DENIED = {"AccessDeniedException", "AccessDenied", "ForbiddenException"}
+
+
+def bootstrap_servers(cluster_arn: str, sleep: Callable[[float], None] = time.sleep) -> str:
     """The SASL/IAM bootstrap string (port 9098)."""
-    brokers: str = _kafka_api().get_bootstrap_brokers(ClusterArn=cluster_arn)[
-        "BootstrapBrokerStringSaslIam"
-    ]
-    return brokers
+    waited, delay = 0.0, 1.0
+    while True:
+        try:
+            response = _kafka_api().get_bootstrap_brokers(ClusterArn=cluster_arn)
+        except ClientError as error:
+            denied = error.response.get("Error", {}).get("Code") in ACCESS_DENIED
+            if not denied or waited + delay > IAM_PROPAGATION_S:
+                raise
+            logger.warning("access denied, retrying while IAM propagates", extra={"delay_s": delay})
+            sleep(delay)
+            waited, delay = waited + delay, min(delay * 2, 10.0)
+            continue
+        brokers: str = response["BootstrapBrokerStringSaslIam"]
+        return brokers
 
 
 def physical_id(cluster_arn: str) -> str:

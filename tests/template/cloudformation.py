@@ -158,6 +158,31 @@ class Stack:
                 del remaining[n]
         return done
 
+    def kept(self) -> set[str]:
+        """What a stack deletion leaves in the account (DeletionPolicy Retain)."""
+        return {
+            name
+            for name, resource in self.resources.items()
+            if resource.get("DeletionPolicy") in ("Retain", "RetainExceptOnCreate", "Snapshot")
+        }
+
+    def delete_waves(self) -> list[set[str]]:
+        """A stack deletion, wave by wave, each as parallel as CloudFormation may run it: a
+        resource leaves once nothing that depends on it remains."""
+        remaining = set(self.resources)
+        waves: list[set[str]] = []
+        while remaining:
+            wave = {
+                name
+                for name in remaining
+                if not any(name in self.edges[other] for other in remaining - {name})
+            }
+            if not wave:
+                raise ValueError(f"circular dependency among {sorted(remaining)}")
+            waves.append(wave)
+            remaining -= wave
+        return waves
+
     def of_type(self, *kinds: str) -> dict[str, dict[str, Any]]:
         return {n: r for n, r in self.resources.items() if r["Type"] in kinds}
 

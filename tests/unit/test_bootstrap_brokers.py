@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from functions.bootstrap_brokers import app
@@ -72,3 +73,32 @@ def test_a_replaced_cluster_is_a_new_physical_resource() -> None:
     old = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream-dev-0a1/1111-s1"
     new = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream-dev-0b2/2222-s1"
     assert app.physical_id(old) != app.physical_id(new)
+
+
+def test_a_role_not_yet_in_force_is_waited_for(msk: Stubber) -> None:
+    """IAM is eventually consistent: the first calls after the role's creation may be denied."""
+    arn = load_event("cfn-bootstrap-brokers-create.json")["ResourceProperties"]["ClusterArn"]
+    for _ in range(2):
+        msk.add_client_error(
+            "get_bootstrap_brokers", service_error_code="ForbiddenException", http_status_code=403
+        )
+    msk.add_response(
+        "get_bootstrap_brokers", {"BootstrapBrokerStringSaslIam": BOOT}, {"ClusterArn": arn}
+    )
+    slept: list[float] = []
+    assert app.bootstrap_servers(arn, sleep=slept.append) == BOOT
+    assert slept == [1.0, 2.0]
+
+
+def test_a_denial_that_outlasts_propagation_fails(
+    msk: Stubber, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(app, "IAM_PROPAGATION_S", 2.5)
+    for _ in range(2):
+        msk.add_client_error(
+            "get_bootstrap_brokers", service_error_code="ForbiddenException", http_status_code=403
+        )
+    slept: list[float] = []
+    with pytest.raises(ClientError, match="ForbiddenException"):
+        app.bootstrap_servers("arn:aws:kafka:eu-west-1:123456789012:cluster/x/y", slept.append)
+    assert slept == [1.0]  # a second wait would end past the propagation window
