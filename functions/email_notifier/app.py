@@ -45,6 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from orderstream import settings
 from orderstream.confirmation import (
+    PERMANENT_SES_STATUSES,
     Claim,
     Confirmation,
     ConfirmationOutcome,
@@ -53,6 +54,7 @@ from orderstream.confirmation import (
     LedgerError,
     MailerError,
     Problem,
+    TimeBudget,
     bulk_request,
     confirm_batch,
     deliveries,
@@ -89,12 +91,10 @@ SES_CONFIG: Final = Config(
     read_timeout=5,
     tcp_keepalive=True,
 )
-#: One chunk's worst case (claims + the SES call with its retries): a later chunk starts only
-#: with this much time left, so the invocation is not killed while holding claims.
-CHUNK_TIME_BUDGET_MS: Final = 30_000
 # A chunk's 50 claims (and 50 confirmations) are independent round trips to DynamoDB: made
-# side by side they take one round trip's time instead of fifty.
-LEDGER_CONCURRENCY: Final = 10
+# side by side, all at once, they take one round trip's time instead of fifty, and a chunk's
+# ledger phase is bounded by one call's worst case.
+LEDGER_CONCURRENCY: Final = 50
 _ledger_pool = ThreadPoolExecutor(max_workers=LEDGER_CONCURRENCY, thread_name_prefix="ledger")
 
 
@@ -105,7 +105,7 @@ def ledger_fan_out[In, Out](call: Callable[[In], Out], items: Sequence[In], /) -
 # Short timeouts: a slow table must fail the claim (and retry the record), not eat the time
 # the SES call needs.
 DYNAMODB_CONFIG: Final = Config(
-    retries={"mode": "standard", "total_max_attempts": 3},
+    retries={"mode": "standard", "total_max_attempts": 2},
     connect_timeout=1,
     read_timeout=2,
     max_pool_connections=LEDGER_CONCURRENCY,
@@ -113,6 +113,48 @@ DYNAMODB_CONFIG: Final = Config(
 S3_CONFIG: Final = Config(
     retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=10
 )
+
+
+def worst_case_ms(config: Config) -> int:
+    """How long one call with this configuration can take, retries included: each attempt's
+    connect and read timeouts, and botocore's standard backoff before each retry (at most
+    min(2**(n-1), 20) s, plus up to 5 s when the service asks for more with retry-after)."""
+    # botocore's stubs do not declare Config's attributes: read them as the options they are.
+    options: dict[str, Any] = vars(config)
+    attempts = int(options["retries"]["total_max_attempts"])
+    per_attempt_s = float(options["connect_timeout"]) + float(options["read_timeout"])
+    backoff_s = sum(min(2 ** (n - 1), 20) + 5 for n in range(1, attempts))
+    return int((attempts * per_attempt_s + backoff_s) * 1000)
+
+
+#: What each call of a chunk may take; a chunk, a send and each settle attempt start only
+#: when theirs fits in the time left (ledger calls of a chunk run side by side: one call's).
+BUDGET: Final = TimeBudget(
+    ledger_phase_ms=worst_case_ms(DYNAMODB_CONFIG),
+    send_ms=worst_case_ms(SES_CONFIG),
+    wait_for_claims_ms=15_000,
+    poll_ms=3_000,
+)
+#: How long a claim keeps other invocations off its order (EmailClaimHoldSeconds in the
+#: template): the invocation's own time, or this much if that is shorter. It is the only guard
+#: left when SES accepted an email and the table then could not record it (the claim cannot be
+#: extended any more): a redelivery within the hold finds the order claimed and does not send
+#: it, one after the hold sends it a second time. What a longer hold costs: an order whose
+#: invocation died *before* sending waits that long for its confirmation (a delayed email is
+#: acceptable, a second one is not). The mapping's 100 retries of a held order each last at
+#: least `BUDGET.wait_for_claims_ms` (15 s), 25 minutes in all: no hold the template allows
+#: (at most 20 minutes) lets a held order be retried into the failure destination unsent.
+DEFAULT_CLAIM_HOLD_S: Final = 15 * 60
+CLAIM_HOLD_BOUNDS_S: Final = (60, 20 * 60)
+
+
+def claim_hold_ms(environ: Mapping[str, str] | None = None) -> int:
+    low, high = CLAIM_HOLD_BOUNDS_S
+    hold_s = settings.seconds(
+        settings.EMAIL_CLAIM_HOLD_SECONDS, DEFAULT_CLAIM_HOLD_S, low, high, environ
+    )
+    return hold_s * 1000
+
 
 logger = Logger(json_serializer=masked_log_line)
 tracer = Tracer()
@@ -131,32 +173,36 @@ class IdempotencyLedger:
     the invocation's deadline - so one store and one format serve the API and this function.
     """
 
-    def __init__(self, persistence: BasePersistenceLayer, config: IdempotencyConfig) -> None:
+    def __init__(
+        self, persistence: BasePersistenceLayer, config: IdempotencyConfig, hold_ms: int
+    ) -> None:
         self.persistence = persistence
         self.config = config
+        self.hold_ms = hold_ms
         persistence.configure(config, key_prefix=IDEMPOTENCY_KEY_PREFIX)
 
     def register_lambda_context(self, context: LambdaContext) -> None:
         # An in-progress claim outlives a killed invocation only until its deadline.
         self.config.register_lambda_context(context)
 
-    def claim(self, order_id: str) -> Claim:
+    def claim(self, order_id: str, fingerprint: str) -> Claim:
         data = _key(order_id)
         try:
-            self.persistence.save_inprogress(data, remaining_time_in_millis=self._time_left())
-        except IdempotencyItemAlreadyExistsError as exc:
-            stored = exc.old_data_record or self._stored(data)
-            if stored is not None and stored.status == STATUS_CONSTANTS["COMPLETED"]:
-                return Claim.SENT
-            return Claim.IN_PROGRESS
+            try:
+                self.persistence.save_inprogress(data, remaining_time_in_millis=self._hold_ms())
+            except IdempotencyItemAlreadyExistsError as exc:
+                # The lookup can fail too: inside this try, it is a LedgerError like the rest.
+                return _claim_of(exc.old_data_record or self._stored(data), fingerprint)
         except (BotoCoreError, ClientError, IdempotencyError) as exc:
             raise LedgerError(f"claim failed: {type(exc).__name__}: {exc}") from exc
         return Claim.CLAIMED
 
-    def confirm(self, order_id: str, message_id: str) -> None:
-        # Only SES's message id is kept: no customer data at rest in the idempotency table.
+    def confirm(self, order_id: str, message_id: str, fingerprint: str) -> None:
+        # SES's message id and the order's fingerprint (a hash): no customer data at rest in
+        # the idempotency table.
+        result = {"message_id": message_id, "fingerprint": fingerprint}
         try:
-            self.persistence.save_success(_key(order_id), result={"message_id": message_id})
+            self.persistence.save_success(_key(order_id), result=result)
         except (BotoCoreError, ClientError, IdempotencyError) as exc:
             raise LedgerError(f"confirm failed: {type(exc).__name__}: {exc}") from exc
 
@@ -172,13 +218,22 @@ class IdempotencyLedger:
         except IdempotencyItemNotFoundError:
             return None  # released meanwhile: answered IN_PROGRESS, so a retry decides
 
-    def _time_left(self) -> int | None:
+    def _hold_ms(self) -> int:
         context = self.config.lambda_context
-        return context.get_remaining_time_in_millis() if context is not None else None
+        time_left = context.get_remaining_time_in_millis() if context is not None else 0
+        return max(time_left, self.hold_ms)
 
 
 def _key(order_id: str) -> dict[str, Any]:
     return {"order_id": order_id}
+
+
+def _claim_of(stored: DataRecord | None, fingerprint: str) -> Claim:
+    if stored is None or stored.status != STATUS_CONSTANTS["COMPLETED"]:
+        return Claim.IN_PROGRESS  # held, or released meanwhile: a retry decides
+    remembered = (stored.response_json_as_dict() or {}).get("fingerprint")
+    # Records written before fingerprints were kept count as the same order.
+    return Claim.CONFLICT if remembered not in (None, fingerprint) else Claim.SENT
 
 
 class BulkTemplatedEmailClient(Protocol):
@@ -201,7 +256,10 @@ class SesMailer:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             raise MailerError(
-                f"SendBulkTemplatedEmail failed: {error.get('Code')}: {error.get('Message')}"
+                f"SendBulkTemplatedEmail failed: {error.get('Code')}: {error.get('Message')}",
+                # SES refused the request itself, e.g. for an address it cannot take: the
+                # same call fails the same way; the protocol splits it to find the one.
+                permanent=error.get("Code") in PERMANENT_SES_STATUSES,
             ) from exc
         except BotoCoreError as exc:
             raise MailerError(f"SendBulkTemplatedEmail failed: {exc}") from exc
@@ -252,7 +310,7 @@ def notifier() -> Notifier:
         hash_function="sha256",
     )
     return Notifier(
-        ledger=IdempotencyLedger(persistence, config),
+        ledger=IdempotencyLedger(persistence, config, claim_hold_ms()),
         mailer=SesMailer(
             boto3.client("ses", config=SES_CONFIG),
             sender=settings.required(settings.SENDER_EMAIL),
@@ -289,7 +347,7 @@ def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> PartialIte
         consumer=CONSUMER,
         redirect_to=wired.redirect_to,
         time_left_ms=context.get_remaining_time_in_millis,
-        min_time_per_chunk_ms=CHUNK_TIME_BUDGET_MS,
+        budget=BUDGET,
         fan_out=ledger_fan_out,
     )
     report(outcome, redirected=wired.redirect_to is not None)

@@ -29,6 +29,7 @@ from devstack.msk_event import PlainRecord, msk_event
 from orderstream.confirmation import (
     ESCAPED_BY_RENDERERS,
     MAX_DESTINATIONS_PER_CALL,
+    MAX_SETTLE_ATTEMPTS,
     Claim,
     Confirmation,
     ConfirmationOutcome,
@@ -37,6 +38,7 @@ from orderstream.confirmation import (
     LedgerError,
     MailerError,
     RecordRef,
+    TimeBudget,
     bulk_request,
     confirm_batch,
     confirmation_for,
@@ -135,19 +137,25 @@ def consumer_records(batch: dict[str, Any]) -> list[ConsumerRecordRecords]:
 class MemoryLedger:
     def __init__(self) -> None:
         self.state: dict[str, str] = {}  # order_id -> "in-progress" | message id
+        self.fingerprints: dict[str, str] = {}  # order_id -> fingerprint, once confirmed
         self.failing: set[str] = set()  # operations that raise LedgerError
+        #: operation -> how many more calls fail before it works again
+        self.failures_left: dict[str, int] = {}
         self.calls: list[tuple[str, str]] = []
 
-    def claim(self, order_id: str) -> Claim:
+    def claim(self, order_id: str, fingerprint: str) -> Claim:
         self._call("claim", order_id)
         if order_id not in self.state:
             self.state[order_id] = "in-progress"
             return Claim.CLAIMED
-        return Claim.IN_PROGRESS if self.state[order_id] == "in-progress" else Claim.SENT
+        if self.state[order_id] == "in-progress":
+            return Claim.IN_PROGRESS
+        return Claim.SENT if self.fingerprints.get(order_id) == fingerprint else Claim.CONFLICT
 
-    def confirm(self, order_id: str, message_id: str) -> None:
+    def confirm(self, order_id: str, message_id: str, fingerprint: str) -> None:
         self._call("confirm", order_id)
         self.state[order_id] = message_id
+        self.fingerprints[order_id] = fingerprint
 
     def release(self, order_id: str) -> None:
         self._call("release", order_id)
@@ -155,6 +163,9 @@ class MemoryLedger:
 
     def _call(self, operation: str, order_id: str) -> None:
         self.calls.append((operation, order_id))
+        if self.failures_left.get(operation, 0) > 0:
+            self.failures_left[operation] -= 1
+            raise LedgerError(f"{operation} failed: table unavailable for a moment")
         if operation in self.failing:
             raise LedgerError(f"{operation} failed: table unavailable")
 
@@ -199,6 +210,8 @@ class Ports:
     mailer: MemoryMailer = field(default_factory=MemoryMailer)
     dead_letters: MemoryDeadLetters = field(default_factory=MemoryDeadLetters)
 
+    slept: list[float] = field(default_factory=list)
+
     def deliver(self, batch: dict[str, Any], **options: Any) -> ConfirmationOutcome:
         return confirm_batch(
             consumer_records(batch),
@@ -206,7 +219,7 @@ class Ports:
             mailer=self.mailer,
             dead_letters=self.dead_letters,
             consumer="email-notifier",
-            **options,
+            **{"sleep": self.slept.append, **options},
         )
 
     def emails_per_order(self) -> Counter[str]:
@@ -517,11 +530,14 @@ def test_a_sent_email_whose_record_fails_is_not_retried() -> None:
 def test_later_chunks_wait_for_an_invocation_with_time_left() -> None:
     ports = Ports()
     events = [order_placed(n) for n in range(60)]
+    left = iter([60_000, 60_000, 60_000, 1_000])  # start, chunk 1 fits, its send fits, chunk 2
     outcome = ports.deliver(
-        msk_batch(kafka_records(events)), time_left_ms=lambda: 1_000, min_time_per_chunk_ms=5_000
+        msk_batch(kafka_records(events)),
+        time_left_ms=lambda: next(left, 1_000),
+        budget=TimeBudget(ledger_phase_ms=1_000, send_ms=3_000),
     )
 
-    assert [len(call) for call in ports.mailer.calls] == [50]  # the first chunk always goes
+    assert [len(call) for call in ports.mailer.calls] == [50]
     assert len(outcome.failed) == 10
     assert {p.stage for p in outcome.problems} == {"deferred"}
     deferred = {e.order_id for e in events} - {c.order_id for c in ports.mailer.calls[0]}
@@ -586,3 +602,237 @@ def test_a_bulk_answer_without_a_status_per_order_counts_as_unsent() -> None:
     assert len(outcome.failed) == 2
     assert ports.ledger.state == {}
     assert outcome.problems[0].detail == "1 statuses for 2 destinations"
+
+
+# ------------------------------------------------------------------ failures that duplicate or lose
+
+
+class FakeClock:
+    """An invocation's remaining time that only sleeping spends."""
+
+    def __init__(self, left_ms: int) -> None:
+        self.left_ms = left_ms
+
+    def time_left_ms(self) -> int:
+        return self.left_ms
+
+    def sleep(self, seconds: float) -> None:
+        self.left_ms -= int(seconds * 1000)
+
+
+BUDGET = TimeBudget(
+    ledger_phase_ms=12_000, send_ms=34_000, wait_for_claims_ms=15_000, poll_ms=3_000
+)
+
+
+def test_a_failed_settle_is_retried_so_the_order_is_never_claimable_again() -> None:
+    """Today's path to a second email: SES accepted, recording it failed once, the claim
+    expired, a redelivery sent it again."""
+    ports = Ports()
+    ports.ledger.failures_left = {"confirm": 2}
+    batch = msk_batch(kafka_records([order_placed(0)]))
+    clock = FakeClock(90_000)
+    outcome = ports.deliver(
+        batch, time_left_ms=clock.time_left_ms, sleep=clock.sleep, budget=BUDGET
+    )
+
+    assert outcome.problems == []
+    assert ports.ledger.state == {str(uuid.UUID(int=0)): f"m-{uuid.UUID(int=0)}"}
+    again = ports.deliver(batch)
+    assert again.duplicates == 1
+    assert ports.emails_per_order() == Counter({str(uuid.UUID(int=0)): 1})
+
+
+def test_a_settle_that_outlasts_the_time_left_keeps_the_claim_and_never_retries() -> None:
+    clock = FakeClock(BUDGET.chunk_ms + 1_000)
+
+    def slow_but_accepted(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        clock.left_ms -= 40_000  # SES took its time, then accepted
+        return [Delivery(message_id=f"m-{c.order_id}") for c in confirmations]
+
+    ports = Ports(mailer=MemoryMailer(slow_but_accepted))
+    ports.ledger.failing = {"confirm"}
+    order_id = str(uuid.UUID(int=0))
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(0)])),
+        time_left_ms=clock.time_left_ms,
+        sleep=clock.sleep,
+        budget=BUDGET,
+    )
+    assert outcome.failed == set()
+    [problem] = outcome.problems
+    assert (problem.stage, problem.retried) == ("ledger", False)
+    attempts = ports.ledger.calls.count(("confirm", order_id))
+    assert 1 < attempts < MAX_SETTLE_ATTEMPTS  # retried while an attempt still fit, no longer
+    assert clock.left_ms >= BUDGET.ledger_phase_ms
+    assert ports.ledger.state[order_id] == "in-progress"  # held, not released
+    ports.ledger.failing = set()
+    redelivered = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+    assert {p.stage for p in redelivered.problems} == {"in-progress"}
+    assert ports.emails_per_order() == Counter({order_id: 1})
+
+
+def test_no_chunk_starts_without_time_for_its_claims_send_and_settle() -> None:
+    """Today the first chunk always started, however little time was left."""
+    ports = Ports()
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(n) for n in range(3)])),
+        time_left_ms=lambda: BUDGET.chunk_ms - 1,
+        budget=BUDGET,
+    )
+    assert ports.ledger.calls == []  # nothing claimed
+    assert ports.mailer.calls == []
+    assert len(outcome.failed) == 3
+    assert {p.stage for p in outcome.problems} == {"deferred"}
+
+
+def test_claims_taken_without_time_left_to_send_are_released_and_deferred() -> None:
+    ports = Ports()
+    left = iter([90_000, 90_000])  # the start, the chunk check; then the claims took it all
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(0), order_placed(1)])),
+        time_left_ms=lambda: next(left, BUDGET.send_ms),
+        budget=BUDGET,
+    )
+    assert ports.mailer.calls == []
+    assert ports.ledger.state == {}  # released: a retry is not held up
+    assert {p.stage for p in outcome.problems} == {"deferred"}
+    assert len(outcome.failed) == 2
+
+
+def refuses(bad: set[str]) -> Script:
+    """SES refusing a whole call that holds an address it cannot take."""
+
+    def answer(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        if any(c.recipient in bad for c in confirmations):
+            raise MailerError(
+                "InvalidParameterValue: Local address contains control or whitespace",
+                permanent=True,
+            )
+        return [Delivery(message_id=f"m-{c.order_id}") for c in confirmations]
+
+    return answer
+
+
+def test_a_call_refused_for_one_destination_is_split_until_that_one_stands_alone() -> None:
+    """Today one bad address released all 50 orders of its chunk into the retries."""
+    events = [order_placed(n) for n in range(50)]
+    bad = {"customer17@example.com"}
+    ports = Ports(mailer=MemoryMailer(refuses(bad)))
+    outcome = ports.deliver(msk_batch(kafka_records(events)))
+
+    sent = ports.emails_per_order()
+    assert set(sent) == {e.order_id for e in events} - {str(uuid.UUID(int=17))}
+    assert set(sent.values()) == {1}
+    assert outcome.failed == set()
+    [letter] = ports.dead_letters.letters.values()
+    assert (letter.partition, letter.offset) == position(str(uuid.UUID(int=17)))
+    assert "InvalidParameterValue" in letter.reason
+    assert len(ports.mailer.calls) <= 1 + 2 * 6  # a bisection: two calls per level of 50
+    assert ports.ledger.state.get(str(uuid.UUID(int=17))) is None  # released, not held
+
+
+def test_a_call_failing_for_the_moment_is_not_split() -> None:
+    def throttled(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        raise MailerError("Throttling: Maximum sending rate exceeded")
+
+    ports = Ports(mailer=MemoryMailer(throttled))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(4)])))
+    assert len(ports.mailer.calls) == 1
+    assert len(outcome.failed) == 4
+    assert ports.dead_letters.letters == {}
+
+
+def test_a_reused_order_id_with_another_order_is_dead_lettered_never_dropped() -> None:
+    """Today: counted as a duplicate, no email, only a metric."""
+    ports = Ports()
+    first = order_placed(3)
+    ports.deliver(msk_batch(kafka_records([first], partitions=1)))
+    other = order_placed(3, name="Grace Hopper", email="grace@example.com")
+    assert other.order_id == first.order_id
+    outcome = ports.deliver(msk_batch(kafka_records([other], partitions=1, first_offset=500)))
+
+    assert ports.emails_per_order() == Counter({first.order_id: 1})
+    assert outcome.duplicates == 0
+    [letter] = ports.dead_letters.letters.values()
+    assert letter.offset == 500
+    assert "confirmed before for a different order" in letter.reason
+    # The same order redelivered is still a plain duplicate.
+    assert ports.deliver(msk_batch(kafka_records([first], partitions=1))).duplicates == 1
+
+
+class HeldLedger(MemoryLedger):
+    """Order 0 is claimed by another invocation, which settles after `release_after` claims."""
+
+    def __init__(self, release_after: int | None) -> None:
+        super().__init__()
+        self.held = str(uuid.UUID(int=0))
+        self.state[self.held] = "in-progress"
+        self.release_after = release_after
+        self.claims_of_held = 0
+
+    def claim(self, order_id: str, fingerprint: str) -> Claim:
+        if order_id == self.held:
+            self.claims_of_held += 1
+            if self.release_after is not None and self.claims_of_held > self.release_after:
+                self.state.pop(self.held, None)
+        return super().claim(order_id, fingerprint)
+
+
+def test_an_order_held_elsewhere_is_waited_for_and_sent_once_free() -> None:
+    ports = Ports(ledger=HeldLedger(release_after=2))
+    clock = FakeClock(90_000)
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(0), order_placed(1)])),
+        time_left_ms=clock.time_left_ms,
+        sleep=clock.sleep,
+        budget=BUDGET,
+    )
+    assert outcome.failed == set()
+    assert ports.emails_per_order() == Counter({str(uuid.UUID(int=n)): 1 for n in (0, 1)})
+
+
+def test_an_order_held_throughout_is_reported_only_after_the_wait() -> None:
+    """The worst case of the retries: each one lasts at least `wait_for_claims_ms`, so the
+    mapping's 100 retries outlast a claim's hold (tests/unit/test_email_notifier.py checks
+    the numbers of the deployed configuration)."""
+    ports = Ports(ledger=HeldLedger(release_after=None))
+    clock = FakeClock(90_000)
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(0)])),
+        time_left_ms=clock.time_left_ms,
+        sleep=clock.sleep,
+        budget=BUDGET,
+    )
+    assert {p.stage for p in outcome.problems} == {"in-progress"}
+    assert 90_000 - clock.left_ms >= BUDGET.wait_for_claims_ms
+    assert ports.mailer.calls == []
+
+
+def test_events_from_before_the_api_refused_addresses_ses_cannot_take() -> None:
+    """Records already in the topic: a Unicode domain is sent to in its ASCII form, a
+    non-ASCII local part is dead-lettered with the reason, and neither holds up the rest."""
+
+    def with_email(event: OrderPlaced, address: str, offset: int) -> PlainRecord:
+        message = to_message(event)
+        document = json.loads(message.value)
+        document["order"]["customer"]["email"] = address
+        value = json.dumps(document, ensure_ascii=False).encode()
+        return PlainRecord(key=message.key, value=value, partition=0, offset=offset)
+
+    records = [
+        with_email(order_placed(1), "kunde@b\u00fccher.de", 10),
+        with_email(order_placed(2), "\u00f1and\u00fa@example.com", 11),
+        *kafka_records([order_placed(3)], partitions=1, first_offset=12),
+    ]
+    ports = Ports()
+    outcome = ports.deliver(msk_batch(records))
+
+    assert {c.recipient for c in ports.mailer.inbox} == {
+        "kunde@xn--bcher-kva.de",
+        "customer3@example.com",
+    }
+    assert outcome.failed == set()
+    [letter] = ports.dead_letters.letters.values()
+    assert letter.offset == 11
+    assert "before the @-sign" in letter.reason

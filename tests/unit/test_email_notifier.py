@@ -10,8 +10,10 @@ import base64
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -21,6 +23,8 @@ from typing import Any
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
+from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.ses.exceptions import SesError
@@ -29,7 +33,14 @@ from moto.ses.models import ses_backends
 from devstack.msk_event import PlainRecord
 from devstack.template import ROOT, Resolver, load_template
 from orderstream import settings
-from orderstream.confirmation import template_data
+from orderstream.confirmation import (
+    MAX_DESTINATIONS_PER_CALL,
+    Claim,
+    LedgerError,
+    MailerError,
+    confirmation_for,
+    template_data,
+)
 from orderstream.events import OrderPlaced
 from orderstream.models import LineItem
 from tests.fakes import LambdaContext, emitted_metrics
@@ -92,9 +103,16 @@ def notifier(
     app.notifier.cache_clear()
 
 
+def notifier_resource() -> dict[str, Any]:
+    resource: dict[str, Any] = load_template()["Resources"]["EmailNotifierFunction"]
+    return resource
+
+
+TIMEOUT_MS = int(notifier_resource()["Properties"]["Timeout"]) * 1000
+
+
 def invoke(app: ModuleType, batch: dict[str, Any]) -> Any:
-    # The template's Timeout: 60 s.
-    context = LambdaContext(function_name="orderstream-dev-email-notifier", timeout_ms=60_000)
+    context = LambdaContext(function_name="orderstream-dev-email-notifier", timeout_ms=TIMEOUT_MS)
     return app.lambda_handler(batch, context)
 
 
@@ -276,7 +294,9 @@ def test_idempotency_records_are_our_own_and_hold_no_customer_data(
         assert item["id"]["S"].startswith("email-notifier#order-confirmation#")
         assert not item["id"]["S"].startswith(API_PREFIX)
         assert item["status"]["S"] == "COMPLETED"
-        assert set(json.loads(item["data"]["S"])) == {"message_id"}
+        data = json.loads(item["data"]["S"])
+        assert set(data) == {"message_id", "fingerprint"}
+        assert re.fullmatch(r"[0-9a-f]{64}", data["fingerprint"])  # a hash, not the order
         assert "@" not in json.dumps(item)
     ttl_days = (
         int(items[0]["expiration"]["N"]) - int(items[0]["in_progress_expiration"]["N"]) / 1000
@@ -562,3 +582,107 @@ def test_ledger_calls_of_a_chunk_run_side_by_side_in_order() -> None:
     assert notifier_app.ledger_fan_out(meet, [1, 2, 3, 4, 5]) == [2, 4, 6, 8, 10]
     names = notifier_app.ledger_fan_out(lambda _: threading.current_thread().name, range(3))
     assert all(name.startswith("ledger") for name in names)
+
+
+# ------------------------------------------------------------------ time, holds and retries
+
+
+def test_the_deployed_budget_fits_the_timeout_and_retries_outlast_any_hold(
+    notifier: ModuleType,
+) -> None:
+    """A chunk starts only when its worst case fits, after waiting for held claims; and a held
+    order's 100 retries, each lasting at least the wait, outlast the longest hold allowed."""
+    budget = notifier.BUDGET
+    assert budget.wait_for_claims_ms + budget.poll_ms + budget.chunk_ms <= TIMEOUT_MS
+    template = load_template()
+    mapping = notifier_resource()["Properties"]["Events"]["OrderPlaced"]["Properties"]
+    hold = template["Parameters"]["EmailClaimHoldSeconds"]
+    assert (hold["MinValue"], hold["MaxValue"]) == notifier.CLAIM_HOLD_BOUNDS_S
+    assert hold["Default"] == notifier.DEFAULT_CLAIM_HOLD_S
+    assert mapping["MaximumRetryAttempts"] * budget.wait_for_claims_ms >= hold["MaxValue"] * 1000
+    # One chunk per batch: a batch is never deferred for time at the start of an invocation.
+    assert mapping["BatchSize"] <= MAX_DESTINATIONS_PER_CALL
+
+
+def test_worst_case_counts_every_attempt_and_the_longest_backoff(notifier: ModuleType) -> None:
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=5
+    )
+    assert notifier.worst_case_ms(config) == (3 * 7 + (1 + 5) + (2 + 5)) * 1000
+
+
+def test_a_claim_holds_the_order_for_the_configured_hold(
+    notifier: ModuleType, idempotency_table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(settings.EMAIL_CLAIM_HOLD_SECONDS, "600")
+    notifier.notifier.cache_clear()
+    ledger = notifier.notifier().ledger
+    ledger.register_lambda_context(LambdaContext(timeout_ms=TIMEOUT_MS))
+    before = time.time()
+    assert ledger.claim("order-1", "f" * 64) is Claim.CLAIMED
+    [item] = boto3.client("dynamodb").scan(TableName=idempotency_table)["Items"]
+    held_for = int(item["in_progress_expiration"]["N"]) / 1000 - before
+    assert 599 <= held_for <= 602
+    assert ledger.claim("order-1", "f" * 64) is Claim.IN_PROGRESS
+
+
+@pytest.mark.parametrize("raw", ["59", "1201", "soon"])
+def test_a_hold_outside_its_bounds_fails_the_configuration(notifier: ModuleType, raw: str) -> None:
+    with pytest.raises(settings.ConfigurationError, match=settings.EMAIL_CLAIM_HOLD_SECONDS):
+        notifier.claim_hold_ms({settings.EMAIL_CLAIM_HOLD_SECONDS: raw})
+
+
+def test_a_failed_lookup_of_an_existing_claim_is_a_ledger_error(notifier: ModuleType) -> None:
+    """Today the lookup's ClientError escaped claim() and failed the whole batch."""
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyItemAlreadyExistsError,
+    )
+
+    class Persistence:
+        def configure(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def save_inprogress(self, *args: Any, **kwargs: Any) -> None:
+            raise IdempotencyItemAlreadyExistsError()  # without the old record
+
+        def get_record(self, *args: Any, **kwargs: Any) -> None:
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException"}}, "GetItem"
+            )
+
+    ledger = notifier.IdempotencyLedger(Persistence(), IdempotencyConfig(), 60_000)
+    with pytest.raises(LedgerError, match="ProvisionedThroughputExceeded"):
+        ledger.claim("order-1", "f" * 64)
+
+
+def test_a_reused_order_id_is_dead_lettered_with_its_reason(notifier: ModuleType, s3: Any) -> None:
+    first = order_placed(5)
+    assert invoke(notifier, msk_batch(kafka_records([first], partitions=1))) == {
+        "batchItemFailures": []
+    }
+    reused = order_placed(5, name="Someone Else", email="else@example.com")
+    answer = invoke(notifier, msk_batch(kafka_records([reused], partitions=1, first_offset=700)))
+
+    assert answer == {"batchItemFailures": []}
+    assert emails_per_order() == Counter({first.order_id: 1})
+    [key] = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]]
+    letter = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    assert letter["offset"] == 700
+    assert "confirmed before for a different order" in letter["reason"]
+
+
+@pytest.mark.parametrize(
+    ("code", "permanent"),
+    [("InvalidParameterValue", True), ("MessageRejected", True), ("Throttling", False)],
+)
+def test_a_call_ses_refuses_as_a_whole_is_permanent_only_for_bad_input(
+    notifier: ModuleType, code: str, permanent: bool
+) -> None:
+    class Refusing:
+        def send_bulk_templated_email(self, **kwargs: Any) -> dict[str, Any]:
+            raise ClientError({"Error": {"Code": code, "Message": "no"}}, "SendBulkTemplatedEmail")
+
+    mailer = notifier.SesMailer(Refusing(), sender=SENDER, template="t")
+    with pytest.raises(MailerError) as refused:
+        mailer.send([confirmation_for(order_placed(1))])
+    assert refused.value.permanent is permanent

@@ -424,6 +424,29 @@ def test_invalid_sample_is_422_with_a_reason_per_field(
     assert emitted_metrics(capsys.readouterr().out)["OrdersRejected"] == [1.0]
 
 
+def test_an_address_ses_cannot_take_is_422_on_its_field(producer: FakeProducer) -> None:
+    """SES takes 7-bit ASCII addresses only: a non-ASCII local part is refused at the door,
+    not by SES for a whole bulk call of other customers' confirmations later."""
+    body = order_body(order_id=str(uuid.uuid4()))
+    body["customer"]["email"] = "\u00f1and\u00fa@example.com"
+    answer = invoke(api_event(body))
+    assert answer.status == 422
+    [error] = answer.body["errors"]
+    assert error["field"] == "customer.email"
+    assert "before the @-sign" in error["reason"]
+    assert producer.sent == []
+
+
+def test_an_internationalised_domain_is_published_in_its_ascii_form(
+    producer: FakeProducer,
+) -> None:
+    body = order_body(order_id=str(uuid.uuid4()))
+    body["customer"]["email"] = "kunde@b\u00fccher.de"
+    assert invoke(api_event(body)).status == 202
+    [sent] = producer.sent
+    assert json.loads(sent.value)["order"]["customer"]["email"] == "kunde@xn--bcher-kva.de"
+
+
 def test_a_body_that_is_not_an_object_is_422(producer: FakeProducer) -> None:
     answer = invoke(api_event("[1, 2]"))
     assert answer.status == 422

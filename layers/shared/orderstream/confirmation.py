@@ -8,24 +8,34 @@ One email per order_id, with sends batched. SES's SendBulkTemplatedEmail takes u
 destinations, and each destination succeeds or fails on its own, so every order goes through
 claim -> send -> settle:
 
-1. **claim** each order of a chunk in the ledger (a conditional write). An order already sent is
-   a duplicate and is skipped; one claimed by a live invocation is retried later.
-2. **send** the claimed orders in one bulk call.
-3. **settle** per destination: sent -> record it as sent; failed -> delete the claim so the
-   mapping's retry sends it; rejected for good -> delete the claim and dead-letter the record.
-   A whole call that fails releases every claim of the chunk.
+1. **claim** each order of a chunk in the ledger (a conditional write that holds the order for
+   the invocation's time or the ledger's hold, whichever is longer). An order confirmed before
+   is a duplicate and skipped, or, when the ledger remembers another order's fingerprint under
+   its order_id, dead-lettered as a reused order_id. One held by another invocation is claimed
+   again while this invocation waits (`TimeBudget.wait_for_claims_ms`), then retried.
+2. **send** the claimed orders in one bulk call. A call SES refuses as a whole (an address it
+   cannot take) is split in halves until the bad destination stands alone and is dead-lettered.
+3. **settle** per destination: sent -> record it as sent, retried while time is left; failed ->
+   release the claim so the mapping's retry sends it; rejected for good -> release and
+   dead-letter. A whole call that fails for the moment releases every claim of the chunk.
 
-Redelivery of a whole batch, of a partition from a failed offset, or of the same order in
-another record thus never mails twice: whatever was sent is recorded before the invocation
-ends. The remaining gap is a crash (timeout, out of memory) between SES accepting a chunk and
-the ledger recording it: those claims expire at the invocation's deadline and a redelivery sends
-them again. SES v1 has no idempotency token to close it, and the alternative (claims that never
-expire) would lose the email of every order whose invocation died *before* sending.
+No call starts unless its worst case fits in the time left (`TimeBudget`): a chunk is deferred
+(its records retried, nothing claimed or its claims released) rather than cut off mid-way.
+
+The guarantee: an order is emailed once, whatever is redelivered, except on two paths. An
+invocation killed after SES accepted and before the ledger recorded it, or a ledger that stays
+unreachable for the rest of the invocation after SES accepted: the claim then expires with its
+hold, and a redelivery after that sends again. And SES itself: a read timeout after SES accepted
+makes the client retry, and SES v1 has no idempotency token. No order is dropped silently: each
+is emailed, retried, or dead-lettered with its reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -202,8 +212,18 @@ def deliveries(statuses: Sequence[Mapping[str, Any]]) -> list[Delivery]:
 
 class Claim(StrEnum):
     CLAIMED = "claimed"  # ours to send now
-    SENT = "sent"  # confirmed before: a duplicate
+    SENT = "sent"  # confirmed before, for this very order: a duplicate
     IN_PROGRESS = "in-progress"  # claimed by an invocation that may still be sending it
+    CONFLICT = "conflict"  # confirmed before, for a *different* order under this order_id
+
+
+def order_fingerprint(event: OrderPlaced) -> str:
+    """What the ledger remembers of a confirmed order besides its id: a reused order_id with
+    other content is then told apart from a redelivery of the same order."""
+    canonical = json.dumps(
+        event.order.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 class DependencyError(Exception):
@@ -215,7 +235,12 @@ class LedgerError(DependencyError):
 
 
 class MailerError(DependencyError):
-    """The whole bulk call failed: none of its destinations counts as sent."""
+    """The whole bulk call failed: none of its destinations counts as sent. `permanent` when
+    SES refused the request itself (a destination it cannot take): a retry fails the same."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class DeadLetterError(DependencyError):
@@ -225,8 +250,8 @@ class DeadLetterError(DependencyError):
 class Ledger(Protocol):
     """Which order_ids were confirmed, keyed by order_id. Raises `LedgerError` on failure."""
 
-    def claim(self, order_id: str) -> Claim: ...
-    def confirm(self, order_id: str, message_id: str) -> None: ...
+    def claim(self, order_id: str, fingerprint: str) -> Claim: ...
+    def confirm(self, order_id: str, message_id: str, fingerprint: str) -> None: ...
     def release(self, order_id: str) -> None: ...
 
 
@@ -240,6 +265,30 @@ class DeadLetterStore(Protocol):
     def put(self, letter: DeadLetter) -> None:
         """Store the letter under its key (overwriting); `DeadLetterError` on failure."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBudget:
+    """How long calls can take at worst, with their clients' own retries (the handler derives
+    these from its botocore configurations), and how long to wait for other invocations."""
+
+    #: All ledger calls of one chunk (claims, or confirmations), run side by side.
+    ledger_phase_ms: int = 0
+    #: One bulk send.
+    send_ms: int = 0
+    #: An invocation that finds orders claimed by another one reports them only after running
+    #: this long, re-claiming meanwhile: each mapping retry then costs at least this much time,
+    #: so the retries outlast a claim's hold (see `IdempotencyLedger`).
+    wait_for_claims_ms: int = 0
+    poll_ms: int = 1_000
+
+    @property
+    def chunk_ms(self) -> int:
+        """Claims, one send, confirmations: what a chunk needs before it may start."""
+        return 2 * self.ledger_phase_ms + self.send_ms
+
+
+UNLIMITED: Final = TimeBudget()
 
 
 # ------------------------------------------------------------------------------ the outcome
@@ -267,7 +316,7 @@ class RecordRef:
 class Problem:
     """Something to log: what went wrong, for which order and records."""
 
-    stage: str  # decode | dead-letter | ledger | in-progress | deferred | ses | ses-rejected
+    stage: str  # dead-letter | ledger | in-progress | deferred | ses | ses-rejected | conflict
     detail: str
     records: tuple[RecordRef, ...]
     order_id: str | None = None
@@ -310,11 +359,15 @@ class ConfirmationOutcome:
 
 # ------------------------------------------------------------------------------ the protocol
 
+#: Settling a sent order is retried this often at most (and only while time is left).
+MAX_SETTLE_ATTEMPTS: Final = 8
+
 
 @dataclass
 class _Order:
     event: OrderPlaced
     records: list[ConsumerRecordRecords]
+    fingerprint: str
 
     @property
     def order_id(self) -> str:
@@ -323,6 +376,24 @@ class _Order:
     @property
     def refs(self) -> tuple[RecordRef, ...]:
         return tuple(RecordRef.of(r) for r in self.records)
+
+
+class _Clock:
+    """The invocation's time as the protocol sees it: none given means no limit."""
+
+    def __init__(self, time_left_ms: Callable[[], int] | None, sleep: Callable[[float], None]):
+        self._time_left_ms = time_left_ms
+        self.sleep = sleep
+        self.started_with = self.left()
+
+    def left(self) -> int:
+        return self._time_left_ms() if self._time_left_ms is not None else sys.maxsize
+
+    def elapsed(self) -> int:
+        return self.started_with - self.left()
+
+    def fits(self, ms: int) -> bool:
+        return self.left() >= ms
 
 
 def confirm_batch(
@@ -334,17 +405,19 @@ def confirm_batch(
     consumer: str,
     redirect_to: str | None = None,
     time_left_ms: Callable[[], int] | None = None,
-    min_time_per_chunk_ms: int = 0,
+    budget: TimeBudget = UNLIMITED,
+    sleep: Callable[[float], None] = time.sleep,
     chunk_size: int = MAX_DESTINATIONS_PER_CALL,
     fan_out: FanOut = one_by_one,
 ) -> ConfirmationOutcome:
     """Send one confirmation per order_id of the batch, unless it was sent before.
 
     Never raises for a record, an order or a failed call: what could not be done now is in
-    `outcome.failed` for the mapping to redeliver, poison is dead-lettered. A chunk starts only
-    with `min_time_per_chunk_ms` left (the first always starts), so the invocation is not killed
-    while holding claims. `fan_out` runs the per-order ledger calls of a chunk (claims, then
-    confirmations); the handler passes a thread pool, since they are independent round trips.
+    `outcome.failed` for the mapping to redeliver; poison, orders SES refuses for good and
+    reused order_ids are dead-lettered with the reason. Every AWS call is started only when
+    its worst case (`budget`) fits in the time left, so the invocation is never killed holding
+    claims it could have released or confirmations it could have recorded. `fan_out` runs the
+    per-order ledger calls of a chunk; the handler passes a thread pool.
     """
     if not 1 <= chunk_size <= MAX_DESTINATIONS_PER_CALL:
         raise ValueError(f"chunk_size must be 1 to {MAX_DESTINATIONS_PER_CALL}")
@@ -360,20 +433,26 @@ def confirm_batch(
         if (order := orders.get(event.order_id)) is not None:
             order.records.append(record)  # the same order again: one email serves both
         else:
-            orders[event.order_id] = _Order(event, [record])
+            orders[event.order_id] = _Order(event, [record], order_fingerprint(event))
 
-    pending = list(orders.values())
-    for start in range(0, len(pending), chunk_size):
-        if start and time_left_ms is not None and time_left_ms() < min_time_per_chunk_ms:
-            for order in pending[start:]:
-                outcome._fail(
-                    Problem("deferred", "too little time left", order.refs, order.order_id)
-                )
-            break
-        chunk = pending[start : start + chunk_size]
-        for order, reason in _confirm_chunk(chunk, ledger, mailer, redirect_to, outcome, fan_out):
-            for record in order.records:
-                _bury(record, reason, dead_letters, consumer, outcome)
+    clock = _Clock(time_left_ms, sleep)
+    run = _Run(ledger, mailer, redirect_to, outcome, fan_out, budget, clock)
+    waiting = run.chunks(list(orders.values()), chunk_size)
+    # Orders another invocation holds: re-claim them until this invocation has run for
+    # `wait_for_claims_ms`, so each mapping retry of them costs at least that much time.
+    while (
+        waiting
+        and clock.elapsed() < budget.wait_for_claims_ms
+        and clock.fits(budget.poll_ms + budget.chunk_ms)
+    ):
+        clock.sleep(budget.poll_ms / 1000)
+        waiting = run.chunks(waiting, chunk_size)
+    for order in waiting:
+        detail = "claimed by another invocation; retried once it settles"
+        outcome._fail(Problem("in-progress", detail, order.refs, order.order_id))
+    for order, reason in run.rejected:
+        for record in order.records:
+            _bury(record, reason, dead_letters, consumer, outcome)
     return outcome
 
 
@@ -388,77 +467,145 @@ def _decode(record: ConsumerRecordRecords) -> OrderPlaced:
         raise InvalidEventError(_clip(f"undecodable record: {type(exc).__name__}: {exc}")) from exc
 
 
-def _confirm_chunk(
-    chunk: Sequence[_Order],
-    ledger: Ledger,
-    mailer: Mailer,
-    redirect_to: str | None,
-    outcome: ConfirmationOutcome,
-    fan_out: FanOut,
-) -> list[tuple[_Order, str]]:
-    """Claim, send and settle one chunk; return the orders SES refused for good, with why."""
+@dataclass
+class _Run:
+    """One invocation's claim -> send -> settle, chunk by chunk."""
 
-    def try_claim(order_id: str) -> Claim | LedgerError:
+    ledger: Ledger
+    mailer: Mailer
+    redirect_to: str | None
+    outcome: ConfirmationOutcome
+    fan_out: FanOut
+    budget: TimeBudget
+    clock: _Clock
+    #: Orders to dead-letter, with why: SES refuses them for good, or their order_id is reused.
+    rejected: list[tuple[_Order, str]] = field(default_factory=list)
+
+    def chunks(self, orders: Sequence[_Order], size: int) -> list[_Order]:
+        """Claim, send and settle `orders` in chunks; return those another invocation holds."""
+        waiting: list[_Order] = []
+        for start in range(0, len(orders), size):
+            if not self.clock.fits(self.budget.chunk_ms):
+                self._defer(orders[start:], "too little time left for a chunk")
+                break
+            claimed, held = self._claim(orders[start : start + size])
+            waiting += held
+            if claimed:
+                self._send(claimed)
+        return waiting
+
+    def _claim(self, chunk: Sequence[_Order]) -> tuple[list[_Order], list[_Order]]:
+        def try_claim(order: _Order) -> Claim | LedgerError:
+            try:
+                return self.ledger.claim(order.order_id, order.fingerprint)
+            except LedgerError as exc:
+                return exc
+
+        claimed: list[_Order] = []
+        held: list[_Order] = []
+        for order, claim in zip(chunk, self.fan_out(try_claim, chunk), strict=True):
+            if isinstance(claim, LedgerError):
+                self.outcome._fail(Problem("ledger", _clip(str(claim)), order.refs, order.order_id))
+            elif claim is Claim.SENT:
+                self.outcome.duplicates += len(order.records)
+            elif claim is Claim.CONFLICT:
+                reason = (
+                    f"order_id {order.order_id} was confirmed before for a different order; "
+                    "this order was not emailed"
+                )
+                self._reject(order, "conflict", reason)
+            elif claim is Claim.IN_PROGRESS:
+                held.append(order)
+            else:
+                claimed.append(order)
+        return claimed, held
+
+    def _send(self, claimed: Sequence[_Order]) -> None:
+        """Send the claimed orders in one call; a call SES refuses as a whole is split until
+        the destination it cannot take stands alone."""
+        if not self.clock.fits(self.budget.send_ms + self.budget.ledger_phase_ms):
+            for order in claimed:
+                self._release(order)
+            self._defer(claimed, "too little time left to send")
+            return
+        confirmations = [confirmation_for(o.event, self.redirect_to) for o in claimed]
+        self.outcome.ses_calls += 1
         try:
-            return ledger.claim(order_id)
-        except LedgerError as exc:
-            return exc
+            answers = list(self.mailer.send(confirmations))
+            if len(answers) != len(claimed):
+                # Never seen from SES; without a status per order nothing can be settled, so
+                # the chunk is treated as unsent (a repeat is better than none at all).
+                raise MailerError(f"{len(answers)} statuses for {len(claimed)} destinations")
+        except MailerError as exc:
+            if exc.permanent and len(claimed) > 1:
+                half = len(claimed) // 2
+                self._send(claimed[:half])
+                self._send(claimed[half:])
+                return
+            for order in claimed:
+                self._release(order)
+                self.outcome.ses_failures += 1
+                if exc.permanent:
+                    self._reject(order, "ses-rejected", f"SES refused the confirmation: {exc}")
+                else:
+                    self.outcome._fail(Problem("ses", _clip(str(exc)), order.refs, order.order_id))
+            return
+        except BaseException:
+            # A bug or a kill signal: free the claims so the batch's retry is not held up, then
+            # let the invocation fail.
+            for order in claimed:
+                self._release(order)
+            raise
+        self._settle(claimed, answers)
 
-    claimed: list[_Order] = []
-    claims: list[Claim | LedgerError] = fan_out(try_claim, [o.order_id for o in chunk])
-    for order, claim in zip(chunk, claims, strict=True):
-        if isinstance(claim, LedgerError):
-            outcome._fail(Problem("ledger", _clip(str(claim)), order.refs, order.order_id))
-            continue
-        if claim is Claim.SENT:
-            outcome.duplicates += len(order.records)
-        elif claim is Claim.IN_PROGRESS:
-            detail = "claimed by another invocation; retried once it settles"
-            outcome._fail(Problem("in-progress", detail, order.refs, order.order_id))
-        else:
-            claimed.append(order)
-    if not claimed:
-        return []
+    def _settle(self, claimed: Sequence[_Order], answers: Sequence[Delivery]) -> None:
+        delivered = [(o, a) for o, a in zip(claimed, answers, strict=True) if a.sent]
+        for order, answer in delivered:
+            self.outcome.sent[order.order_id] = answer.message_id or ""
+            self.outcome.duplicates += len(order.records) - 1
+        self._record_sent(delivered)
+        for order, answer in zip(claimed, answers, strict=True):
+            if answer.sent:
+                continue
+            self.outcome.ses_failures += 1
+            self._release(order)
+            if answer.retryable:
+                self.outcome._fail(Problem("ses", answer.error or "", order.refs, order.order_id))
+            else:
+                self._reject(
+                    order, "ses-rejected", f"SES rejected the confirmation: {answer.error}"
+                )
 
-    confirmations = [confirmation_for(o.event, redirect_to) for o in claimed]
-    outcome.ses_calls += 1
-    try:
-        answers = list(mailer.send(confirmations))
-        if len(answers) != len(claimed):
-            # Never seen from SES; without a status per order nothing can be settled, so the
-            # chunk is treated as unsent (a repeat is better than a confirmation never sent).
-            raise MailerError(f"{len(answers)} statuses for {len(claimed)} destinations")
-    except MailerError as exc:
-        for order in claimed:
-            _release(order, ledger, outcome)
-            outcome.ses_failures += 1
-            outcome._fail(Problem("ses", _clip(str(exc)), order.refs, order.order_id))
-        return []
-    except BaseException:
-        # A bug or a kill signal: free the claims so the batch's retry is not held up, then
-        # let the invocation fail.
-        for order in claimed:
-            _release(order, ledger, outcome)
-        raise
+    def _record_sent(self, delivered: Sequence[tuple[_Order, Delivery]]) -> None:
+        """Record what SES accepted, retrying while time is left: an order whose email is out
+        must never be claimable again, and its claim's hold is all that guards it otherwise."""
 
-    def try_confirm(sent: tuple[str, str]) -> LedgerError | None:
-        try:
-            ledger.confirm(*sent)
-        except LedgerError as exc:
-            return exc
-        return None
+        def try_confirm(sent: tuple[_Order, Delivery]) -> LedgerError | None:
+            order, answer = sent
+            try:
+                self.ledger.confirm(order.order_id, answer.message_id or "", order.fingerprint)
+            except LedgerError as exc:
+                return exc
+            return None
 
-    delivered = [(o, a) for o, a in zip(claimed, answers, strict=True) if a.sent]
-    confirmations_failed: list[LedgerError | None] = fan_out(
-        try_confirm, [(o.order_id, a.message_id or "") for o, a in delivered]
-    )
-    for (order, answer), error in zip(delivered, confirmations_failed, strict=True):
-        outcome.sent[order.order_id] = answer.message_id or ""
-        outcome.duplicates += len(order.records) - 1
-        if error is not None:
-            # The email is out: retrying the record would send it again. The claim stays
-            # until the in-progress expiry; only a redelivery after that could repeat it.
-            outcome.problems.append(
+        pending = list(delivered)
+        delay_s = 0.2
+        for attempt in range(1, MAX_SETTLE_ATTEMPTS + 1):
+            errors = self.fan_out(try_confirm, pending)
+            failed = [(p, e) for p, e in zip(pending, errors, strict=True) if e is not None]
+            if not failed:
+                return
+            pending = [p for p, _ in failed]
+            wait_ms = int(delay_s * 1000)
+            if attempt == MAX_SETTLE_ATTEMPTS or not self.clock.fits(
+                wait_ms + self.budget.ledger_phase_ms
+            ):
+                break
+            self.clock.sleep(delay_s)
+            delay_s = min(delay_s * 2, 2.0)
+        for (order, _), error in failed:
+            # Not retried: the email is out. The claim's hold keeps redeliveries off it.
+            self.outcome.problems.append(
                 Problem(
                     "ledger",
                     f"sent, but not recorded as sent: {_clip(str(error))}",
@@ -468,39 +615,31 @@ def _confirm_chunk(
                 )
             )
 
-    rejected: list[tuple[_Order, str]] = []
-    for order, answer in zip(claimed, answers, strict=True):
-        if answer.sent:
-            continue
-        outcome.ses_failures += 1
-        _release(order, ledger, outcome)
-        if answer.retryable:
-            outcome._fail(Problem("ses", answer.error or "", order.refs, order.order_id))
-        else:
-            outcome.problems.append(
+    def _reject(self, order: _Order, stage: str, reason: str) -> None:
+        self.outcome.problems.append(
+            Problem(stage, _clip(reason), order.refs, order.order_id, retried=False)
+        )
+        self.rejected.append((order, reason))
+
+    def _defer(self, orders: Iterable[_Order], reason: str) -> None:
+        for order in orders:
+            self.outcome._fail(Problem("deferred", reason, order.refs, order.order_id))
+
+    def _release(self, order: _Order) -> None:
+        try:
+            self.ledger.release(order.order_id)
+        except LedgerError as exc:
+            # The claim then blocks this order until its hold ends; the mapping's retries get
+            # through after that.
+            self.outcome.problems.append(
                 Problem(
-                    "ses-rejected", answer.error or "", order.refs, order.order_id, retried=False
+                    "ledger",
+                    f"claim not released: {_clip(str(exc))}",
+                    order.refs,
+                    order.order_id,
+                    retried=True,
                 )
             )
-            rejected.append((order, f"SES rejected the confirmation: {answer.error}"))
-    return rejected
-
-
-def _release(order: _Order, ledger: Ledger, outcome: ConfirmationOutcome) -> None:
-    try:
-        ledger.release(order.order_id)
-    except LedgerError as exc:
-        # The claim then blocks this order until its in-progress expiry (the invocation's
-        # deadline); the mapping's retries get through after that.
-        outcome.problems.append(
-            Problem(
-                "ledger",
-                f"claim not released: {_clip(str(exc))}",
-                order.refs,
-                order.order_id,
-                retried=True,
-            )
-        )
 
 
 def _bury(

@@ -12,12 +12,12 @@ import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Self
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    EmailStr,
     Field,
     PlainSerializer,
     WithJsonSchema,
@@ -125,9 +125,33 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
 
+MAX_EMAIL = 254
+
+
+def _sendable_address(text: str) -> str:
+    """The address as SES takes it: 7-bit ASCII, an internationalised domain in its ASCII
+    (Punycode) form. A non-ASCII local part cannot be sent without SMTPUTF8, which SES lacks:
+    it is refused here, at the API, rather than by SES for the whole bulk call later."""
+    try:
+        address = validate_email(text, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise ValueError(f"value is not a valid email address: {exc}") from None
+    ascii_address = address.ascii_email or ""
+    if len(ascii_address) > MAX_EMAIL:
+        raise ValueError(f"the address is longer than {MAX_EMAIL} characters in ASCII form")
+    return ascii_address
+
+
+Email = Annotated[
+    str,
+    Field(max_length=MAX_EMAIL, json_schema_extra={"format": "email"}),
+    AfterValidator(_sendable_address),
+]
+
+
 class Customer(StrictModel):
     id: CustomerId
-    email: Annotated[EmailStr, Field(max_length=254)]
+    email: Email
     name: Name
 
 

@@ -27,6 +27,8 @@ SENDER_EMAIL: Final = "SENDER_EMAIL"
 EMAIL_TEMPLATE: Final = "EMAIL_TEMPLATE"
 # Non-production stacks send every email here instead of to the customer ("" = off).
 EMAIL_REDIRECT_TO: Final = "EMAIL_REDIRECT_TO"
+# How long the email notifier's claim on an order keeps other invocations off it.
+EMAIL_CLAIM_HOLD_SECONDS: Final = "EMAIL_CLAIM_HOLD_SECONDS"
 
 DEFAULT_ORDER_TOPIC: Final = "order-placed"
 DEFAULT_SEND_TIMEOUT_MS: Final = 10_000
@@ -116,6 +118,25 @@ def idempotency_expiry(
             f"{IDEMPOTENCY_EXPIRES_SECONDS} must be at least {minimum_seconds} seconds"
         )
     return seconds
+
+
+def seconds(
+    name: str,
+    default: int,
+    minimum: int,
+    maximum: int,
+    environ: Mapping[str, str] | None = None,
+) -> int:
+    """A whole number of seconds from the environment, within bounds, else the default."""
+    env = os.environ if environ is None else environ
+    raw = env.get(name, "").strip() or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not an integer") from None
+    if not minimum <= value <= maximum:
+        raise ConfigurationError(f"{name} must be {minimum} to {maximum} seconds, not {value}")
+    return value
 
 
 def required(name: str, environ: Mapping[str, str] | None = None) -> str:
