@@ -193,6 +193,7 @@ def main() -> None:
         f"{single_seconds * 1000:8.0f} ms  {dict(single_calls)}"
     )
     print(f"  (the bulk side also made {dict(ledger_calls)} idempotency calls to DynamoDB)")
+    print(f"DynamoDB calls per order: {sum(ledger_calls.values()) / args.orders:.2f}")
     print(
         f"SES calls per 1,000 orders: bulk {bulk_total * 1000 / args.orders:,.0f}, "
         f"one per order {single_total * 1000 / args.orders:,.0f}; "

@@ -358,6 +358,10 @@ def email(result: PartResult, quick: bool) -> None:
         )
     )
     result.notes.append(
+        f"email: {sum(ledger_calls.values()) / orders:.2f} DynamoDB calls per order "
+        "(claim, then record as sent: 2 when nothing fails)."
+    )
+    result.notes.append(
         f"email: bench/emails.py, moto in-process; the notifier's handler in batches of "
         f"{EMAIL_BATCH} ({dict(bulk_calls)}, {bulk_sent:,} emails, plus {dict(ledger_calls)} "
         f"idempotency calls in its time) vs one SendTemplatedEmail per order ({single_sent:,} "

@@ -44,7 +44,8 @@ class Request:
 
 @dataclass
 class Fault:
-    """Fail matching requests with `status`/`body` at `rate`, until `until` (monotonic)."""
+    """Fail matching requests with `status`/`body` at `rate`, until `until` (monotonic) or
+    `times` injections, whichever comes first."""
 
     matches: Callable[[Request], bool]
     status: int
@@ -53,6 +54,7 @@ class Fault:
     until: float | None = None
     headers: dict[str, str] = field(default_factory=dict)
     injected: int = 0
+    times: int | None = None
 
 
 def ses_throttling(action: str = "SendBulkTemplatedEmail", rate: float = 1.0) -> Fault:
@@ -78,6 +80,44 @@ def s3_put_failures(bucket: str, seconds: float) -> Fault:
         until=time.monotonic() + seconds,
         headers={"Content-Type": "application/xml"},
     )
+
+
+def dynamodb_failures(operation: str, key_contains: str, times: int) -> Fault:
+    """DynamoDB answering 500 to `times` calls of `operation` whose request names a key
+    containing `key_contains` (say, the email notifier's records only)."""
+    body = (
+        b'{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError",'
+        b'"message":"Internal server error"}'
+    )
+    return Fault(
+        lambda r: (
+            r.headers.get("X-Amz-Target", "").endswith(f".{operation}")
+            and key_contains.encode() in r.body
+        ),
+        500,
+        body,
+        times=times,
+        headers={"Content-Type": "application/x-amz-json-1.0"},
+    )
+
+
+def ses_refuses_calls_to(address: str) -> Fault:
+    """SES refusing a whole SendBulkTemplatedEmail that names `address`, as the SES sandbox
+    does for a recipient that is not verified (MessageRejected)."""
+    body = (
+        '<ErrorResponse xmlns="http://ses.amazonaws.com/doc/2010-12-01/"><Error><Type>Sender</Type>'
+        f"<Code>MessageRejected</Code><Message>Email address is not verified. The following "
+        f"identities failed the check in region EU-WEST-1: {address}</Message></Error>"
+        f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
+    ).encode()
+
+    def names_address(request: Request) -> bool:
+        if request.action != "SendBulkTemplatedEmail":
+            return False
+        form = parse_qs(request.body.decode(errors="replace"))
+        return any(address in values for key, values in form.items() if "ToAddresses" in key)
+
+    return Fault(names_address, 400, body, headers={"Content-Type": "text/xml"})
 
 
 class HttpFaultProxy:
@@ -118,6 +158,8 @@ class HttpFaultProxy:
             now = time.monotonic()
             for fault in self.faults:
                 if fault.until is not None and now > fault.until:
+                    continue
+                if fault.times is not None and fault.injected >= fault.times:
                     continue
                 if fault.matches(request) and self._random.random() < fault.rate:
                     fault.injected += 1

@@ -105,6 +105,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         log=log,
         max_batching_window_s=1.0,
         faults=True,  # proxies in front of AWS and Kafka; tests switch faults on and off
+        # The shortest claim hold the template allows: an order whose container a test kills
+        # after claiming waits this long, not the deployed 15 minutes.
+        parameters={"EmailClaimHoldSeconds": "60"},
     )
     info = stack.start()
     try:
