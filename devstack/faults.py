@@ -8,6 +8,7 @@ so "the broker is unreachable" without restarting it and losing its in-memory da
 
 from __future__ import annotations
 
+import json
 import random
 import select
 import socket
@@ -82,19 +83,24 @@ def s3_put_failures(bucket: str, seconds: float) -> Fault:
     )
 
 
-def dynamodb_failures(operation: str, key_contains: str, times: int) -> Fault:
-    """DynamoDB answering 500 to `times` calls of `operation` whose request names a key
+def dynamodb_failures(
+    operation: str,
+    key_contains: str,
+    times: int,
+    error: str = "InternalServerError",
+    status: int = 500,
+) -> Fault:
+    """DynamoDB answering `error` to `times` calls of `operation` whose request names a key
     containing `key_contains` (say, the email notifier's records only)."""
-    body = (
-        b'{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError",'
-        b'"message":"Internal server error"}'
-    )
+    body = json.dumps(
+        {"__type": f"com.amazonaws.dynamodb.v20120810#{error}", "message": f"{error} (injected)"}
+    ).encode()
     return Fault(
         lambda r: (
             r.headers.get("X-Amz-Target", "").endswith(f".{operation}")
             and key_contains.encode() in r.body
         ),
-        500,
+        status,
         body,
         times=times,
         headers={"Content-Type": "application/x-amz-json-1.0"},

@@ -183,3 +183,32 @@ def test_an_order_held_by_another_invocation_is_sent_once_its_hold_ends(
     time.sleep(3)
     assert local_stack.emailed_orders()[held.order_id] == 1
     assert held.order_id not in {_order_of(d) for d in dead_letters(local_stack)}
+
+
+def test_a_claim_whose_lookup_fails_retries_that_order_alone(local_stack: Stack) -> None:
+    """The claim finds the order claimed (a conditional failure without the old record) and
+    the lookup that follows fails: a ledger error for that order, reported for retry, never an
+    exception that fails the invocation while the chunk's other claims stay held."""
+    assert local_stack.stack.aws_faults is not None
+    faults = local_stack.stack.aws_faults
+    events = [an_order(f"lookup{i}@example.com") for i in range(4)]
+    conflict = faults.add(
+        dynamodb_failures("PutItem", NOTIFIER_KEYS, 1, "ConditionalCheckFailedException", 400)
+    )
+    lookup = faults.add(dynamodb_failures("GetItem", NOTIFIER_KEYS, 2))
+    lines_before = len(local_stack.lines)
+    try:
+        publish(local_stack, [message(e) for e in events])
+        ids = {e.order_id for e in events}
+        wait_until(lambda: ids <= set(local_stack.emailed_orders()), timeout_s=120)
+    finally:
+        faults.clear()
+    assert conflict.injected == 1
+    assert lookup.injected == 2  # both attempts of the one lookup
+    emailed = local_stack.emailed_orders()
+    assert [emailed[i] for i in ids] == [1] * len(ids)
+    notifier_lines = [
+        line for line in local_stack.lines[lines_before:] if line.startswith("EmailNotifier")
+    ]
+    assert any("item failures reported" in line for line in notifier_lines), notifier_lines
+    assert not [line for line in notifier_lines if " error " in line], notifier_lines
