@@ -56,6 +56,12 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     injected: int = 0
     times: int | None = None
+    # Each fault samples its own sequence: which calls fail never depends on what other faults,
+    # or earlier tests, drew before.
+    sampler: random.Random = field(
+        default_factory=lambda: random.Random(7),  # noqa: S311 -- fault sampling, not security
+        repr=False,
+    )
 
 
 def ses_throttling(action: str = "SendBulkTemplatedEmail", rate: float = 1.0) -> Fault:
@@ -129,10 +135,9 @@ def ses_refuses_calls_to(address: str) -> Fault:
 class HttpFaultProxy:
     """A pass-through HTTP proxy to `upstream` that injects the active faults."""
 
-    def __init__(self, upstream: str, seed: int = 7) -> None:
+    def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self.faults: list[Fault] = []
-        self._random = random.Random(seed)  # noqa: S311 -- fault sampling, not security
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer((LOOPBACK, 0), self._handler())
         self._server.daemon_threads = True
@@ -167,7 +172,7 @@ class HttpFaultProxy:
                     continue
                 if fault.times is not None and fault.injected >= fault.times:
                     continue
-                if fault.matches(request) and self._random.random() < fault.rate:
+                if fault.matches(request) and fault.sampler.random() < fault.rate:
                     fault.injected += 1
                     return fault
         return None
