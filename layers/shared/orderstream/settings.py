@@ -105,26 +105,14 @@ def idempotency_expiry(
     default_seconds: int, minimum_seconds: int, environ: Mapping[str, str] | None = None
 ) -> int:
     """How long an idempotency record lives (IDEMPOTENCY_EXPIRES_SECONDS, else the default)."""
-    env = os.environ if environ is None else environ
-    raw = env.get(IDEMPOTENCY_EXPIRES_SECONDS, "").strip() or str(default_seconds)
-    try:
-        seconds = int(raw)
-    except ValueError:
-        raise ConfigurationError(
-            f"{IDEMPOTENCY_EXPIRES_SECONDS}={raw!r} is not an integer"
-        ) from None
-    if seconds < minimum_seconds:
-        raise ConfigurationError(
-            f"{IDEMPOTENCY_EXPIRES_SECONDS} must be at least {minimum_seconds} seconds"
-        )
-    return seconds
+    return seconds(IDEMPOTENCY_EXPIRES_SECONDS, default_seconds, minimum_seconds, None, environ)
 
 
 def seconds(
     name: str,
     default: int,
     minimum: int,
-    maximum: int,
+    maximum: int | None,
     environ: Mapping[str, str] | None = None,
 ) -> int:
     """A whole number of seconds from the environment, within bounds, else the default."""
@@ -134,8 +122,9 @@ def seconds(
         value = int(raw)
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} is not an integer") from None
-    if not minimum <= value <= maximum:
-        raise ConfigurationError(f"{name} must be {minimum} to {maximum} seconds, not {value}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}"
+        raise ConfigurationError(f"{name} must be {bounds} seconds, not {value}")
     return value
 
 
