@@ -45,6 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from orderstream import settings
 from orderstream.confirmation import (
+    FINGERPRINT_VERSION,
     PERMANENT_SES_STATUSES,
     Claim,
     Confirmation,
@@ -231,9 +232,13 @@ def _key(order_id: str) -> dict[str, Any]:
 def _claim_of(stored: DataRecord | None, fingerprint: str) -> Claim:
     if stored is None or stored.status != STATUS_CONSTANTS["COMPLETED"]:
         return Claim.IN_PROGRESS  # held, or released meanwhile: a retry decides
-    remembered = (stored.response_json_as_dict() or {}).get("fingerprint")
-    # Records written before fingerprints were kept count as the same order.
-    return Claim.CONFLICT if remembered not in (None, fingerprint) else Claim.SENT
+    remembered = str((stored.response_json_as_dict() or {}).get("fingerprint") or "")
+    # Records without a fingerprint, or with another version of it, count as the same order:
+    # only a comparable fingerprint that differs is another order.
+    comparable = remembered.startswith(FINGERPRINT_VERSION) and fingerprint.startswith(
+        FINGERPRINT_VERSION
+    )
+    return Claim.CONFLICT if comparable and remembered != fingerprint else Claim.SENT
 
 
 class BulkTemplatedEmailClient(Protocol):

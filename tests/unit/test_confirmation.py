@@ -545,14 +545,17 @@ def test_later_chunks_wait_for_an_invocation_with_time_left() -> None:
     assert not deferred & ports.ledger.state.keys()  # never claimed
 
 
-def test_an_unexpected_mailer_error_releases_the_claims_and_propagates() -> None:
+def test_an_unexpected_mailer_error_keeps_the_claims_and_propagates() -> None:
+    """A bug or a kill signal around the SES call: SES may have accepted it, so the claims
+    stay held (a delayed email is acceptable, a second one is not)."""
+
     def broken(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
         raise RuntimeError("bug")
 
     ports = Ports(mailer=MemoryMailer(broken))
     with pytest.raises(RuntimeError, match="bug"):
         ports.deliver(msk_batch(kafka_records([order_placed(0), order_placed(1)])))
-    assert ports.ledger.state == {}
+    assert set(ports.ledger.state.values()) == {"in-progress"}
 
 
 def test_the_response_names_failed_records_as_powertools_batch_processor_does() -> None:
@@ -836,3 +839,59 @@ def test_events_from_before_the_api_refused_addresses_ses_cannot_take() -> None:
     [letter] = ports.dead_letters.letters.values()
     assert letter.offset == 11
     assert "before the @-sign" in letter.reason
+
+
+def test_a_reused_order_id_within_one_batch_is_dead_lettered_too() -> None:
+    first = order_placed(4)
+    other = order_placed(4, name="Grace Hopper", email="grace@example.com")
+    ports = Ports()
+    records = [
+        *kafka_records([first], partitions=1),
+        *kafka_records([other], partitions=1, first_offset=101),
+    ]
+    outcome = ports.deliver(msk_batch(records))
+
+    assert ports.emails_per_order() == Counter({first.order_id: 1})
+    assert outcome.duplicates == 0
+    [letter] = ports.dead_letters.letters.values()
+    assert letter.offset == 101
+    assert "different order" in letter.reason
+
+
+def test_a_refusal_naming_the_sender_is_retried_not_split_or_dead_lettered() -> None:
+    """SES refuses every call while the sender is unverified: that is no customer's fault."""
+
+    def sender_unverified(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        raise MailerError(
+            "MessageRejected: Email address is not verified. The following identities failed "
+            "the check in region EU-WEST-1: orders@shop.example",
+            permanent=True,
+        )
+
+    ports = Ports(mailer=MemoryMailer(sender_unverified))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(10)])))
+    assert len(ports.mailer.calls) == 1
+    assert ports.dead_letters.letters == {}
+    assert len(outcome.failed) == 10
+    assert ports.ledger.state == {}
+
+
+def test_a_refusal_of_every_half_naming_no_one_is_retried_after_one_split() -> None:
+    def refuses_all(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        raise MailerError("InvalidParameterValue: something about the request", permanent=True)
+
+    ports = Ports(mailer=MemoryMailer(refuses_all))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(50)])))
+    assert len(ports.mailer.calls) == 3  # the call, then its two halves: no deeper
+    assert ports.dead_letters.letters == {}
+    assert len(outcome.failed) == 50
+
+
+def test_the_wait_for_held_orders_ends_without_a_time_source() -> None:
+    ports = Ports(ledger=HeldLedger(release_after=None))
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(0)])),
+        budget=TimeBudget(wait_for_claims_ms=3_000, poll_ms=1_000),
+    )
+    assert {p.stage for p in outcome.problems} == {"in-progress"}
+    assert ports.slept == [1.0, 1.0, 1.0]

@@ -296,7 +296,7 @@ def test_idempotency_records_are_our_own_and_hold_no_customer_data(
         assert item["status"]["S"] == "COMPLETED"
         data = json.loads(item["data"]["S"])
         assert set(data) == {"message_id", "fingerprint"}
-        assert re.fullmatch(r"[0-9a-f]{64}", data["fingerprint"])  # a hash, not the order
+        assert re.fullmatch(r"v1:[0-9a-f]{64}", data["fingerprint"])  # a hash, not the order
         assert "@" not in json.dumps(item)
     ttl_days = (
         int(items[0]["expiration"]["N"]) - int(items[0]["in_progress_expiration"]["N"]) / 1000
@@ -686,3 +686,25 @@ def test_a_call_ses_refuses_as_a_whole_is_permanent_only_for_bad_input(
     with pytest.raises(MailerError) as refused:
         mailer.send([confirmation_for(order_placed(1))])
     assert refused.value.permanent is permanent
+
+
+@pytest.mark.parametrize(
+    ("remembered", "claim"),
+    [
+        ("v1:" + "a" * 64, Claim.SENT),
+        ("v1:" + "b" * 64, Claim.CONFLICT),
+        ("v2:" + "b" * 64, Claim.SENT),  # another version: never taken for another order
+        (None, Claim.SENT),  # written before fingerprints were kept
+    ],
+)
+def test_only_a_comparable_fingerprint_that_differs_is_another_order(
+    notifier: ModuleType, remembered: str | None, claim: Claim
+) -> None:
+    from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+
+    stored = DataRecord(
+        idempotency_key="k",
+        status="COMPLETED",
+        response_data=json.dumps({"message_id": "m", "fingerprint": remembered}),
+    )
+    assert notifier._claim_of(stored, "v1:" + "a" * 64) is claim

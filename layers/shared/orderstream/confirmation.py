@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,6 +64,7 @@ MAX_DESTINATIONS_PER_CALL: Final = 50
 PERMANENT_SES_STATUSES: Final = frozenset({"MessageRejected", "InvalidParameterValue"})
 
 MAX_DETAIL_CHARS: Final = 300
+_ADDRESS: Final = re.compile(r"[^\s@:;,<>()\[\]\"']+@[^\s@:;,<>()\[\]\"']+")
 
 # ------------------------------------------------------------------------------ the content
 
@@ -223,7 +225,12 @@ def order_fingerprint(event: OrderPlaced) -> str:
     canonical = json.dumps(
         event.order.model_dump(mode="json"), sort_keys=True, separators=(",", ":")
     )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return FINGERPRINT_VERSION + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: Fingerprints of another version (a changed model or canonical form) are not compared: a
+#: redelivery of a confirmed order must never look like a different order.
+FINGERPRINT_VERSION: Final = "v1:"
 
 
 class DependencyError(Exception):
@@ -383,13 +390,21 @@ class _Clock:
 
     def __init__(self, time_left_ms: Callable[[], int] | None, sleep: Callable[[float], None]):
         self._time_left_ms = time_left_ms
-        self.sleep = sleep
+        self._sleep = sleep
+        self._slept_ms = 0
         self.started_with = self.left()
 
     def left(self) -> int:
         return self._time_left_ms() if self._time_left_ms is not None else sys.maxsize
 
+    def sleep(self, seconds: float) -> None:
+        self._sleep(seconds)
+        self._slept_ms += int(seconds * 1000)
+
     def elapsed(self) -> int:
+        # Without a time source, the waits are all the time that passes.
+        if self._time_left_ms is None:
+            return self._slept_ms
         return self.started_with - self.left()
 
     def fits(self, ms: int) -> bool:
@@ -430,10 +445,19 @@ def confirm_batch(
             _bury(record, exc.reason, dead_letters, consumer, outcome)
             outcome.poison += 1
             continue
-        if (order := orders.get(event.order_id)) is not None:
+        fingerprint = order_fingerprint(event)
+        if (order := orders.get(event.order_id)) is None:
+            orders[event.order_id] = _Order(event, [record], fingerprint)
+        elif order.fingerprint == fingerprint:
             order.records.append(record)  # the same order again: one email serves both
         else:
-            orders[event.order_id] = _Order(event, [record], order_fingerprint(event))
+            reason = (
+                f"order_id {event.order_id} is used in this batch for a different order; "
+                "the first one is confirmed, this one was not emailed"
+            )
+            refs = (RecordRef.of(record),)
+            outcome.problems.append(Problem("conflict", reason, refs, event.order_id, False))
+            _bury(record, reason, dead_letters, consumer, outcome)
 
     clock = _Clock(time_left_ms, sleep)
     run = _Run(ledger, mailer, redirect_to, outcome, fan_out, budget, clock)
@@ -521,42 +545,86 @@ class _Run:
         return claimed, held
 
     def _send(self, claimed: Sequence[_Order]) -> None:
-        """Send the claimed orders in one call; a call SES refuses as a whole is split until
-        the destination it cannot take stands alone."""
+        """Send the claimed orders in one call. A call SES refuses as a whole is split until
+        the destinations it refuses stand alone, as long as the refusal can be about them."""
+        outcome = self._call(claimed)
+        if isinstance(outcome, MailerError) and outcome.permanent and len(claimed) > 1:
+            if self._blames(claimed, outcome) is False:
+                outcome.permanent = False  # it names someone else: the sender, the redirect
+            else:
+                self._isolate(claimed)
+                return
+        if outcome is not None:
+            self._conclude(claimed, outcome)
+
+    def _isolate(self, group: Sequence[_Order]) -> None:
+        half = len(group) // 2
+        parts = [group[:half], group[half:]]
+        outcomes = [self._call(part) for part in parts]
+        refused = [
+            (part, o)
+            for part, o in zip(parts, outcomes, strict=True)
+            if isinstance(o, MailerError) and o.permanent
+        ]
+        if len(refused) == 2 and not any(self._blames(p, o) for p, o in refused):
+            # Both halves refused and no recipient named: a refusal of the request itself
+            # (sender, template, account), not of a destination; retried, never dead-lettered.
+            for _, error in refused:
+                error.permanent = False
+        for part, part_outcome in zip(parts, outcomes, strict=True):
+            if part_outcome is None:
+                continue  # deferred
+            if (
+                isinstance(part_outcome, MailerError)
+                and part_outcome.permanent
+                and len(part) > 1
+                and self._blames(part, part_outcome) is not False
+            ):
+                self._isolate(part)
+            else:
+                self._conclude(part, part_outcome)
+
+    def _blames(self, group: Sequence[_Order], error: MailerError) -> bool | None:
+        """Whether SES's refusal names a recipient of `group`: True, False (it names other
+        addresses only), or None (it names none)."""
+        named = {address.rstrip(".") for address in _ADDRESS.findall(str(error))}
+        if not named:
+            return None
+        recipients = {confirmation_for(o.event, self.redirect_to).recipient for o in group}
+        return bool(named & recipients)
+
+    def _call(self, group: Sequence[_Order]) -> list[Delivery] | MailerError | None:
+        """One bulk call: SES's answers, its error, or None when there was no time to make it
+        (the group is then released and deferred)."""
         if not self.clock.fits(self.budget.send_ms + self.budget.ledger_phase_ms):
-            for order in claimed:
-                self._release(order)
-            self._defer(claimed, "too little time left to send")
-            return
-        confirmations = [confirmation_for(o.event, self.redirect_to) for o in claimed]
+            self._release_all(group)
+            self._defer(group, "too little time left to send")
+            return None
+        confirmations = [confirmation_for(o.event, self.redirect_to) for o in group]
         self.outcome.ses_calls += 1
         try:
             answers = list(self.mailer.send(confirmations))
-            if len(answers) != len(claimed):
-                # Never seen from SES; without a status per order nothing can be settled, so
-                # the chunk is treated as unsent (a repeat is better than none at all).
-                raise MailerError(f"{len(answers)} statuses for {len(claimed)} destinations")
         except MailerError as exc:
-            if exc.permanent and len(claimed) > 1:
-                half = len(claimed) // 2
-                self._send(claimed[:half])
-                self._send(claimed[half:])
-                return
-            for order in claimed:
-                self._release(order)
-                self.outcome.ses_failures += 1
-                if exc.permanent:
-                    self._reject(order, "ses-rejected", f"SES refused the confirmation: {exc}")
-                else:
-                    self.outcome._fail(Problem("ses", _clip(str(exc)), order.refs, order.order_id))
+            return exc
+        # Anything else (a bug, a kill signal) propagates with the claims held: SES may have
+        # accepted the call, and a delayed email is acceptable where a second one is not.
+        if len(answers) != len(group):
+            # Never seen from SES; without a status per order nothing can be settled, so the
+            # call is treated as unsent (a repeat is better than none at all).
+            return MailerError(f"{len(answers)} statuses for {len(group)} destinations")
+        return answers
+
+    def _conclude(self, group: Sequence[_Order], outcome: list[Delivery] | MailerError) -> None:
+        if not isinstance(outcome, MailerError):
+            self._settle(group, outcome)
             return
-        except BaseException:
-            # A bug or a kill signal: free the claims so the batch's retry is not held up, then
-            # let the invocation fail.
-            for order in claimed:
-                self._release(order)
-            raise
-        self._settle(claimed, answers)
+        self._release_all(group)
+        for order in group:
+            self.outcome.ses_failures += 1
+            if outcome.permanent and self._blames([order], outcome) is not False:
+                self._reject(order, "ses-rejected", f"SES refused the confirmation: {outcome}")
+            else:
+                self.outcome._fail(Problem("ses", _clip(str(outcome)), order.refs, order.order_id))
 
     def _settle(self, claimed: Sequence[_Order], answers: Sequence[Delivery]) -> None:
         delivered = [(o, a) for o, a in zip(claimed, answers, strict=True) if a.sent]
@@ -564,11 +632,10 @@ class _Run:
             self.outcome.sent[order.order_id] = answer.message_id or ""
             self.outcome.duplicates += len(order.records) - 1
         self._record_sent(delivered)
-        for order, answer in zip(claimed, answers, strict=True):
-            if answer.sent:
-                continue
+        unsent = [(o, a) for o, a in zip(claimed, answers, strict=True) if not a.sent]
+        self._release_all([o for o, _ in unsent])
+        for order, answer in unsent:
             self.outcome.ses_failures += 1
-            self._release(order)
             if answer.retryable:
                 self.outcome._fail(Problem("ses", answer.error or "", order.refs, order.order_id))
             else:
@@ -625,21 +692,29 @@ class _Run:
         for order in orders:
             self.outcome._fail(Problem("deferred", reason, order.refs, order.order_id))
 
-    def _release(self, order: _Order) -> None:
-        try:
-            self.ledger.release(order.order_id)
-        except LedgerError as exc:
-            # The claim then blocks this order until its hold ends; the mapping's retries get
-            # through after that.
-            self.outcome.problems.append(
-                Problem(
-                    "ledger",
-                    f"claim not released: {_clip(str(exc))}",
-                    order.refs,
-                    order.order_id,
-                    retried=True,
+    def _release_all(self, orders: Sequence[_Order]) -> None:
+        """Release claims side by side, as they were taken."""
+
+        def try_release(order: _Order) -> LedgerError | None:
+            try:
+                self.ledger.release(order.order_id)
+            except LedgerError as exc:
+                return exc
+            return None
+
+        for order, error in zip(orders, self.fan_out(try_release, orders), strict=True):
+            if error is not None:
+                # The claim then blocks this order until its hold ends; the mapping's retries
+                # get through after that.
+                self.outcome.problems.append(
+                    Problem(
+                        "ledger",
+                        f"claim not released: {_clip(str(error))}",
+                        order.refs,
+                        order.order_id,
+                        retried=True,
+                    )
                 )
-            )
 
 
 def _bury(
