@@ -64,12 +64,17 @@ class Fault:
     )
 
 
-def ses_throttling(action: str = "SendBulkTemplatedEmail", rate: float = 1.0) -> Fault:
-    body = (
+def _ses_error(code: str, message: str) -> bytes:
+    """An SES (query protocol) error response, as the service writes it."""
+    return (
         '<ErrorResponse xmlns="http://ses.amazonaws.com/doc/2010-12-01/"><Error><Type>Sender</Type>'
-        "<Code>Throttling</Code><Message>Maximum sending rate exceeded.</Message></Error>"
+        f"<Code>{code}</Code><Message>{message}</Message></Error>"
         f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
     ).encode()
+
+
+def ses_throttling(action: str = "SendBulkTemplatedEmail", rate: float = 1.0) -> Fault:
+    body = _ses_error("Throttling", "Maximum sending rate exceeded.")
     return Fault(
         lambda r: r.action == action, 400, body, rate, headers={"Content-Type": "text/xml"}
     )
@@ -116,12 +121,11 @@ def dynamodb_failures(
 def ses_refuses_calls_to(address: str) -> Fault:
     """SES refusing a whole SendBulkTemplatedEmail that names `address`, as the SES sandbox
     does for a recipient that is not verified (MessageRejected)."""
-    body = (
-        '<ErrorResponse xmlns="http://ses.amazonaws.com/doc/2010-12-01/"><Error><Type>Sender</Type>'
-        f"<Code>MessageRejected</Code><Message>Email address is not verified. The following "
-        f"identities failed the check in region EU-WEST-1: {address}</Message></Error>"
-        f"<RequestId>{uuid.uuid4()}</RequestId></ErrorResponse>"
-    ).encode()
+    body = _ses_error(
+        "MessageRejected",
+        "Email address is not verified. The following identities failed the check in region "
+        f"EU-WEST-1: {address}",
+    )
 
     def names_address(request: Request) -> bool:
         if request.action != "SendBulkTemplatedEmail":

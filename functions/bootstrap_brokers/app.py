@@ -17,7 +17,7 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
-from orderstream.custom_resource import CustomResourceRequest, Outcome, answer
+from orderstream.custom_resource import CustomResourceRequest, Outcome, respond
 from orderstream.redaction import masked_log_line
 
 logger = Logger(json_serializer=masked_log_line)
@@ -75,7 +75,4 @@ def look_up(request: CustomResourceRequest) -> Outcome:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
-    request = CustomResourceRequest.model_validate(event)
-    logger.append_keys(request_type=request.request_type, stack_request_id=request.request_id)
-    status = answer(request, look_up, context.get_remaining_time_in_millis)
-    return {"Status": status}
+    return respond(event, look_up, context.get_remaining_time_in_millis, logger.append_keys)

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from kafka.admin import KafkaAdminClient
 
 from orderstream import settings
-from orderstream.custom_resource import CustomResourceRequest, Outcome, answer
+from orderstream.custom_resource import CustomResourceRequest, Outcome, respond
 from orderstream.settings import KafkaSettings
 from orderstream.topics import delete_topics, reconcile_topics, required_topics
 
@@ -82,7 +82,4 @@ def provision(request: CustomResourceRequest) -> Outcome:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
-    request = CustomResourceRequest.model_validate(event)
-    logger.append_keys(request_type=request.request_type, stack_request_id=request.request_id)
-    status = answer(request, provision, context.get_remaining_time_in_millis)
-    return {"Status": status}
+    return respond(event, provision, context.get_remaining_time_in_millis, logger.append_keys)

@@ -51,7 +51,7 @@ def create_only_properties(resource_type: str) -> list[tuple[str, ...]]:
     ]
 
 
-def _at(properties: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+def property_at(properties: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     node: Any = properties
     for part in path:
         if not isinstance(node, dict) or part not in node:
@@ -187,7 +187,7 @@ class Stack:
         return {n: r for n, r in self.resources.items() if r["Type"] in kinds}
 
     def resolved(self, name: str, *path: str) -> Any:
-        return self.values.resolve(_at(self.resources[name].get("Properties", {}), path))
+        return self.values.resolve(property_at(self.resources[name].get("Properties", {}), path))
 
     # ------------------------------------------------------------------ what runs, and needs
 
@@ -318,7 +318,7 @@ class Stack:
                 raise LookupError(f"{mapping}: on-demand pollers need Lambda and STS endpoints")
             needs = self.kafka_port_rules(cluster_groups, cluster_groups)
             destination = self.values.resolve(
-                _at(props, ("DestinationConfig", "OnFailure", "Destination"))
+                property_at(props, ("DestinationConfig", "OnFailure", "Destination"))
             )
             if (
                 destination
@@ -348,7 +348,7 @@ def replaced_by(stack: Stack, parameter: str) -> set[str]:
                 continue
             props = resource.get("Properties", {})
             for path in create_only_properties(resource["Type"]):
-                value = _at(props, path)
+                value = property_at(props, path)
                 if value is None:
                     continue
                 direct = mentions_parameter[name] and _mentions(stack.template, value, parameter)

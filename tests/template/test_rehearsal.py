@@ -19,7 +19,13 @@ from devstack.template import (
     parameter_errors,
     transform,
 )
-from tests.template.cloudformation import Stack, create_only_properties, replaced_by, value_changes
+from tests.template.cloudformation import (
+    Stack,
+    create_only_properties,
+    property_at,
+    replaced_by,
+    value_changes,
+)
 
 SENDER = "orders@shop.example"
 EXISTING = {"ExistingVpcId": "vpc-0123456789abcdef0", "ExistingSubnetIds": "subnet-0a,subnet-0b"}
@@ -260,19 +266,12 @@ def _collisions(stack: Stack) -> list[str]:
         for name in sorted(replaced & set(stack.resources)):
             resource = stack.resources[name]
             identity = IDENTITY.get(resource["Type"], ())
-            chosen = [_at(resource["Properties"], path) for path in identity]
+            chosen = [property_at(resource["Properties"], path) for path in identity]
             if not identity or any(value is None for value in chosen):
                 continue  # generated: a replacement gets a new one
             if not any(value_changes(stack, v, parameter, replaced) for v in chosen):
                 found.append(f"{parameter} replaces {name} under the same name")
     return found
-
-
-def _at(properties: dict[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = properties
-    for part in path:
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def test_every_resource_type_is_classified(stack: Stack) -> None:
@@ -337,7 +336,7 @@ def test_what_deletion_leaves_has_no_fixed_name(stack: Stack) -> None:
     for name in stack.kept():
         resource = stack.resources[name]
         identity = IDENTITY.get(resource["Type"], ())
-        chosen = [_at(resource["Properties"], p) for p in identity]
+        chosen = [property_at(resource["Properties"], p) for p in identity]
         if all(value is None for value in chosen):
             continue
         fresh = {

@@ -518,16 +518,25 @@ class _Run:
                 self._send(claimed)
         return waiting
 
-    def _claim(self, chunk: Sequence[_Order]) -> tuple[list[_Order], list[_Order]]:
-        def try_claim(order: _Order) -> Claim | LedgerError:
+    def _each[Out](
+        self, call: Callable[[_Order], Out], orders: Sequence[_Order]
+    ) -> list[Out | LedgerError]:
+        """`call` on every order side by side (the ledger calls of a chunk); a `LedgerError`
+        is returned in the order's place, not raised."""
+
+        def attempt(order: _Order) -> Out | LedgerError:
             try:
-                return self.ledger.claim(order.order_id, order.fingerprint)
+                return call(order)
             except LedgerError as exc:
                 return exc
 
+        return self.fan_out(attempt, orders)
+
+    def _claim(self, chunk: Sequence[_Order]) -> tuple[list[_Order], list[_Order]]:
+        claims = self._each(lambda o: self.ledger.claim(o.order_id, o.fingerprint), chunk)
         claimed: list[_Order] = []
         held: list[_Order] = []
-        for order, claim in zip(chunk, self.fan_out(try_claim, chunk), strict=True):
+        for order, claim in zip(chunk, claims, strict=True):
             if isinstance(claim, LedgerError):
                 self.outcome._fail(Problem("ledger", _clip(str(claim)), order.refs, order.order_id))
             elif claim is Claim.SENT:
@@ -647,19 +656,17 @@ class _Run:
         """Record what SES accepted, retrying while time is left: an order whose email is out
         must never be claimable again, and its claim's hold is all that guards it otherwise."""
 
-        def try_confirm(sent: tuple[_Order, Delivery]) -> LedgerError | None:
-            order, answer = sent
-            try:
-                self.ledger.confirm(order.order_id, answer.message_id or "", order.fingerprint)
-            except LedgerError as exc:
-                return exc
-            return None
-
+        message_ids = {o.order_id: a.message_id or "" for o, a in delivered}
         pending = list(delivered)
         delay_s = 0.2
         for attempt in range(1, MAX_SETTLE_ATTEMPTS + 1):
-            errors = self.fan_out(try_confirm, pending)
-            failed = [(p, e) for p, e in zip(pending, errors, strict=True) if e is not None]
+            errors = self._each(
+                lambda o: self.ledger.confirm(o.order_id, message_ids[o.order_id], o.fingerprint),
+                [o for o, _ in pending],
+            )
+            failed = [
+                (p, e) for p, e in zip(pending, errors, strict=True) if isinstance(e, LedgerError)
+            ]
             if not failed:
                 return
             pending = [p for p, _ in failed]
@@ -694,16 +701,9 @@ class _Run:
 
     def _release_all(self, orders: Sequence[_Order]) -> None:
         """Release claims side by side, as they were taken."""
-
-        def try_release(order: _Order) -> LedgerError | None:
-            try:
-                self.ledger.release(order.order_id)
-            except LedgerError as exc:
-                return exc
-            return None
-
-        for order, error in zip(orders, self.fan_out(try_release, orders), strict=True):
-            if error is not None:
+        errors = self._each(lambda o: self.ledger.release(o.order_id), orders)
+        for order, error in zip(orders, errors, strict=True):
+            if isinstance(error, LedgerError):
                 # The claim then blocks this order until its hold ends; the mapping's retries
                 # get through after that.
                 self.outcome.problems.append(

@@ -130,3 +130,16 @@ def answer(
         timer.cancel()
     reply(status, outcome)
     return status
+
+
+def respond(
+    event: Mapping[str, Any],
+    work: Callable[[CustomResourceRequest], Outcome],
+    remaining_ms: Callable[[], int],
+    log_keys: Callable[..., None],
+) -> dict[str, str]:
+    """A custom-resource handler's whole body: parse the request, name it in the logs
+    (`log_keys`, say a Powertools logger's `append_keys`), run `work` and answer once."""
+    request = CustomResourceRequest.model_validate(event)
+    log_keys(request_type=request.request_type, stack_request_id=request.request_id)
+    return {"Status": answer(request, work, remaining_ms)}
