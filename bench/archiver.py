@@ -24,23 +24,36 @@ from typing import Any
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 
 from devstack.msk_event import msk_event, sample_order_records
-from orderstream.archive import COMPRESS_LEVEL, archive_batch
+from orderstream.archive import COMPRESS_LEVEL, StoredObject, Years, archive_batch
 from orderstream.events import ORDER_EVENTS
 
 CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
 
 
+YEARS = Years(2024, 2099)
+
+
 class MemoryStore:
+    """An empty bucket: every object is new, as for a first delivery."""
+
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
 
-    def put(self, key: str, body: bytes, metadata: Mapping[str, str]) -> None:
+    def get(self, key: str) -> StoredObject | None:
+        body = self.objects.get(key)
+        return None if body is None else StoredObject(body, str(len(body)))
+
+    def put(
+        self, key: str, body: bytes, metadata: Mapping[str, str], *, replaces: str | None
+    ) -> None:
         self.objects[key] = body
 
 
 def archive(event: dict[str, Any]) -> int:
     store = MemoryStore()
-    archive_batch(ConsumerRecords(event, schema_config=ORDER_EVENTS).records, store=store)
+    archive_batch(
+        ConsumerRecords(event, schema_config=ORDER_EVENTS).records, store=store, years=YEARS
+    )
     return sum(map(len, store.objects.values()))
 
 

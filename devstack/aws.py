@@ -14,7 +14,6 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
@@ -52,9 +51,9 @@ class MotoServer:
             )
         self.port = self._requested_port or free_port()
         self._log = tempfile.TemporaryFile(prefix="moto-")  # noqa: SIM115 -- lives with the server
-        executable = Path(sys.executable).with_name("moto_server")
+        # moto_server itself, with S3's conditional writes made atomic (devstack/moto_strict.py).
         self._process = subprocess.Popen(
-            [str(executable), "-H", LOOPBACK, "-p", str(self.port)],
+            [sys.executable, "-m", "devstack.moto_strict", "-H", LOOPBACK, "-p", str(self.port)],
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

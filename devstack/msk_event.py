@@ -1,8 +1,9 @@
 """Lambda's MSK event, built from records read by a plain Kafka consumer.
 
 The shape is the one Lambda's event-source mapping sends (see DESIGN.md): records grouped under
-"<topic>-<partition>", key and value base64 (key absent when null), headers as a list of
-one-entry dicts of byte lists.
+"<topic>-<partition>", key and value base64 (key absent when null, value null for a tombstone),
+headers as a list of one-entry dicts of byte lists (null for a null header value). The Lambda
+guide's own sample event is events/msk-guide-sample.json; tests hold these events to its shape.
 """
 
 from __future__ import annotations
@@ -102,8 +103,12 @@ def msk_record(record: KafkaRecord) -> dict[str, Any]:
     }
     if record.key is not None:
         entry["key"] = base64.b64encode(record.key).decode()
-    entry["value"] = base64.b64encode(record.value or b"").decode()
-    entry["headers"] = [{name: list(value or b"")} for name, value in record.headers]
+    # A tombstone's value and a null header value are null, never "" or []: an empty value is
+    # a record of its own, and consumers must be able to tell the two apart.
+    entry["value"] = None if record.value is None else base64.b64encode(record.value).decode()
+    entry["headers"] = [
+        {name: None if value is None else list(value)} for name, value in record.headers
+    ]
     return entry
 
 

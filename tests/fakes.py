@@ -1,18 +1,78 @@
-"""Small real stand-ins shared by tests: a Lambda context and an HTTP server that records PUTs."""
+"""Small real stand-ins shared by tests: a Lambda context, an HTTP server that records PUTs, and
+an archive store that enforces S3's conditional writes atomically."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from devstack.context import LambdaContext
+from orderstream.archive import StoredObject, WriteConflict
 
-__all__ = ["LambdaContext", "Recorded", "emitted_metrics", "recording_http_server"]
+__all__ = [
+    "ConditionalStore",
+    "LambdaContext",
+    "Recorded",
+    "emitted_metrics",
+    "recording_http_server",
+]
+
+
+class ConditionalStore:
+    """An archive store with S3's documented conditional-write semantics, checked atomically.
+
+    moto checks If-Match / If-None-Match with a read then a write, unlocked; S3 does not let two
+    conditional writers both win, and neither does this store. Hooks let a test put another
+    writer between a read and a write (`before_put`), answer 409 ConditionalRequestConflict
+    (`conflict`) or fail like a lost connection (`fail`), each by key.
+    """
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, dict[str, str], str]] = {}
+        self._lock = threading.Lock()
+        self.gets = 0
+        self.puts = 0
+        self.refused = 0
+        self.before_put: Callable[[str], None] | None = None
+        self.conflict: Callable[[str], bool] = lambda key: False
+        self.fail: Callable[[str], bool] = lambda key: False
+
+    def get(self, key: str) -> StoredObject | None:
+        with self._lock:
+            self.gets += 1
+            found = self.objects.get(key)
+        return None if found is None else StoredObject(found[0], found[2])
+
+    def put(
+        self, key: str, body: bytes, metadata: Mapping[str, str], *, replaces: str | None
+    ) -> None:
+        hook, self.before_put = self.before_put, None  # one slipped-in writer per arming
+        if hook is not None:
+            hook(key)
+        if self.fail(key):
+            raise ConnectionError(f"injected: S3 unreachable writing {key}")
+        with self._lock:
+            self.puts += 1
+            current = self.objects.get(key)
+            if self.conflict(key):
+                self.refused += 1
+                raise WriteConflict(f"{key}: 409 ConditionalRequestConflict")
+            if (current is None) != (replaces is None) or (
+                current is not None and current[2] != replaces
+            ):
+                self.refused += 1
+                raise WriteConflict(f"{key}: 412 PreconditionFailed")
+            etag = f'"{hashlib.md5(body).hexdigest()}"'  # noqa: S324 -- S3's single-part ETag
+            self.objects[key] = (body, dict(metadata), etag)
+
+    def contents(self) -> dict[str, tuple[bytes, dict[str, str]]]:
+        return {key: (body, metadata) for key, (body, metadata, _) in self.objects.items()}
 
 
 @dataclass

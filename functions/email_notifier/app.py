@@ -52,6 +52,7 @@ from orderstream.confirmation import (
     ConfirmationOutcome,
     DeadLetterError,
     Delivery,
+    KafkaBatchResponse,
     LedgerError,
     MailerError,
     Problem,
@@ -66,7 +67,6 @@ from orderstream.events import ORDER_EVENTS
 from orderstream.redaction import masked_log_line
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -341,7 +341,7 @@ def _looks_like_address(text: str) -> bool:
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 @kafka_consumer(schema_config=ORDER_EVENTS)
-def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> PartialItemFailureResponse:
+def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> KafkaBatchResponse:
     wired = notifier()
     wired.ledger.register_lambda_context(context)
     outcome = confirm_batch(

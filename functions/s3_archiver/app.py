@@ -16,9 +16,18 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords, kafka_consumer
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from orderstream import settings
-from orderstream.archive import CONTENT_ENCODING, CONTENT_TYPE, ArchiveOutcome, archive_batch
+from orderstream.archive import (
+    CONTENT_ENCODING,
+    CONTENT_TYPE,
+    ArchiveOutcome,
+    StoredObject,
+    WriteConflict,
+    Years,
+    archive_batch,
+)
 from orderstream.events import ORDER_EVENTS
 
 if TYPE_CHECKING:
@@ -43,21 +52,53 @@ S3_CONFIG: Final = Config(
 
 
 class S3ArchiveStore:
-    """The archive bucket. One PutObject per object: S3 shows it whole or not at all."""
+    """The archive bucket, with S3's conditional writes (If-None-Match / If-Match)."""
 
     def __init__(self, client: S3Client, bucket: str) -> None:
         self.client = client
         self.bucket = bucket
 
-    def put(self, key: str, body: bytes, metadata: Mapping[str, str]) -> None:
-        self.client.put_object(
-            Bucket=self.bucket,
-            Key=key,
-            Body=body,
-            Metadata=dict(metadata),
-            ContentType=CONTENT_TYPE,
-            ContentEncoding=CONTENT_ENCODING,
-        )
+    def get(self, key: str) -> StoredObject | None:
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in {"NoSuchKey", "404"}:
+                return None
+            raise
+        # botocore hands back the stored bytes: it does not undo Content-Encoding: gzip.
+        return StoredObject(response["Body"].read(), response["ETag"])
+
+    def put(
+        self, key: str, body: bytes, metadata: Mapping[str, str], *, replaces: str | None
+    ) -> None:
+        condition = {"IfNoneMatch": "*"} if replaces is None else {"IfMatch": replaces}
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                Metadata=dict(metadata),
+                ContentType=CONTENT_TYPE,
+                ContentEncoding=CONTENT_ENCODING,
+                **condition,  # type: ignore[arg-type]
+            )
+        except ClientError as exc:
+            # 412: another writer's version is there now; 409 ConditionalRequestConflict: one
+            # is being written; 404 NoSuchKey: the object read is gone. Each: read again.
+            if _code(exc) in CONDITION_LOST:
+                raise WriteConflict(f"{key}: {_code(exc)}") from exc
+            raise
+
+
+CONDITION_LOST: Final = frozenset(
+    {"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"}
+)
+
+
+def _code(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(error.get("Code") or status)
 
 
 @functools.cache
@@ -68,16 +109,21 @@ def archive_store() -> S3ArchiveStore:
     return S3ArchiveStore(client, settings.required(settings.ARCHIVE_BUCKET))
 
 
+@functools.cache
+def archive_years() -> Years:
+    return Years.parse(settings.required(settings.ARCHIVE_YEARS))
+
+
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 @kafka_consumer(schema_config=ORDER_EVENTS)
 def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> dict[str, int]:
     try:
-        outcome = archive_batch(event.records, store=archive_store())
+        outcome = archive_batch(event.records, store=archive_store(), years=archive_years())
     except Exception:
-        # Failing the invocation makes the mapping redeliver the whole batch; objects already
-        # written are rewritten with the same bytes.
+        # Failing the invocation makes the mapping redeliver the whole batch; the merge finds
+        # the records already written and adds only the rest.
         logger.exception("Archiving the batch failed; the mapping will redeliver it")
         raise
     record_metrics(outcome)
@@ -86,23 +132,27 @@ def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> dict[str, 
 
 def record_metrics(outcome: ArchiveOutcome) -> None:
     metrics.add_metric(name="RecordsArchived", unit=MetricUnit.Count, value=outcome.archived)
-    metrics.add_metric(name="ObjectsWritten", unit=MetricUnit.Count, value=len(outcome.objects))
+    metrics.add_metric(name="RecordsAdded", unit=MetricUnit.Count, value=outcome.added)
+    metrics.add_metric(name="ObjectsWritten", unit=MetricUnit.Count, value=len(outcome.written))
     metrics.add_metric(name="BytesWritten", unit=MetricUnit.Bytes, value=outcome.bytes_written)
     metrics.add_metric(name="PoisonRecordsArchived", unit=MetricUnit.Count, value=outcome.poison)
+    metrics.add_metric(name="WriteConflicts", unit=MetricUnit.Count, value=outcome.conflicts)
     for archived in outcome.objects:
         logger.info(
-            "Archived object",
+            "Archived object" if archived.written else "Object already held the records",
             key=archived.key,
+            delivered=archived.delivered,
+            added=archived.added,
             records=archived.records,
             first_offset=archived.first_offset,
             last_offset=archived.last_offset,
             bytes=archived.size,
-            poison=archived.poison,
+            conflicts=archived.conflicts,
         )
-        if archived.poison:
+        if archived.poison_added:
             logger.warning(
                 "Poison records archived raw",
                 key=archived.key,
-                poison=archived.poison,
+                poison=archived.poison_added,
                 samples=[{"offset": o, "error": e} for o, e in archived.poison_samples],
             )

@@ -358,7 +358,7 @@ def test_glue_table_describes_the_archive_lines(cfn: dict[str, Any], resolve: Re
 
     from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 
-    from orderstream.archive import archive_line, object_key
+    from orderstream.archive import Years, archive_line, object_key
     from orderstream.events import ORDER_EVENTS
     from tests.samples import load_event
 
@@ -370,7 +370,17 @@ def test_glue_table_describes_the_archive_lines(cfn: dict[str, Any], resolve: Re
     assert set(line["value"]) == _hive_fields(columns["value"])
     assert set(line["value"]["order"]) >= {"order_id", "customer", "items", "currency", "total"}
 
-    key = object_key("order-placed", 3, 42, records[0].timestamp)
+    # The archiver's years are the table's: every key it writes lies inside the projection.
+    archiver = cfn["Resources"]["S3ArchiverFunction"]["Properties"]["Environment"]["Variables"]
+    years = Years.parse(resolve.resolve(archiver["ARCHIVE_YEARS"]))
+    projected = table["Parameters"]["projection.year.range"]
+    assert Years.parse(projected) == years
+    for timestamp in (-1, 0, records[0].timestamp, 2**63 - 1):
+        year = re.search(r"year=(\d+)", object_key("t", 0, 0, years.hour_of(timestamp)))
+        assert year is not None
+        assert years.first <= int(year[1]) <= years.last
+
+    key = object_key("order-placed", 3, 42, years.hour_of(records[0].timestamp))
     location = table["Parameters"]["storage.location.template"]
     bucket_prefix = "s3://ArchiveBucket-physical/"
     assert location.startswith(bucket_prefix)

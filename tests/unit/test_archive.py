@@ -3,48 +3,50 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecordRecords
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devstack.msk_event import PlainRecord, msk_record
+from orderstream import archive
 from orderstream.archive import (
+    OFFSETS_PER_OBJECT,
+    ArchiveConflictError,
     ArchiveOutcome,
+    Years,
     archive_batch,
     archive_line,
     object_key,
+    read_lines,
+    value_bytes,
 )
 from orderstream.events import ORDER_EVENTS
+from tests.fakes import ConditionalStore
 from tests.samples import load_event
 
 HOUR_14 = "topics/order-placed/year=2026/month=11/day=25/hour=14"
 SAMPLE_KEYS = {
-    f"{HOUR_14}/order-placed+0+00000000000000000040.jsonl.gz",
-    f"{HOUR_14}/order-placed+1+00000000000000000140.jsonl.gz",
-    f"{HOUR_14}/order-placed+2+00000000000000000240.jsonl.gz",
+    f"{HOUR_14}/order-placed+0+00000000000000000000.jsonl.gz",
+    f"{HOUR_14}/order-placed+1+00000000000000000000.jsonl.gz",
+    f"{HOUR_14}/order-placed+2+00000000000000000000.jsonl.gz",
 }
 
 
-class MemoryStore:
-    """An ArchiveStore that keeps objects in a dict and can be told to fail on its n-th put."""
-
-    def __init__(self, fail_on_put: int | None = None) -> None:
-        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
-        self.puts = 0
-        self.fail_on_put = fail_on_put
-
-    def put(self, key: str, body: bytes, metadata: Mapping[str, str]) -> None:
-        self.puts += 1
-        if self.puts == self.fail_on_put:
-            raise ConnectionError("injected: S3 unreachable")
-        self.objects[key] = (body, dict(metadata))
+YEARS = Years(2024, 2099)
+HOUR_13_MS = 1795611600000  # 2026-11-25T13:00:00Z
 
 
 def consumer_record(raw: dict[str, Any]) -> ConsumerRecordRecords:
@@ -60,6 +62,40 @@ def three_partition_event() -> dict[str, Any]:
 
 def records_of(event: dict[str, Any]) -> list[ConsumerRecordRecords]:
     return list(ConsumerRecords(event, schema_config=ORDER_EVENTS).records)
+
+
+def plain_records(offsets: Iterable[int], hours: int = 1) -> list[PlainRecord]:
+    """Orders-like records at `offsets`, spread over `hours` hours from 13:00."""
+    spread = 3_600_000 * hours
+    return [
+        PlainRecord(
+            b"k",
+            json.dumps({"offset": o, "note": "an event"}).encode(),
+            offset=o,
+            timestamp=HOUR_13_MS + (o * 7_919_000) % spread,
+        )
+        for o in offsets
+    ]
+
+
+def as_lambda(records: Iterable[PlainRecord]) -> list[ConsumerRecordRecords]:
+    return [consumer_record(msk_record(r)) for r in records]
+
+
+def clean_archive(records: Sequence[PlainRecord]) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """The archive one delivery of `records` in a single batch writes to an empty bucket."""
+    store = ConditionalStore()
+    archive_batch(as_lambda(records), store=store, years=YEARS)
+    return store.contents()
+
+
+def archived_offsets(store: ConditionalStore) -> list[int]:
+    """Every offset in the archive, as often as it is there."""
+    return sorted(
+        json.loads(line)["offset"]
+        for body, _ in store.contents().values()
+        for line in read_lines(body)
+    )
 
 
 def lines_of(body: bytes) -> list[dict[str, Any]]:
@@ -110,9 +146,12 @@ def assert_line_is_record(line: dict[str, Any], raw: dict[str, Any]) -> None:
         assert line["value_base64"] is None
         assert "tombstone" in line["error"]
     elif line["value_base64"] is not None:
-        assert line["value"] is None
         assert base64.b64decode(line["value_base64"]) == base64.b64decode(raw_value)
-        assert line["error"]
+        if line["error"] is None:  # a JSON object with line breaks, embedded re-serialised
+            assert line["value"] == json.loads(base64.b64decode(raw_value))
+            assert b"\n" in base64.b64decode(raw_value) or b"\r" in base64.b64decode(raw_value)
+        else:
+            assert line["value"] is None
     else:
         assert line["value"] == json.loads(base64.b64decode(raw_value))
         assert isinstance(line["value"], dict)
@@ -123,21 +162,24 @@ def assert_line_is_record(line: dict[str, Any], raw: dict[str, Any]) -> None:
 
 def test_three_partitions_give_three_objects_whose_lines_are_the_records() -> None:
     event = three_partition_event()
-    store = MemoryStore()
+    store = ConditionalStore()
 
-    outcome = archive_batch(records_of(event), store=store)
+    outcome = archive_batch(records_of(event), store=store, years=YEARS)
 
     assert set(store.objects) == SAMPLE_KEYS
     assert outcome.summary() == {
         "archived": 8,
+        "added": 8,
         "poison": 1,
         "objects": 3,
-        "bytes": sum(len(body) for body, _ in store.objects.values()),
+        "bytes": sum(len(body) for body, _ in store.contents().values()),
+        "conflicts": 0,
     }
     for group in event["records"].values():
         first = group[0]
-        key = f"{HOUR_14}/order-placed+{first['partition']}+{first['offset']:020d}.jsonl.gz"
-        body, metadata = store.objects[key]
+        block = first["offset"] - first["offset"] % OFFSETS_PER_OBJECT
+        key = f"{HOUR_14}/order-placed+{first['partition']}+{block:020d}.jsonl.gz"
+        body, metadata = store.contents()[key]
         lines = lines_of(body)
         assert len(lines) == len(group)
         for line, raw in zip(lines, group, strict=True):
@@ -150,37 +192,38 @@ def test_three_partitions_give_three_objects_whose_lines_are_the_records() -> No
         }
 
 
-def test_same_batch_twice_gives_the_same_keys_and_bytes() -> None:
-    store = MemoryStore()
-    archive_batch(records_of(three_partition_event()), store=store)
-    first = dict(store.objects)
+def test_same_batch_twice_reads_and_writes_nothing_new() -> None:
+    store = ConditionalStore()
+    archive_batch(records_of(three_partition_event()), store=store, years=YEARS)
+    first, puts = store.contents(), store.puts
 
-    archive_batch(records_of(three_partition_event()), store=store)
+    outcome = archive_batch(records_of(three_partition_event()), store=store, years=YEARS)
 
-    assert store.objects == first
-    assert store.puts == 6
+    assert store.contents() == first
+    assert store.puts == puts  # nothing new: no write, so no new S3 version either
+    assert (outcome.archived, outcome.added, outcome.written) == (8, 0, ())
 
 
 def test_gzip_header_carries_no_time_or_name() -> None:
-    store = MemoryStore()
-    archive_batch(records_of(load_event("msk-null-key.json")), store=store)
-    [(body, _)] = store.objects.values()
+    store = ConditionalStore()
+    archive_batch(records_of(load_event("msk-null-key.json")), store=store, years=YEARS)
+    [(body, _)] = store.contents().values()
     magic, method, flags, mtime = body[:2], body[2], body[3], body[4:8]
     assert (magic, method, flags, mtime) == (b"\x1f\x8b", 8, 0, b"\0\0\0\0")
 
 
 def test_poison_record_is_archived_raw_with_its_error_between_good_ones() -> None:
     event = load_event("msk-poison.json")
-    store = MemoryStore()
+    store = ConditionalStore()
 
-    outcome = archive_batch(records_of(event), store=store)
+    outcome = archive_batch(records_of(event), store=store, years=YEARS)
 
     [archived] = outcome.objects
-    assert (archived.records, archived.poison) == (3, 1)
+    assert (archived.records, archived.poison, archived.poison_added) == (3, 1, 1)
     [(offset, error)] = archived.poison_samples
     assert offset == 241
     assert error.startswith("value is not UTF-8 JSON: UnicodeDecodeError")
-    good, poison, good_again = lines_of(store.objects[archived.key][0])
+    good, poison, good_again = lines_of(store.contents()[archived.key][0])
     assert poison["value"] is None
     assert poison["value_base64"] == event["records"]["order-placed-2"][1]["value"]
     assert poison["error"] == error
@@ -191,82 +234,285 @@ def test_poison_record_is_archived_raw_with_its_error_between_good_ones() -> Non
 
 def test_null_key_is_kept_as_null() -> None:
     event = load_event("msk-null-key.json")
-    store = MemoryStore()
+    store = ConditionalStore()
 
-    archive_batch(records_of(event), store=store)
+    archive_batch(records_of(event), store=store, years=YEARS)
 
-    [(body, _)] = store.objects.values()
+    [(body, _)] = store.contents().values()
     [line] = lines_of(body)
     assert (line["key"], line["key_encoding"]) == (None, None)
     assert line["error"] is None
     assert_line_is_record(line, event["records"]["order-placed-0"][0])
 
 
-def test_empty_batch_writes_nothing() -> None:
-    store = MemoryStore()
-    outcome = archive_batch([], store=store)
+def test_empty_batch_reads_and_writes_nothing() -> None:
+    store = ConditionalStore()
+    outcome = archive_batch([], store=store, years=YEARS)
     assert outcome == ArchiveOutcome(())
-    assert outcome.summary() == {"archived": 0, "poison": 0, "objects": 0, "bytes": 0}
-    assert store.puts == 0
+    assert outcome.summary() == {
+        "archived": 0,
+        "added": 0,
+        "poison": 0,
+        "objects": 0,
+        "bytes": 0,
+        "conflicts": 0,
+    }
+    assert (store.gets, store.puts) == (0, 0)
 
 
-def test_failed_put_raises_and_a_retry_rewrites_the_same_bytes() -> None:
-    failing = MemoryStore(fail_on_put=2)
+def test_failed_put_raises_and_the_retry_completes_the_same_objects() -> None:
+    failing = ConditionalStore()
+    second = sorted(SAMPLE_KEYS)[1]
+    failing.fail = lambda key: key == second
     with pytest.raises(ConnectionError):
-        archive_batch(records_of(three_partition_event()), store=failing)
-    # Objects go out in topic-partition order: partition 0 was written, 1 failed, 2 never ran.
+        archive_batch(records_of(three_partition_event()), store=failing, years=YEARS)
+    # Objects go out in key order: partition 0 was written, 1 failed, 2 never ran.
     assert set(failing.objects) == {min(SAMPLE_KEYS)}
 
-    healthy = MemoryStore()
-    archive_batch(records_of(three_partition_event()), store=healthy)
-    assert set(healthy.objects) == SAMPLE_KEYS
-    assert healthy.objects[min(SAMPLE_KEYS)] == failing.objects[min(SAMPLE_KEYS)]
+    failing.fail = lambda key: False
+    archive_batch(records_of(three_partition_event()), store=failing, years=YEARS)
+    clean = ConditionalStore()
+    archive_batch(records_of(three_partition_event()), store=clean, years=YEARS)
+    assert failing.contents() == clean.contents()
 
 
-def test_redelivery_with_more_records_replaces_the_object_rather_than_adding_one() -> None:
-    first = [PlainRecord(b"k", b"{}", offset=o, timestamp=1_000 * o) for o in (7, 8)]
-    more = [*first, PlainRecord(b"k", b"{}", offset=9, timestamp=9_000)]
-    store = MemoryStore()
+def test_a_redelivery_that_shrinks_keeps_the_records_a_bigger_one_wrote() -> None:
+    """The old layout lost 151-200 here: 100-200 then 100-150 overwrote under one name."""
+    records = plain_records(range(100, 201))
+    store = ConditionalStore()
 
-    archive_batch([consumer_record(msk_record(r)) for r in first], store=store)
-    archive_batch([consumer_record(msk_record(r)) for r in more], store=store)
+    archive_batch(as_lambda(records), store=store, years=YEARS)
+    archive_batch(as_lambda(records[:51]), store=store, years=YEARS)
 
-    [(key, (body, metadata))] = store.objects.items()
-    assert key.endswith("/order-placed+0+00000000000000000007.jsonl.gz")
-    assert [line["offset"] for line in lines_of(body)] == [7, 8, 9]
-    assert metadata["last-offset"] == "9"
+    assert archived_offsets(store) == list(range(100, 201))
+    assert store.contents() == clean_archive(records)
+
+
+def test_a_redelivery_that_starts_inside_an_archived_range_adds_no_second_copy() -> None:
+    records = plain_records(range(0, 60))
+    store = ConditionalStore()
+
+    archive_batch(as_lambda(records[:40]), store=store, years=YEARS)
+    archive_batch(as_lambda(records[25:]), store=store, years=YEARS)
+
+    assert archived_offsets(store) == list(range(60))
+    assert store.contents() == clean_archive(records)
+
+
+def test_a_batch_across_blocks_and_hours_files_each_record_by_its_own_offset_and_hour() -> None:
+    before = 1795615199999  # 2026-11-25T13:59:59.999Z
+    records = [
+        PlainRecord(b"k", b"{}", offset=998, timestamp=before),
+        PlainRecord(b"k", b"{}", offset=999, timestamp=before + 1),
+        PlainRecord(b"k", b"{}", offset=1000, timestamp=before),  # producer clocks disagree
+        PlainRecord(b"k", b"{}", offset=1001, timestamp=before + 2),
+    ]
+    store = ConditionalStore()
+
+    archive_batch(as_lambda(records), store=store, years=YEARS)
+
+    day = "topics/order-placed/year=2026/month=11/day=25"
+    assert {
+        key: [line["offset"] for line in lines_of(body)]
+        for key, (body, _) in store.contents().items()
+    } == {
+        f"{day}/hour=13/order-placed+0+00000000000000000000.jsonl.gz": [998],
+        f"{day}/hour=14/order-placed+0+00000000000000000000.jsonl.gz": [999],
+        f"{day}/hour=13/order-placed+0+00000000000000001000.jsonl.gz": [1000],
+        f"{day}/hour=14/order-placed+0+00000000000000001000.jsonl.gz": [1001],
+    }
+
+
+# --- concurrent writers --------------------------------------------------------------------------
+
+
+def test_a_writer_that_slips_in_between_read_and_write_is_merged_not_overwritten() -> None:
+    records = plain_records(range(0, 30))
+    store = ConditionalStore()
+    archive_batch(as_lambda(records[:5]), store=store, years=YEARS)
+
+    def other_poller(key: str) -> None:
+        archive_batch(as_lambda(records[10:30]), store=store, years=YEARS)
+
+    store.before_put = other_poller
+    outcome = archive_batch(as_lambda(records[:20]), store=store, years=YEARS)
+
+    assert outcome.conflicts == 1
+    assert archived_offsets(store) == list(range(30))
+    assert store.contents() == clean_archive(records)
+
+
+def test_409_conditional_request_conflicts_are_retried_and_endless_ones_fail_the_batch() -> None:
+    records = plain_records(range(0, 10))
+    store = ConditionalStore()
+    answers = iter([True, True, False])
+    store.conflict = lambda key: next(answers, False)
+    assert archive_batch(as_lambda(records), store=store, years=YEARS).conflicts == 2
+    assert store.contents() == clean_archive(records)
+
+    store.conflict = lambda key: True
+    with pytest.raises(ArchiveConflictError, match="8 conditional writes"):
+        archive_batch(as_lambda(plain_records(range(10, 20))), store=store, years=YEARS)
+    assert archived_offsets(store) == list(range(10))
+
+
+def test_two_pollers_at_once_on_real_threads_leave_every_offset_once() -> None:
+    records = plain_records(range(0, 3000, 1), hours=3)
+    ranges = [(0, 2000), (500, 3000), (1500, 2500), (0, 3000)]
+    for first, second in itertools.combinations(ranges, 2):
+        store = ConditionalStore()
+        barrier = threading.Barrier(2)
+
+        def deliver(
+            span: tuple[int, int],
+            store: ConditionalStore = store,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
+            barrier.wait()
+            archive_batch(as_lambda(records[span[0] : span[1]]), store=store, years=YEARS)
+
+        threads = [threading.Thread(target=deliver, args=(span,)) for span in (first, second)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        covered = sorted({*range(*first), *range(*second)})
+        assert archived_offsets(store) == covered
+        assert store.contents() == clean_archive([records[i] for i in covered])
+
+
+@st.composite
+def deliveries(draw: st.DrawFn) -> tuple[list[PlainRecord], list[Delivery]]:
+    """A partition's records and a sequence of deliveries of them: any ranges, in any order,
+    some failing partway (then repeated, as the mapping does), some overlapping another that
+    runs in the middle of them."""
+    base = draw(st.sampled_from([0, 7, 993]))
+    count = draw(st.integers(1, 30))
+    hours = draw(st.lists(st.integers(0, 2), min_size=count, max_size=count))
+    records = [
+        PlainRecord(
+            b"k",
+            json.dumps({"n": base + i}).encode() if i % 7 else b"\xff poison",
+            offset=base + i,
+            timestamp=HOUR_13_MS + hours[i] * 3_600_000 + i,
+        )
+        for i in range(count)
+    ]
+    span = st.tuples(st.integers(0, count - 1), st.integers(1, count)).map(
+        lambda t: (min(t), max(t[0] + 1, t[1]))
+    )
+    sequence = draw(
+        st.lists(
+            st.builds(
+                Delivery,
+                span=span,
+                fails_after_puts=st.none() | st.integers(0, 3),
+                interleaved=st.none() | span,
+                conflicts=st.integers(0, 2),
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    return records, sequence
+
+
+@dataclass(frozen=True)
+class Delivery:
+    span: tuple[int, int]
+    fails_after_puts: int | None  # the connection drops after this many successful writes
+    interleaved: tuple[int, int] | None  # another poller's delivery, run inside this one
+    conflicts: int  # 409s S3 answers first
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(deliveries(), st.sampled_from([3, 10, OFFSETS_PER_OBJECT]))
+def test_any_sequence_of_deliveries_gives_the_archive_of_one_clean_delivery(
+    case: tuple[list[PlainRecord], list[Delivery]], block: int
+) -> None:
+    records, sequence = case
+    store = ConditionalStore()
+    delivered: set[int] = set()
+    with patch.object(archive, "OFFSETS_PER_OBJECT", block):
+        for delivery in sequence:
+            batch = records[delivery.span[0] : delivery.span[1]]
+            if delivery.interleaved is not None:
+                other = records[delivery.interleaved[0] : delivery.interleaved[1]]
+
+                def other_poller(key: str, other: list[PlainRecord] = other) -> None:
+                    # The other poller has its own connection: this one's drop is not its.
+                    fail, store.fail = store.fail, lambda key: False
+                    archive_batch(as_lambda(other), store=store, years=YEARS)
+                    delivered.update(r.offset for r in other)
+                    store.fail = fail
+
+                store.before_put = other_poller
+            refusals: Iterator[int] = iter(range(delivery.conflicts))
+            store.conflict = lambda key: next(refusals, None) is not None  # noqa: B023
+            if delivery.fails_after_puts is not None:
+                writes: int = store.puts + delivery.fails_after_puts
+                store.fail = lambda key: store.puts >= writes  # noqa: B023
+                with contextlib.suppress(ConnectionError):
+                    archive_batch(as_lambda(batch), store=store, years=YEARS)
+                store.fail = lambda key: False  # the mapping redelivers the failed batch
+            store.before_put = None
+            archive_batch(as_lambda(batch), store=store, years=YEARS)
+            delivered.update(r.offset for r in batch)
+
+        expected = [r for r in records if r.offset in delivered]
+        assert archived_offsets(store) == sorted(delivered)
+        assert store.contents() == clean_archive(expected)
 
 
 # --- object names ------------------------------------------------------------------------------
 
 
-def test_a_batch_across_an_hour_is_filed_under_its_first_records_hour() -> None:
-    before = 1795615199999  # 2026-11-25T13:59:59.999Z
-    records = [
-        PlainRecord(b"k", b"{}", offset=12, timestamp=before),
-        PlainRecord(b"k", b"{}", offset=13, timestamp=before + 1),
-    ]
-    store = MemoryStore()
-    archive_batch([consumer_record(msk_record(r)) for r in records], store=store)
-    assert set(store.objects) == {
-        "topics/order-placed/year=2026/month=11/day=25/hour=13/"
-        "order-placed+0+00000000000000000012.jsonl.gz"
-    }
-
-
-def test_object_key_pads_like_kafka_connect() -> None:
-    assert object_key("orders", 3, 5, 0) == (
-        "topics/orders/year=1970/month=01/day=01/hour=00/orders+3+00000000000000000005.jsonl.gz"
+def test_object_key_pads_like_kafka_connect_with_the_blocks_first_offset() -> None:
+    hour = datetime(2026, 11, 25, 14, tzinfo=UTC)
+    assert object_key("orders", 3, 5, hour) == (
+        "topics/orders/year=2026/month=11/day=25/hour=14/orders+3+00000000000000000000.jsonl.gz"
     )
-    assert object_key("orders", 0, 2**63 - 1, 0).endswith("+09223372036854775807.jsonl.gz")
+    assert object_key("orders", 3, 2005, hour).endswith("+00000000000000002000.jsonl.gz")
+    assert object_key("orders", 0, 2**63 - 1, hour).endswith("+09223372036854775000.jsonl.gz")
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "hour"),
+    [
+        (-1, "year=2024/month=01/day=01/hour=00"),  # "no timestamp" from an old client
+        (0, "year=2024/month=01/day=01/hour=00"),
+        (1704067199999, "year=2024/month=01/day=01/hour=00"),  # the last ms of 2023
+        (1704067200000, "year=2024/month=01/day=01/hour=00"),
+        (1795615328000, "year=2026/month=11/day=25/hour=14"),
+        (4102444800000, "year=2099/month=12/day=31/hour=23"),  # 2100-01-01
+        (2**63 - 1, "year=2099/month=12/day=31/hour=23"),
+        (-(2**63), "year=2024/month=01/day=01/hour=00"),
+    ],
+)
+def test_records_dated_outside_the_tables_years_are_filed_at_its_edges(
+    timestamp: int, hour: str
+) -> None:
+    store = ConditionalStore()
+    record = PlainRecord(b"k", b"{}", offset=3, timestamp=timestamp)
+    archive_batch(as_lambda([record]), store=store, years=YEARS)
+    [key] = store.objects
+    assert f"/{hour}/" in key
+    [line] = lines_of(store.contents()[key][0])
+    assert line["timestamp"] == timestamp  # the record keeps its own time
 
 
 @given(st.integers(min_value=-(2**63), max_value=2**63 - 1))
-def test_object_key_is_well_formed_for_any_timestamp(timestamp: int) -> None:
-    key = object_key("order-placed", 1, 42, timestamp)
-    parts = key.split("/")
-    assert [p.split("=")[0] for p in parts[2:6]] == ["year", "month", "day", "hour"]
-    assert [len(p.split("=")[1]) for p in parts[2:6]] == [4, 2, 2, 2]
+def test_every_key_lies_inside_the_projected_years(timestamp: int) -> None:
+    key = object_key("order-placed", 1, 42, YEARS.hour_of(timestamp))
+    parts = dict(p.split("=") for p in key.split("/")[2:6])
+    assert YEARS.first <= int(parts["year"]) <= YEARS.last
+    assert [len(v) for v in parts.values()] == [4, 2, 2, 2]
+
+
+@pytest.mark.parametrize("text", ["2024", "2099,2024", "x,y", "1969,2000", ""])
+def test_years_refuse_what_is_not_an_ascending_range(text: str) -> None:
+    with pytest.raises(ValueError, match="archive years"):
+        Years.parse(text)
 
 
 # --- lines -------------------------------------------------------------------------------------
@@ -309,8 +555,12 @@ def test_empty_key_is_not_a_null_key() -> None:
         (b'"just a string"', "value is JSON but a string, not an event object"),
         (b"[1, 2]", "value is JSON but an array, not an event object"),
         (b"null", "value is JSON but null, not an event object"),
-        (b'{"total": NaN}', "value is not portable JSON: ValueError"),
-        (b'{"total": 1e999}', "value is not portable JSON: ValueError"),
+        (b'{"total": NaN}', "value is not portable JSON: NaN is not JSON"),
+        (b'{"total": 1e999}', "value is not portable JSON: 1e999 does not fit a double"),
+        (b'{"a": 1, "a": 2}', "value is not portable JSON: repeated key 'a'"),
+        (b'{"o": {"a": 1, "b": {}, "a": 2}}', "value is not portable JSON: repeated key 'a'"),
+        (b"\xef\xbb\xbf{}", "value is not UTF-8 JSON: JSONDecodeError"),  # a byte-order mark
+        (b"[" * 100_000, "value is not portable JSON: nested too deeply"),
     ],
 )
 def test_values_that_are_not_event_objects_are_kept_raw(value: bytes, reason: str) -> None:
@@ -335,13 +585,35 @@ def test_tombstone_has_no_value_and_says_so(absent: bool) -> None:
     assert line["error"] == "value is null (a tombstone), not an event"
 
 
-def test_line_is_compact_sorted_ascii_json() -> None:
-    raw = msk_record(PlainRecord("ключ".encode(), json.dumps({"b": "ü", "a": 1}).encode()))
+def test_an_event_keeps_its_original_text_as_the_lines_last_field() -> None:
+    text = '{ "b": "ü",\t"a": 1.50, "big": 12345678901234567890123 }'.encode()
+    raw = msk_record(PlainRecord("ключ".encode(), text))
     data = archive_line(consumer_record(raw)).data
-    assert data.isascii()
+    line = json.loads(data)
     assert b"\n" not in data
-    assert data == json.dumps(json.loads(data), sort_keys=True, separators=(",", ":")).encode()
-    assert json.loads(data)["key"] == "ключ"
+    assert data.endswith(b',"value":' + text + b"}")
+    assert value_bytes(data) == text
+    assert line["value"] == {"b": "ü", "a": 1.5, "big": 12345678901234567890123}
+    assert (line["value_base64"], line["error"]) == (None, None)
+    assert list(line)[:5] == ["topic", "partition", "offset", "timestamp", "timestamp_type"]
+    assert line["key"] == "ключ"
+
+
+@pytest.mark.parametrize("text", [b'{\n  "a": 1\n}\n', b'{"a":\r\n1}'])
+def test_an_event_with_line_breaks_is_embedded_reserialised_with_its_bytes_beside(
+    text: bytes,
+) -> None:
+    data = archive_line(consumer_record(msk_record(PlainRecord(b"k", text)))).data
+    line = json.loads(data)
+    assert b"\n" not in data
+    assert b"\r" not in data
+    assert (line["value"], line["error"]) == ({"a": 1}, None)
+    assert value_bytes(data) == text
+
+
+def test_a_tombstone_gives_back_no_value_bytes() -> None:
+    data = archive_line(consumer_record(msk_record(PlainRecord(b"k", None)))).data
+    assert value_bytes(data) is None
 
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text()
@@ -386,7 +658,9 @@ def test_any_bytes_make_a_line_that_round_trips(
     assert b"\n" not in archived.data
     assert line["error"] == archived.error
     assert_line_is_record(line, raw)
-    store = MemoryStore()
-    archive_batch([consumer_record(raw)], store=store)
-    [(body, _)] = store.objects.values()
+    original = raw.get("value")
+    assert value_bytes(archived.data) == (None if original is None else base64.b64decode(original))
+    store = ConditionalStore()
+    archive_batch([consumer_record(raw)], store=store, years=YEARS)
+    [(body, _)] = store.contents().values()
     assert lines_of(body) == [line]

@@ -347,7 +347,15 @@ def test_poison_that_cannot_be_dead_lettered_is_reported_for_retry(
     response = invoke(notifier, load_event("msk-poison.json"))
 
     assert response == {
-        "batchItemFailures": [{"itemIdentifier": {"partition": "order-placed-2", "offset": 241}}]
+        "batchItemFailures": [
+            {
+                "itemIdentifier": {
+                    "partition": "order-placed-2",
+                    "topic-partition": "order-placed-2",
+                    "offset": 241,
+                }
+            }
+        ]
     }
     assert len(outbox()) == 2
 
@@ -433,6 +441,7 @@ def test_a_destination_failing_mid_chunk_is_the_only_one_sent_again(
     [record] = [r for r in records if r.key == victim.encode()]
     assert failure["itemIdentifier"] == {
         "partition": f"order-placed-{record.partition}",
+        "topic-partition": f"order-placed-{record.partition}",
         "offset": record.offset,
     }
     assert victim not in emails_per_order()

@@ -33,6 +33,7 @@ from orderstream.dead_letter import dead_letter_key
 from orderstream.events import InvalidEventError, OrderPlaced, from_bytes, to_message
 from orderstream.models import Customer, LineItem, Order, compute_total
 from tests.fakes import LambdaContext
+from tests.samples import template_archive_years
 
 TOPIC = "order-placed"
 SENDER = "orders@example.com"
@@ -284,12 +285,14 @@ def handlers(
     ses.verify_email_identity(EmailAddress=SENDER)
     ses.create_template(Template=TEMPLATE)
     monkeypatch.setenv(env.ARCHIVE_BUCKET, ARCHIVE_BUCKET)
+    monkeypatch.setenv(env.ARCHIVE_YEARS, template_archive_years())
     monkeypatch.setenv(env.DEAD_LETTER_BUCKET, DEAD_LETTER_BUCKET)
     monkeypatch.setenv(env.SENDER_EMAIL, SENDER)
     monkeypatch.setenv(env.EMAIL_TEMPLATE, TEMPLATE["TemplateName"])
     monkeypatch.delenv(env.EMAIL_REDIRECT_TO, raising=False)
     monkeypatch.delenv(env.IDEMPOTENCY_EXPIRES_SECONDS, raising=False)
     archiver.archive_store.cache_clear()
+    archiver.archive_years.cache_clear()
     notifier.notifier.cache_clear()
     yield archiver, notifier
     archiver.archive_store.cache_clear()

@@ -12,21 +12,24 @@ from urllib.parse import unquote
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 from botocore.awsrequest import AWSPreparedRequest
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError
 
 from devstack.context import LambdaContext
 from devstack.msk_event import msk_event, sample_order_records
 from orderstream import settings
+from orderstream.archive import WriteConflict
+from orderstream.events import ORDER_EVENTS
 from tests.fakes import emitted_metrics
-from tests.samples import load_event
+from tests.samples import load_event, template_archive_years
 
 BUCKET = "orderstream-archive-test"
 HOUR_14 = "topics/order-placed/year=2026/month=11/day=25/hour=14"
 SAMPLE_KEYS = [
-    f"{HOUR_14}/order-placed+0+00000000000000000040.jsonl.gz",
-    f"{HOUR_14}/order-placed+1+00000000000000000140.jsonl.gz",
-    f"{HOUR_14}/order-placed+2+00000000000000000240.jsonl.gz",
+    f"{HOUR_14}/order-placed+0+00000000000000000000.jsonl.gz",
+    f"{HOUR_14}/order-placed+1+00000000000000000000.jsonl.gz",
+    f"{HOUR_14}/order-placed+2+00000000000000000000.jsonl.gz",
 ]
 CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/6f1a2b3c-s1"
 
@@ -46,7 +49,9 @@ def archiver(s3: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     from functions.s3_archiver import app
 
     monkeypatch.setenv(settings.ARCHIVE_BUCKET, BUCKET)
+    monkeypatch.setenv(settings.ARCHIVE_YEARS, template_archive_years())
     app.archive_store.cache_clear()
+    app.archive_years.cache_clear()
     yield app
     app.archive_store.cache_clear()
 
@@ -112,9 +117,11 @@ def test_three_partitions_become_three_objects(
     assert sorted(contents) == SAMPLE_KEYS
     assert summary == {
         "archived": 8,
+        "added": 8,
         "poison": 1,
         "objects": 3,
         "bytes": sum(map(len, contents.values())),
+        "conflicts": 0,
     }
     groups = sorted(event["records"].values(), key=lambda group: group[0]["partition"])
     for key, group in zip(SAMPLE_KEYS, groups, strict=True):
@@ -140,21 +147,102 @@ def test_three_partitions_become_three_objects(
     }
     assert emitted_metrics(capsys.readouterr().out) | {"ColdStart": None} == {
         "RecordsArchived": 8.0,
+        "RecordsAdded": 8.0,
         "ObjectsWritten": 3.0,
         "BytesWritten": float(summary["bytes"]),
         "PoisonRecordsArchived": 1.0,
+        "WriteConflicts": 0.0,
         "ColdStart": None,
     }
 
 
-def test_same_batch_twice_overwrites_with_identical_bytes(archiver: ModuleType, s3: Any) -> None:
+def test_same_batch_twice_writes_no_second_version(archiver: ModuleType, s3: Any) -> None:
     invoke(archiver, three_partition_event())
     first = archive_contents(s3)
 
-    invoke(archiver, three_partition_event())
+    summary = invoke(archiver, three_partition_event())
 
+    assert (summary["archived"], summary["added"], summary["objects"]) == (8, 0, 0)
     assert archive_contents(s3) == first
     assert sorted(first) == SAMPLE_KEYS
+    versions = s3.list_object_versions(Bucket=BUCKET).get("Versions", [])
+    assert len(versions) == 3
+
+
+def test_overlapping_redeliveries_merge_through_s3s_conditional_writes(
+    archiver: ModuleType, s3: Any
+) -> None:
+    records = sample_order_records(60, partitions=1)
+    invoke(archiver, msk_event(records[:40], CLUSTER_ARN, "b-1.example:9098"))
+    invoke(archiver, msk_event(records[20:60], CLUSTER_ARN, "b-1.example:9098"))
+    invoke(archiver, msk_event(records[:10], CLUSTER_ARN, "b-1.example:9098"))
+
+    contents = archive_contents(s3)
+    offsets = sorted(line["offset"] for body in contents.values() for line in lines_of(body))
+    assert offsets == list(range(60))
+    s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": key} for key in contents]})
+    invoke(archiver, msk_event(records, CLUSTER_ARN, "b-1.example:9098"))
+    assert archive_contents(s3) == contents  # the bytes of one clean delivery
+
+
+def test_a_write_that_loses_the_race_reads_again_and_merges(archiver: ModuleType, s3: Any) -> None:
+    """Another poller writes between this one's read and write: S3 answers 412 to the If-Match
+    put, and the archiver merges with what the other wrote."""
+    records = sample_order_records(30, partitions=1)
+    invoke(archiver, msk_event(records[:5], CLUSTER_ARN, "b-1.example:9098"))
+    [key] = archive_contents(s3)
+    other = boto3.client("s3")
+    slipped_in: list[str] = []
+
+    def other_poller(params: dict[str, Any], **_: Any) -> None:
+        if params.get("IfMatch") and not slipped_in:
+            slipped_in.append(params["Key"])
+            store = archiver.S3ArchiveStore(other, BUCKET)
+            archiver.archive_batch(
+                ConsumerRecords(
+                    msk_event(records[10:30], CLUSTER_ARN, "b-1.example:9098"), ORDER_EVENTS
+                ).records,
+                store=store,
+                years=archiver.archive_years(),
+            )
+
+    archiver.archive_store().client.meta.events.register(
+        "provide-client-params.s3.PutObject", other_poller
+    )
+    summary = invoke(archiver, msk_event(records[:20], CLUSTER_ARN, "b-1.example:9098"))
+
+    assert slipped_in == [key]
+    assert summary["conflicts"] == 2  # its create-first try met the object, then the race
+    [body] = archive_contents(s3).values()
+    assert [line["offset"] for line in lines_of(body)] == list(range(30))
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(409, "ConditionalRequestConflict"), (412, "PreconditionFailed")]
+)
+def test_s3s_condition_answers_are_conflicts_and_others_are_errors(
+    archiver: ModuleType, status: int, code: str
+) -> None:
+    store = archiver.S3ArchiveStore(boto3.client("s3"), BUCKET)
+    answers = iter([(status, code)])
+
+    def answer(**_: Any) -> None:
+        # Raised ahead of moto, which would otherwise store the object whatever we answer.
+        found = next(answers, None)
+        if found is not None:
+            error: Any = {
+                "Error": {"Code": found[1], "Message": "m"},
+                "ResponseMetadata": {"HTTPStatusCode": found[0]},
+            }
+            raise ClientError(error, "PutObject")
+
+    store.client.meta.events.register_first("before-send.s3.PutObject", answer)
+    with pytest.raises(WriteConflict, match=code):
+        store.put("topics/x", b"body", {}, replaces=None)
+    store.put("topics/x", b"body", {}, replaces=None)  # the next attempt goes through
+    assert store.get("topics/x") is not None
+    with pytest.raises(WriteConflict, match="PreconditionFailed"):
+        store.put("topics/x", b"other", {}, replaces=None)  # moto's own 412: it exists
 
 
 @pytest.mark.parametrize("sample", ["msk-poison.json", "msk-null-key.json"])
@@ -192,14 +280,15 @@ def test_a_batch_of_10000_one_kilobyte_orders_is_archived(archiver: ModuleType, 
 
     contents = archive_contents(s3)
     assert summary["archived"] == 10_000
-    assert summary["objects"] == len(contents) == 4
+    assert summary["objects"] == len(contents)
     assert summary["poison"] == 0
     for partition in range(4):
-        [key] = [k for k in contents if f"/order-placed+{partition}+" in k]
-        assert key.endswith(f"+{partition}+{0:020d}.jsonl.gz")
-        lines = lines_of(contents[key])
-        assert [line["offset"] for line in lines] == list(range(2_500))
-        assert lines[-1]["key"] == lines[-1]["value"]["order"]["order_id"]
+        keys = sorted(k for k in contents if f"/order-placed+{partition}+" in k)
+        offsets = [line["offset"] for key in keys for line in lines_of(contents[key])]
+        assert sorted(offsets) == list(range(2_500))  # each once, across hours and blocks
+    assert {k.rsplit("+", 1)[1] for k in contents} == {
+        f"{block:020d}.jsonl.gz" for block in (0, 1000, 2000)
+    }
 
 
 @pytest.mark.filterwarnings("ignore:No application metrics to publish:UserWarning")
@@ -219,11 +308,12 @@ def test_a_failed_write_fails_the_batch_and_leaves_no_object_for_its_partition(
 
     # The mapping redelivers the batch; S3 is healthy again.
     archiver.archive_store.cache_clear()
-    invoke(archiver, three_partition_event())
+    summary = invoke(archiver, three_partition_event())
 
     after_retry = archive_contents(s3)
     assert sorted(after_retry) == SAMPLE_KEYS
     assert after_retry[SAMPLE_KEYS[0]] == before_retry[SAMPLE_KEYS[0]]
+    assert (summary["added"], summary["objects"]) == (6, 2)  # partition 0 was already there
 
 
 def test_a_transient_s3_error_is_retried_within_the_invocation(

@@ -1,28 +1,44 @@
-"""The S3 archive of Kafka records: one gzip JSON Lines object per topic-partition per batch.
+"""The S3 archive of Kafka records: gzip JSON Lines per partition, hour and offset block.
 
-The archive is the system of record, so it keeps every record, poison ones included, as exactly
-as JSON allows. Object names follow Kafka Connect's S3 sink (`topics.dir=topics`, hourly
-TimeBasedPartitioner in UTC, start offset in the file name), so tools and Athena tables built
-for a Connect archive read this one unchanged:
+The archive is the system of record, so it keeps every record, poison ones included, byte for
+byte, and it is exact whatever the mapping does: after any sequence of deliveries of a partition
+(repeated, overlapping, shrinking, growing, or two at once during a rebalance) every record is
+in the archive once, and each object holds the same bytes as if every record had come once.
 
-    topics/<topic>/year=YYYY/month=MM/day=DD/hour=HH/<topic>+<partition>+<first offset:020>.jsonl.gz
+How: an object's name and content are functions of the records, never of the batches.
 
-One line per record, compact JSON with sorted keys (line breaks added here for reading):
+- Deterministic boundaries, as Kafka Connect's S3 sink gets with its flush size: a record
+  belongs to the object of its topic, partition, its *own* hour (UTC, from its timestamp) and
+  its offset block (`OFFSETS_PER_OBJECT` offsets). The file name carries the block's first
+  offset, the first one the object can hold (Connect names a file by the first it holds).
+- Merge, don't overwrite: a batch reads the object, adds the records it lacks, writes the
+  union sorted by offset, and skips the write when nothing is new. A record already there is
+  kept as it is.
+- Conditional writes make the merge safe against a concurrent writer: S3 PutObject with
+  `If-None-Match: *` (create) or `If-Match: <ETag read>` (replace). When another writer got
+  there first S3 answers 412 (or 409 ConditionalRequestConflict during a race); the store
+  raises `WriteConflict`, and the merge starts again from a fresh read.
 
-    {"error":null,
-     "headers":[{"encoding":"utf-8","name":"correlation-id","value":"req-0000"}],
-     "key":"5b0c4d1e-8f2a-4c3b-9d7e-000000000000","key_encoding":"utf-8",
-     "offset":140,"partition":1,"timestamp":1795615328000,"timestamp_type":"CREATE_TIME",
-     "topic":"order-placed","value":{"event_id":"...","order":{...},...},"value_base64":null}
+    topics/<topic>/year=YYYY/month=MM/day=DD/hour=HH/<topic>+<partition>+<block start:020>.jsonl.gz
+
+One line per record in a fixed field order, the value last (line breaks added for reading):
+
+    {"topic":"order-placed","partition":1,"offset":140,"timestamp":1795615328000,
+     "timestamp_type":"CREATE_TIME","key":"5b0c4d1e-...","key_encoding":"utf-8",
+     "headers":[{"name":"correlation-id","value":"req-0000","encoding":"utf-8"}],
+     "error":null,"value_base64":null,"value":{"event_id":"...","order":{...}}}
 
 - `key` and each header `value` are UTF-8 text when the bytes are valid UTF-8, else base64;
-  `key_encoding` / `encoding` says which (`utf-8` or `base64`), and is null when the bytes are
-  null (a null key, a null header value). Powertools' own `key` and `headers` are not used: they
-  fold an empty key into null and merge repeated header names.
-- `value` is the record's value when it is a JSON object (the event). Anything else is kept
-  byte-exact in `value_base64`, with `error` saying why it is not an event. `value` is never a
-  string or number, so a Glue struct column over it never meets a row of another type.
-- A tombstone (null value) has `value` and `value_base64` both null and an `error`.
+  `key_encoding` / `encoding` says which, and is null when the bytes are null.
+- `value` is the record's value when it is a JSON object (an event): its *original text*,
+  embedded unchanged, when that text holds no line break; `value_bytes(line)` gives it back
+  byte for byte. A JSON object with line breaks is embedded re-serialised and its bytes kept in
+  `value_base64`. Anything else (not UTF-8, not JSON, not an object, a repeated key, NaN or a
+  number beyond a double) is poison: `value` null, the bytes in `value_base64`, and `error`
+  says why. A tombstone has both null and an `error`.
+- Hours outside the Glue table's projected years (a timestamp of -1 from an old client, a
+  broken producer clock) would be invisible to Athena: such a record is filed under the first
+  hour of the first year, or the last hour of the last year, and keeps its own `timestamp`.
 
 Nothing here calls AWS: the handler passes a store (S3 in Lambda, a dict in tests).
 """
@@ -32,17 +48,12 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
-import io
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, NamedTuple, Protocol
-
-from aws_lambda_powertools.utilities.kafka.exceptions import (
-    KafkaConsumerDeserializationError,
-    KafkaConsumerDeserializationFormatMismatch,
-)
 
 from orderstream.dead_letter import DeadLetterSource
 
@@ -55,6 +66,11 @@ CONTENT_ENCODING: Final = "gzip"
 # zlib's own default: level 9 costs far more CPU for a few percent on JSON, and the archive
 # is written on every batch but read rarely.
 COMPRESS_LEVEL: Final = 6
+# Offsets per object: with ~1 KB orders an object holds at most ~1 MB of lines (~150 KB
+# compressed), which a merge rereads and rewrites whole; Athena reads such objects well.
+OFFSETS_PER_OBJECT: Final = 1000
+# Each conflict means another writer added records; a few rounds settle any rebalance overlap.
+MAX_WRITE_ATTEMPTS: Final = 8
 # Per-object samples of poison records, for the log line; the archive itself keeps them all.
 POISON_SAMPLES: Final = 5
 MAX_ERROR_CHARS: Final = 300
@@ -62,6 +78,7 @@ MAX_ERROR_CHARS: Final = 300
 Encoding = Literal["utf-8", "base64"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_VALUE_FIELD: Final = b',"value":'
 _JSON_TYPE_NAMES: Final = {
     list: "an array",
     str: "a string",
@@ -72,25 +89,70 @@ _JSON_TYPE_NAMES: Final = {
 }
 
 
-class ArchivableRecord(DeadLetterSource, Protocol):
-    """Lambda's raw record fields plus Powertools' decoded `value` (`ConsumerRecordRecords`).
+class WriteConflict(Exception):
+    """The object is no longer what was read (written, created or deleted meanwhile)."""
 
-    `value` raises `KafkaConsumerDeserializationError` for a value that is not UTF-8 JSON.
-    """
 
-    @property
-    def value(self) -> Any: ...
+class ArchiveConflictError(RuntimeError):
+    """Writers kept racing for one object; failing the batch makes the mapping retry it."""
+
+
+class StoredObject(NamedTuple):
+    body: bytes
+    etag: str
 
 
 class ArchiveStore(Protocol):
-    """Where archive objects go. A put must be atomic: the object appears whole or not at all."""
+    """Where archive objects go. Writes are atomic and conditional, as S3's are."""
 
-    def put(self, key: str, body: bytes, metadata: Mapping[str, str]) -> None: ...
+    def get(self, key: str) -> StoredObject | None:
+        """The object's bytes and ETag, or None when there is no such object."""
+        ...
+
+    def put(
+        self, key: str, body: bytes, metadata: Mapping[str, str], *, replaces: str | None
+    ) -> None:
+        """Write if the object is still the one read: the one with ETag `replaces`, or none at
+        all when `replaces` is None. Raise `WriteConflict` otherwise."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Years:
+    """The years the Glue table projects (its `projection.year.range`): every key lands inside."""
+
+    first: int
+    last: int
+
+    @classmethod
+    def parse(cls, text: str) -> Years:
+        """`"2024,2099"`, as the template's mapping writes it for the table and the function."""
+        try:
+            first, last = (int(part) for part in text.split(","))
+        except ValueError:
+            raise ValueError(f"archive years must read 'first,last', not {text!r}") from None
+        if not 1970 <= first <= last <= 9999:
+            raise ValueError(f"archive years {text!r} are not an ascending range of 1970..9999")
+        return cls(first, last)
+
+    def hour_of(self, timestamp_ms: int) -> datetime:
+        lowest = datetime(self.first, 1, 1, tzinfo=UTC)
+        highest = datetime(self.last, 12, 31, 23, tzinfo=UTC)
+        try:
+            at = _EPOCH + timedelta(milliseconds=timestamp_ms)
+        except OverflowError:
+            return lowest if timestamp_ms < 0 else highest
+        return min(max(at, lowest), highest)
+
+
+class ArchivableRecord(DeadLetterSource, Protocol):
+    """Lambda's raw record fields (Powertools' `ConsumerRecordRecords` fits it)."""
 
 
 class ArchiveLine(NamedTuple):
     """One record's JSON line (no trailing newline) and, for a poison record, why."""
 
+    offset: int
     data: bytes
     error: str | None
 
@@ -100,21 +162,20 @@ class ArchivedObject:
     key: str
     topic: str
     partition: int
-    first_offset: int
+    first_offset: int  # of the object as it now stands
     last_offset: int
     records: int
     poison: int
-    size: int
-    poison_samples: tuple[tuple[int, str], ...]  # (offset, error), the first few
+    delivered: int  # this batch's records that belong here
+    added: int  # of those, how many the object lacked
+    size: int  # bytes written; 0 when nothing was new
+    conflicts: int  # writes another writer beat
+    poison_added: int
+    poison_samples: tuple[tuple[int, str], ...]  # (offset, error) among the added, the first few
 
     @property
-    def metadata(self) -> dict[str, str]:
-        return {
-            "record-count": str(self.records),
-            "first-offset": str(self.first_offset),
-            "last-offset": str(self.last_offset),
-            "poison-count": str(self.poison),
-        }
+    def written(self) -> bool:
+        return self.added > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,82 +184,86 @@ class ArchiveOutcome:
 
     @property
     def archived(self) -> int:
-        return sum(o.records for o in self.objects)
+        """The batch's records, all now in the archive."""
+        return sum(o.delivered for o in self.objects)
+
+    @property
+    def added(self) -> int:
+        return sum(o.added for o in self.objects)
 
     @property
     def poison(self) -> int:
-        return sum(o.poison for o in self.objects)
+        """Poison records this batch added (a redelivered one was counted the first time)."""
+        return sum(o.poison_added for o in self.objects)
 
     @property
     def bytes_written(self) -> int:
         return sum(o.size for o in self.objects)
 
+    @property
+    def written(self) -> tuple[ArchivedObject, ...]:
+        return tuple(o for o in self.objects if o.written)
+
+    @property
+    def conflicts(self) -> int:
+        return sum(o.conflicts for o in self.objects)
+
     def summary(self) -> dict[str, int]:
         return {
             "archived": self.archived,
+            "added": self.added,
             "poison": self.poison,
-            "objects": len(self.objects),
+            "objects": len(self.written),
             "bytes": self.bytes_written,
+            "conflicts": self.conflicts,
         }
 
 
-def archive_batch(records: Iterable[ArchivableRecord], store: ArchiveStore) -> ArchiveOutcome:
-    """Write one object per topic-partition of the batch; raise if any write fails.
+def archive_batch(
+    records: Iterable[ArchivableRecord], store: ArchiveStore, years: Years
+) -> ArchiveOutcome:
+    """Merge the batch's records into their objects; raise if any write fails for good.
 
-    Exactly-once effect: an object's key and bytes are a pure function of its records, and the
-    mapping commits no offset until the whole batch succeeds. So when partition A's object was
-    written and partition B's write then fails, the error fails the batch, the mapping
-    redelivers it from the same offsets, and the retry rewrites A under the same key with the
-    same bytes (a no-op to readers) before writing B. A redelivery that holds more or fewer of
-    a partition's records (a later, bigger batch, or the mapping bisecting a failed one) still
-    starts at the same uncommitted offset: it replaces the object with a superset or a subset,
-    and the rest goes to the object named after its own first offset. Never a second copy.
-
-    Memory stays bounded by the compressed batch: each record is decoded, written to its
-    partition's gzip stream and dropped; objects are uploaded and released one at a time.
+    Objects are settled one at a time in key order, so a failure is reproducible; a failed
+    batch is redelivered and the merge finds what the first attempt already wrote.
     """
-    files: dict[tuple[str, int], _ObjectFile] = {}
-    written: list[ArchivedObject] = []
-    try:
-        for record in records:
-            topic_partition = (record.topic, record.partition)
-            file = files.get(topic_partition)
-            if file is None:
-                file = files[topic_partition] = _ObjectFile(*topic_partition)
-            file.add(record, archive_line(record))
-
-        for topic_partition in sorted(files):  # a fixed order makes failures reproducible
-            body, archived = files.pop(topic_partition).finish()
-            store.put(archived.key, body, archived.metadata)
-            written.append(archived)
-    finally:
-        for file in files.values():  # left over only when a put failed
-            file.discard()
-    return ArchiveOutcome(tuple(written))
+    objects: dict[str, _Pending] = {}
+    for record in records:
+        line = archive_line(record)
+        key = object_key(
+            record.topic, record.partition, record.offset, years.hour_of(record.timestamp)
+        )
+        pending = objects.get(key)
+        if pending is None:
+            pending = objects[key] = _Pending(key, record.topic, record.partition, {})
+        pending.lines.setdefault(line.offset, line)
+    return ArchiveOutcome(tuple(_settle(store, objects.pop(key)) for key in sorted(objects)))
 
 
-def object_key(topic: str, partition: int, first_offset: int, first_timestamp_ms: int) -> str:
-    """Kafka Connect's name for the object that starts at `first_offset`.
+class _Pending(NamedTuple):
+    """The batch's lines for one object, by offset."""
 
-    The hour comes from the object's first record (lowest offset), as in Connect, where a file
-    is named by its first record. That keeps the key a function of the first record alone, so
-    a redelivered batch (which restarts at the same offset) lands on the same key even if it
-    now holds more records. The price: a batch that crosses an hour boundary is filed under
-    the earlier hour, so a query for hour H should read partitions H-1 and H and filter on
-    `timestamp`.
-    """
-    at = _utc(first_timestamp_ms)
+    key: str
+    topic: str
+    partition: int
+    lines: dict[int, ArchiveLine]
+
+
+def object_key(topic: str, partition: int, offset: int, hour: datetime) -> str:
+    """The name of the object that holds the record at `offset` stamped within `hour`."""
+    block = offset - offset % OFFSETS_PER_OBJECT
     return (
-        f"{TOPICS_DIR}/{topic}/year={at.year:04d}/month={at.month:02d}/day={at.day:02d}"
-        f"/hour={at.hour:02d}/{topic}+{partition}+{first_offset:020d}{SUFFIX}"
+        f"{TOPICS_DIR}/{topic}/year={hour.year:04d}/month={hour.month:02d}/day={hour.day:02d}"
+        f"/hour={hour.hour:02d}/{topic}+{partition}+{block:020d}{SUFFIX}"
     )
 
 
 def archive_line(record: ArchivableRecord) -> ArchiveLine:
     """The record as one deterministic JSON line; never raises for any key, value or headers."""
     key, key_encoding, key_error = _key(record.original_key)
-    value, value_base64, error = _value(record)
-    line: dict[str, Any] = {
+    value = _value(_original_value(record))
+    error = _join(value.error, key_error)
+    head = {
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
@@ -207,24 +272,124 @@ def archive_line(record: ArchivableRecord) -> ArchiveLine:
         "key": key,
         "key_encoding": key_encoding,
         "headers": _headers(record.original_headers),
-        "value": value,
-        "value_base64": value_base64,
-        "error": _join(error, key_error),
+        "error": error,
+        "value_base64": value.base64,
     }
-    try:
-        return ArchiveLine(_dumps(line), line["error"])
-    except (ValueError, RecursionError) as exc:
-        # Python's json reads NaN, Infinity and numbers too big for a double; no other JSON
-        # reader would read them back, so such a value is kept raw like any other non-event.
-        error = _join(f"value is not portable JSON: {type(exc).__name__}: {exc}", key_error)
-        line |= {"value": None, "value_base64": record.original_value, "error": error}
-        return ArchiveLine(_dumps(line), error)
+    return ArchiveLine(record.offset, _line(head, value.text), error)
 
 
-def _dumps(line: dict[str, Any]) -> bytes:
-    # Sorted keys and fixed separators make the bytes a function of the record alone; ASCII
-    # escapes keep every line valid UTF-8 even for a value that held lone surrogates.
-    return json.dumps(line, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+def value_bytes(line: bytes) -> bytes | None:
+    """The record's value, byte for byte, from its archive line (None for a tombstone)."""
+    fields = json.loads(line)
+    if fields.get("value_base64") is not None:
+        return base64.b64decode(fields["value_base64"])
+    if fields.get("value") is None:
+        return None
+    head = {name: v for name, v in fields.items() if name != "value"}
+    prefix = _head(head) + _VALUE_FIELD
+    if not (line.startswith(prefix) and line.endswith(b"}")):
+        raise ValueError("not an archive line: the value is not its last field")
+    return line[len(prefix) : -1]
+
+
+def read_lines(body: bytes) -> Iterator[bytes]:
+    """An archive object's lines, without their newlines."""
+    for line in gzip.decompress(body).split(b"\n"):
+        if line:
+            yield line
+
+
+def _settle(store: ArchiveStore, pending: _Pending) -> ArchivedObject:
+    """Merge the pending lines into their object until a conditional write holds."""
+    key, lines = pending.key, pending.lines
+    block_start = min(lines) - min(lines) % OFFSETS_PER_OBJECT
+    # A batch holding the block's first offset usually opens the object: try to create it
+    # before paying for a read. A redelivery meets a 412 and reads like everyone else.
+    current: StoredObject | None = None
+    read = block_start not in lines
+    conflicts = 0
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        if read:
+            current = store.get(key)
+        read = True
+        merged, added = _merge(current, lines)
+        if not added:
+            return _archived(pending, merged, [], 0, conflicts)
+        body = gzip.compress(
+            b"".join(data + b"\n" for data, _ in merged.values()),
+            compresslevel=COMPRESS_LEVEL,
+            mtime=0,  # no time in the gzip header: the same records give the same bytes
+        )
+        archived = _archived(pending, merged, added, len(body), conflicts)
+        try:
+            store.put(key, body, _metadata(archived), replaces=current.etag if current else None)
+        except WriteConflict:
+            conflicts += 1
+            continue
+        return archived
+    raise ArchiveConflictError(
+        f"{key}: {MAX_WRITE_ATTEMPTS} conditional writes in a row lost to other writers"
+    )
+
+
+def _merge(
+    current: StoredObject | None, lines: dict[int, ArchiveLine]
+) -> tuple[dict[int, tuple[bytes, bool]], list[ArchiveLine]]:
+    """The object's lines by offset (data, poison) with the batch's added, and what was added."""
+    merged: dict[int, tuple[bytes, bool]] = {}
+    if current is not None:
+        for data in read_lines(current.body):
+            fields = json.loads(data)
+            merged[int(fields["offset"])] = (data, fields.get("error") is not None)
+    added = [line for offset, line in lines.items() if offset not in merged]
+    if added:
+        for line in added:
+            merged[line.offset] = (line.data, line.error is not None)
+        merged = dict(sorted(merged.items()))
+    return merged, added
+
+
+def _archived(
+    pending: _Pending,
+    merged: Mapping[int, tuple[bytes, bool]],
+    added: Sequence[ArchiveLine],
+    size: int,
+    conflicts: int,
+) -> ArchivedObject:
+    poison_added = [(line.offset, line.error) for line in added if line.error is not None]
+    return ArchivedObject(
+        key=pending.key,
+        topic=pending.topic,
+        partition=pending.partition,
+        first_offset=min(merged),
+        last_offset=max(merged),
+        records=len(merged),
+        poison=sum(poison for _, poison in merged.values()),
+        delivered=len(pending.lines),
+        added=len(added),
+        size=size,
+        conflicts=conflicts,
+        poison_added=len(poison_added),
+        poison_samples=tuple((o, e) for o, e in poison_added[:POISON_SAMPLES] if e is not None),
+    )
+
+
+def _metadata(archived: ArchivedObject) -> dict[str, str]:
+    return {
+        "record-count": str(archived.records),
+        "first-offset": str(archived.first_offset),
+        "last-offset": str(archived.last_offset),
+        "poison-count": str(archived.poison),
+    }
+
+
+def _head(fields: Mapping[str, Any]) -> bytes:
+    """Every field but the value, compact ASCII JSON without its closing brace."""
+    return json.dumps(fields, separators=(",", ":"), allow_nan=False).encode()[:-1]
+
+
+def _line(head: Mapping[str, Any], value_text: bytes | None) -> bytes:
+    return _head(head) + _VALUE_FIELD + (b"null" if value_text is None else value_text) + b"}"
 
 
 def _key(original: str | None) -> tuple[str | None, Encoding | None, str | None]:
@@ -239,19 +404,70 @@ def _key(original: str | None) -> tuple[str | None, Encoding | None, str | None]
     return text, encoding, None
 
 
-def _value(record: ArchivableRecord) -> tuple[dict[str, Any] | None, str | None, str | None]:
-    original = _original_value(record)
+class _Value(NamedTuple):
+    text: bytes | None  # what the line's "value" holds, as JSON text
+    base64: str | None  # the value's bytes when `text` is not them
+    error: str | None
+
+
+def _value(original: str | None) -> _Value:
     if original is None:
-        return None, None, "value is null (a tombstone), not an event"
+        return _Value(None, None, "value is null (a tombstone), not an event")
     try:
-        parsed = record.value
-    except (KafkaConsumerDeserializationError, KafkaConsumerDeserializationFormatMismatch) as exc:
-        cause = exc.__cause__ or exc
-        return None, original, _clip(f"value is not UTF-8 JSON: {type(cause).__name__}: {cause}")
+        raw = base64.b64decode(original, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        return _Value(None, original, _clip(f"value is not valid base64: {exc}"))
+    # Parsed here rather than by Powertools' JSON deserializer: that one keeps the last of a
+    # repeated key and reads NaN, and the archive must keep such a value raw instead.
+    try:
+        text = raw.decode("utf-8")
+        parsed = json.loads(
+            text,
+            object_pairs_hook=_object_without_repeats,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return _Value(
+            None, original, _clip(f"value is not UTF-8 JSON: {type(exc).__name__}: {exc}")
+        )
+    except ValueError as exc:  # ours, or Python's cap on an integer's digits
+        return _Value(None, original, _clip(f"value is not portable JSON: {exc}"))
+    except RecursionError:
+        return _Value(None, original, "value is not portable JSON: nested too deeply")
     if not isinstance(parsed, dict):
         kind = _JSON_TYPE_NAMES.get(type(parsed), type(parsed).__name__)
-        return None, original, f"value is JSON but {kind}, not an event object"
-    return parsed, None, None
+        return _Value(None, original, f"value is JSON but {kind}, not an event object")
+    if "\n" in text or "\r" in text:
+        # A JSON line cannot hold a line break between tokens: embed the object re-serialised
+        # (ASCII, so lone surrogates stay valid) and keep the bytes beside it.
+        canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return _Value(canonical.encode(), original, None)
+    return _Value(raw, None, None)
+
+
+class _NotPortable(ValueError):
+    pass
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        repeated = next(name for name, _ in pairs if name in seen or seen.add(name))  # type: ignore[func-returns-value]
+        raise _NotPortable(f"repeated key {repeated!r}: readers disagree on which value counts")
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotPortable(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotPortable(f"{text[:40]} does not fit a double")
+    return number
 
 
 def _original_value(record: ArchivableRecord) -> str | None:
@@ -289,14 +505,6 @@ def _text_or_base64(raw: bytes) -> tuple[str, Encoding]:
         return base64.b64encode(raw).decode("ascii"), "base64"
 
 
-def _utc(timestamp_ms: int) -> datetime:
-    try:
-        return _EPOCH + timedelta(milliseconds=timestamp_ms)
-    except OverflowError:
-        # Beyond year 9999 only a broken producer clock; epoch keeps the key well-formed.
-        return _EPOCH
-
-
 def _join(*errors: str | None) -> str | None:
     present = [e for e in errors if e]
     return "; ".join(present) if present else None
@@ -304,54 +512,3 @@ def _join(*errors: str | None) -> str | None:
 
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
-
-
-class _ObjectFile:
-    """One topic-partition's object while the batch is read: a gzip stream and its facts."""
-
-    def __init__(self, topic: str, partition: int) -> None:
-        self.topic = topic
-        self.partition = partition
-        self._buffer = io.BytesIO()
-        # mtime=0 and an empty file name keep the gzip header free of anything but the
-        # content, so the same records always give the same bytes.
-        self._gzip = gzip.GzipFile(
-            filename="", mode="wb", fileobj=self._buffer, compresslevel=COMPRESS_LEVEL, mtime=0
-        )
-        self._records = 0
-        self._poison = 0
-        self._samples: list[tuple[int, str]] = []
-        self._first_offset = 0
-        self._first_timestamp = 0
-        self._last_offset = 0
-
-    def add(self, record: ArchivableRecord, line: ArchiveLine) -> None:
-        offset = record.offset
-        if self._records == 0 or offset < self._first_offset:
-            self._first_offset, self._first_timestamp = offset, record.timestamp
-        if self._records == 0 or offset > self._last_offset:
-            self._last_offset = offset
-        self._records += 1
-        if line.error is not None:
-            self._poison += 1
-            if len(self._samples) < POISON_SAMPLES:
-                self._samples.append((offset, line.error))
-        self._gzip.write(line.data + b"\n")
-
-    def discard(self) -> None:
-        self._gzip.close()
-
-    def finish(self) -> tuple[bytes, ArchivedObject]:
-        self._gzip.close()
-        body = self._buffer.getvalue()
-        return body, ArchivedObject(
-            key=object_key(self.topic, self.partition, self._first_offset, self._first_timestamp),
-            topic=self.topic,
-            partition=self.partition,
-            first_offset=self._first_offset,
-            last_offset=self._last_offset,
-            records=self._records,
-            poison=self._poison,
-            size=len(body),
-            poison_samples=tuple(self._samples),
-        )

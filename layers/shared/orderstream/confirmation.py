@@ -41,13 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, Protocol
-
-from aws_lambda_powertools.utilities.batch.types import (
-    KafkaItemIdentifier,
-    PartialItemFailureResponse,
-    PartialItemFailures,
-)
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
 
 from orderstream.dead_letter import DeadLetter, dead_letter
 from orderstream.events import InvalidEventError, OrderPlaced, from_record
@@ -301,6 +295,27 @@ UNLIMITED: Final = TimeBudget()
 # ------------------------------------------------------------------------------ the outcome
 
 
+# Lambda's partial batch response for Kafka, whose identifier key AWS's sources disagree on:
+# the Lambda guide's schema and examples as this project's review read them ("Configuring error
+# handling controls for Kafka event sources") and Powertools' first example response write
+# `topic-partition`; the guide page as last fetched, Powertools 3.37's BatchProcessor and the
+# Rust runtime write `partition`. Same value, "<topic>-<partition>". Until a real invocation
+# settles it, both keys go out: an identifier Lambda cannot read fails the whole batch (a
+# retry the idempotent notifier survives), one it ignores would lose a retry. docs/deploy.md
+# lists this as the first thing to confirm on a real deployment.
+KafkaItemIdentifier = TypedDict(
+    "KafkaItemIdentifier", {"partition": str, "topic-partition": str, "offset": int}
+)
+
+
+class KafkaItemFailure(TypedDict):
+    itemIdentifier: KafkaItemIdentifier
+
+
+class KafkaBatchResponse(TypedDict):
+    batchItemFailures: list[KafkaItemFailure]
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class RecordRef:
     topic: str
@@ -312,8 +327,8 @@ class RecordRef:
         return cls(record.topic, record.partition, record.offset)
 
     def item_identifier(self) -> KafkaItemIdentifier:
-        # The identifier Lambda expects for Kafka, as Powertools' BatchProcessor builds it.
-        return {"partition": f"{self.topic}-{self.partition}", "offset": self.offset}
+        name = f"{self.topic}-{self.partition}"
+        return {"partition": name, "topic-partition": name, "offset": self.offset}
 
     def __str__(self) -> str:
         return f"{self.topic}-{self.partition}:{self.offset}"
@@ -342,9 +357,9 @@ class ConfirmationOutcome:
     problems: list[Problem] = field(default_factory=list)
     failed: set[RecordRef] = field(default_factory=set)
 
-    def response(self) -> PartialItemFailureResponse:
+    def response(self) -> KafkaBatchResponse:
         """The partial batch response: the records the mapping must deliver again."""
-        failures: list[PartialItemFailures] = [
+        failures: list[KafkaItemFailure] = [
             {"itemIdentifier": ref.item_identifier()} for ref in sorted(self.failed)
         ]
         return {"batchItemFailures": failures}

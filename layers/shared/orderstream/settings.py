@@ -19,6 +19,8 @@ ORDER_TOPIC: Final = "ORDER_TOPIC"
 IDEMPOTENCY_TABLE: Final = "IDEMPOTENCY_TABLE"
 IDEMPOTENCY_EXPIRES_SECONDS: Final = "IDEMPOTENCY_EXPIRES_SECONDS"
 ARCHIVE_BUCKET: Final = "ARCHIVE_BUCKET"
+# The archive table's projected years ("2024,2099"): records outside them are filed at its edges.
+ARCHIVE_YEARS: Final = "ARCHIVE_YEARS"
 # Poison records go to S3, not SQS: a Kafka record can be up to 8 MiB (more than an SQS message
 # holds), and a key derived from topic/partition/offset makes a redelivered poison record
 # overwrite its own dead letter instead of adding a second one.
