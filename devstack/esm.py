@@ -1,11 +1,24 @@
-"""An MSK event-source mapping, emulated: a Kafka consumer group that invokes a function.
+"""An MSK event-source mapping, emulated: Kafka consumers that invoke a function, as Lambda's do.
 
-Faithful to what Lambda does with the template's `Type: MSK` event: the event's own consumer
-group, StartingPosition, BatchSize, MaximumBatchingWindowInSeconds, the 6 MB payload cap and
-FilterCriteria; the event in Lambda's exact shape; offsets committed only after the function
-succeeded; on errors, retries up to MaximumRetryAttempts, BisectBatchOnFunctionError,
-ReportBatchItemFailures, then the on-failure destination (an S3 bucket here, as in the
-template). At-least-once, like the real thing: a crash before the commit redelivers the batch.
+Held to the Lambda developer guide ("Using Lambda with Amazon MSK", "Configuring error handling
+controls for Kafka event sources", "Capturing discarded batches..."), never to what our
+consumers happen to need:
+
+- The template's `Type: MSK` event: its consumer group, StartingPosition, BatchSize,
+  MaximumBatchingWindowInSeconds, the 6 MB payload cap and FilterCriteria; the documented ranges
+  are checked, and the error-handling controls are refused without provisioned mode.
+- Several pollers, up to `MaximumPollers` (capped at the partition count, as Lambda caps it),
+  invoking at once. Partitions move between pollers on a rebalance (a partition added to the
+  topic, or `rebalance()`), and the new owner starts from the committed offset while the old
+  one may still be invoking with the same records: two invocations can hold overlapping ranges
+  of one partition, as in AWS. The old owner's commit is then refused, as Kafka refuses it.
+- Offsets committed only after the function succeeded: at least once.
+- Errors: retries up to MaximumRetryAttempts (-1 with an on-failure destination means 10),
+  records older than MaximumRecordAgeInSeconds skipped to the destination,
+  BisectBatchOnFunctionError, ReportBatchItemFailures (an identifier under `partition` or
+  `topic-partition`; one naming a record not in the event, or a malformed response, fails the
+  whole batch and counts as an attempt); then the on-failure destination: one S3 object per
+  discarded invocation, the documented metadata with the invocation as an escaped JSON string.
 """
 
 from __future__ import annotations
@@ -29,6 +42,23 @@ from devstack.msk_event import KafkaRecord, msk_event, msk_record
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
 DEFAULT_BATCHING_WINDOW_S = 0.5  # Lambda's default for Kafka sources
+# "When you configure both infinite retries and an on-failure destination, Lambda automatically
+# applies a maximum of 10 retry attempts." (Configuring error handling controls for Kafka...)
+RETRIES_WITH_DESTINATION = 10
+# The on-failure record's condition for records past MaximumRecordAgeInSeconds is not in the
+# guide (only RetryAttemptsExhausted and MaximumPayloadSizeExceeded are): docs/deploy.md lists it.
+CONDITION_RETRIES = "RetryAttemptsExhausted"
+CONDITION_AGE = "RecordAgeExceeded"
+_ERROR_CONTROLS = (
+    "MaximumRetryAttempts",
+    "MaximumRecordAgeInSeconds",
+    "BisectBatchOnFunctionError",
+    "FunctionResponseTypes",
+)
+
+
+class MappingConfigError(ValueError):
+    """A mapping Lambda would refuse to create; the message names the property."""
 
 
 @dataclass(frozen=True)
@@ -44,15 +74,30 @@ class MappingSpec:
     batch_size: int = 100
     batching_window_s: float = DEFAULT_BATCHING_WINDOW_S
     maximum_retry_attempts: int = -1  # -1: until it succeeds (Lambda's default)
+    maximum_record_age_s: int = -1  # -1: no limit
     bisect_on_error: bool = False
     report_batch_item_failures: bool = False
     on_failure_bucket: str | None = None
     filters: list[dict[str, Any]] = field(default_factory=list)
+    maximum_pollers: int = 1
+
+    @property
+    def uuid(self) -> str:
+        """A stable stand-in for the mapping's UUID (it names the on-failure objects)."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"orderstream:{self.function}/{self.name}"))
+
+    @property
+    def retries(self) -> int:
+        if self.maximum_retry_attempts == -1 and self.on_failure_bucket:
+            return RETRIES_WITH_DESTINATION
+        return self.maximum_retry_attempts
 
     @classmethod
     def from_event(cls, function: str, name: str, props: dict[str, Any]) -> MappingSpec:
+        _check(function, name, props)
         destination = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
         window = props.get("MaximumBatchingWindowInSeconds")
+        pollers = props.get("ProvisionedPollerConfig") or {}
         return cls(
             function=function,
             name=name,
@@ -63,6 +108,7 @@ class MappingSpec:
             batch_size=int(props.get("BatchSize", 100)),
             batching_window_s=DEFAULT_BATCHING_WINDOW_S if window is None else float(window),
             maximum_retry_attempts=int(props.get("MaximumRetryAttempts", -1)),
+            maximum_record_age_s=int(props.get("MaximumRecordAgeInSeconds", -1)),
             bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
             report_batch_item_failures="ReportBatchItemFailures"
             in props.get("FunctionResponseTypes", []),
@@ -71,7 +117,38 @@ class MappingSpec:
             filters=[
                 json.loads(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", [])
             ],
+            maximum_pollers=int(pollers.get("MaximumPollers", 1)),
         )
+
+
+def _check(function: str, name: str, props: dict[str, Any]) -> None:
+    """The documented limits: msk-esm-parameters, kafka-retry-configurations and
+    kafka-scaling-modes in the Lambda guide."""
+
+    def refuse(reason: str) -> None:
+        raise MappingConfigError(f"{function}.Events.{name}: {reason}")
+
+    def within(key: str, low: int, high: int, infinite: bool = False) -> None:
+        if key not in props:
+            return
+        value = int(props[key])
+        if not (low <= value <= high or (infinite and value == -1)):
+            allowed = f"{low}-{high}" + (" or -1" if infinite else "")
+            refuse(f"{key} must be {allowed}, not {value}")
+
+    within("BatchSize", 1, 10_000)
+    within("MaximumBatchingWindowInSeconds", 0, 300)
+    within("MaximumRetryAttempts", 0, 10_000, infinite=True)
+    within("MaximumRecordAgeInSeconds", 60, 604_800, infinite=True)
+    pollers = props.get("ProvisionedPollerConfig")
+    if pollers is None:
+        used = [key for key in _ERROR_CONTROLS if key in props]
+        if used:
+            refuse(f"{', '.join(used)} need provisioned mode (ProvisionedPollerConfig)")
+        return
+    low, high = int(pollers.get("MinimumPollers", 1)), int(pollers.get("MaximumPollers", 200))
+    if not 1 <= low <= 200 or not 1 <= high <= 2000 or high < low:
+        refuse(f"pollers must be 1 <= MinimumPollers ({low}) <= MaximumPollers ({high}) <= 2000")
 
 
 # ---------------------------------------------------------------------------- filtering
@@ -153,23 +230,27 @@ class BatchResult:
     delivered: int = 0
     failed_to_destination: int = 0
     filtered: int = 0
+    refused_commits: int = 0  # a poller committed a partition it had lost in a rebalance
 
 
 Invoke = Callable[[dict[str, Any]], Invocation]
 Log = Callable[[str], None]
+PutObject = Callable[[str, str, bytes], None]
 
 
 class EventSourceMapping:
-    """Runs one mapping in a thread until `stop()`; commits only what the function processed."""
+    """Runs one mapping until `stop()`: a coordinator that assigns partitions to pollers."""
 
     def __init__(
         self,
         spec: MappingSpec,
         bootstrap_servers: str,
         invoke: Invoke,
-        put_object: Callable[[str, str, bytes], None] | None = None,
+        put_object: PutObject | None = None,
         log: Log = print,
         retry_backoff_s: float = 0.5,
+        refresh_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.spec = spec
         self.bootstrap_servers = bootstrap_servers
@@ -177,72 +258,296 @@ class EventSourceMapping:
         self.put_object = put_object
         self.log = log
         self.retry_backoff_s = retry_backoff_s
+        self.refresh_s = refresh_s
+        self.clock = clock
         self.totals = BatchResult()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._consumer: KafkaConsumer | None = None
-        self._carry: list[KafkaRecord] = []  # fetched but past the payload cap: next batch
         self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._rebalance = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pollers: list[_Poller] = []
+        self._partitions: list[TopicPartition] = []
+        self._generation = 0
 
     # -- lifecycle
 
     def start(self) -> EventSourceMapping:
         self._thread = threading.Thread(
-            target=self._run, name=f"esm-{self.spec.function}", daemon=True
+            target=self._coordinate, name=f"esm-{self.spec.function}", daemon=True
         )
         self._thread.start()
         return self
 
-    def _connect(self) -> KafkaConsumer:
-        """A consumer that owns every partition of the topics, committing to the mapping's group.
+    def request_stop(self) -> None:
+        """Start no new batch or retry; `stop()` then waits for the current invocations."""
+        self._stop.set()
 
-        One poller per mapping, assigned all partitions rather than joining the group: the
-        group still holds the committed offsets (what `status` and AWS show as the mapping's
-        progress), but there is no rebalancing, so a restarted mapping resumes at once. (Tansu's
-        group coordination was seen to wedge for good after quick join/leave cycles.)
-        """
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop polling; each poller closes its consumer once its current invocation, if any,
+        has returned. Nothing unprocessed is committed."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout_s
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        for poller in self._pollers:
+            poller.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def rebalance(self) -> None:
+        """Move every partition to another poller now, as a Kafka group rebalance does."""
+        self._rebalance.set()
+
+    def assignment(self) -> dict[int, list[TopicPartition]]:
+        """Which poller owns which partitions (tests, status)."""
+        return {p.index: sorted(p.owned()) for p in self._pollers}
+
+    # -- the coordinator
+
+    def _coordinate(self) -> None:
+        metadata: KafkaConsumer | None = None
+        shift = 0
+        try:
+            while not self._stop.is_set():
+                try:
+                    if metadata is None:
+                        metadata = KafkaConsumer(
+                            bootstrap_servers=self.bootstrap_servers,
+                            client_id=f"devstack-esm-{self.spec.function}-metadata",
+                        )
+                    found = self._discover(metadata)
+                except Exception as exc:  # the broker is away: keep the current assignment
+                    self.error = exc
+                    self._stop.wait(min(self.refresh_s, 1.0))
+                    continue
+                moved = self._rebalance.is_set()
+                if found and (found != self._partitions or moved):
+                    if moved:
+                        shift += 1
+                        self._rebalance.clear()
+                    self._assign(found, shift)
+                    self._partitions = found
+                # A topic that does not exist yet is looked for often; later, at `refresh_s`.
+                deadline = time.monotonic() + (0.2 if not found else self.refresh_s)
+                while time.monotonic() < deadline and not self._rebalance.is_set():
+                    if self._stop.wait(0.05):
+                        break
+        finally:
+            if metadata is not None:
+                metadata.close()
+
+    def _discover(self, metadata: KafkaConsumer) -> list[TopicPartition]:
+        metadata.topics()  # a metadata request: partitions added since are seen
+        found: list[TopicPartition] = []
+        for topic in self.spec.topics:
+            found += [
+                TopicPartition(topic, p) for p in sorted(metadata.partitions_for_topic(topic) or ())
+            ]
+        return found
+
+    def _assign(self, partitions: list[TopicPartition], shift: int) -> None:
+        """Round-robin over min(MaximumPollers, partitions) pollers, rotated by `shift`."""
+        wanted = max(1, min(self.spec.maximum_pollers, len(partitions)))
+        while len(self._pollers) < wanted:
+            poller = _Poller(self, len(self._pollers))
+            self._pollers.append(poller)
+            poller.start()
+        self._generation += 1
+        plan: dict[int, set[TopicPartition]] = {p.index: set() for p in self._pollers}
+        for i, tp in enumerate(partitions):
+            plan[(i + shift) % wanted].add(tp)
+        for poller in self._pollers:
+            poller.reassign(plan[poller.index], self._generation)
+        self.log(
+            f"{self.spec.function}: assignment {self._generation}: "
+            + "; ".join(
+                f"poller {i} <- {','.join(str(tp.partition) for tp in sorted(tps)) or '-'}"
+                for i, tps in sorted(plan.items())
+            )
+        )
+
+    # -- shared by the pollers
+
+    def count(self, **increments: int) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self.totals, name, getattr(self.totals, name) + value)
+
+    def to_destination(
+        self, records: list[KafkaRecord], condition: str, result: Invocation | None, attempt: int
+    ) -> None:
+        """One on-failure object for the discarded records, in the guide's shape for Kafka."""
+        self.count(failed_to_destination=len(records))
+        if not self.put_object or not self.spec.on_failure_bucket:
+            self.log(
+                f"{self.spec.function}: {len(records)} records dropped ({condition}; "
+                "no on-failure destination)"
+            )
+            return
+        key, body = on_failure_record(
+            self.spec, self.bootstrap_servers, records, condition, result, attempt, self.clock()
+        )
+        self.put_object(self.spec.on_failure_bucket, key, body)
+        self.log(
+            f"{self.spec.function}: {len(records)} records sent to "
+            f"s3://{self.spec.on_failure_bucket}/{key} ({condition})"
+        )
+
+
+def on_failure_record(
+    spec: MappingSpec,
+    bootstrap_servers: str,
+    records: list[KafkaRecord],
+    condition: str,
+    result: Invocation | None,
+    attempt: int,
+    now_s: float,
+) -> tuple[str, bytes]:
+    """The S3 key and body Lambda writes for a discarded Kafka batch.
+
+    Body: the guide's invocation record for Kafka ("Capturing discarded batches for Amazon MSK
+    and self-managed Apache Kafka event sources"): requestContext, responseContext, version,
+    timestamp, KafkaBatchInfo (recordsInfo per "<topic>-<partition>", offsets as strings) and,
+    for S3 only, `payload`: the invocation's event as an escaped JSON string. Key: the guide
+    documents it for Kinesis and DynamoDB (aws/lambda/<ESM-UUID>/<shardID>/YYYY/MM/DD/
+    YYYY-MM-DDTHH.MM.SS-<random UUID>); for Kafka the first record's "<topic>-<partition>"
+    stands in the shard's place, which docs/deploy.md lists to confirm.
+    """
+    now = datetime.fromtimestamp(now_s, UTC)
+    event = msk_event(records, spec.event_source_arn, bootstrap_servers)
+    payload = json.dumps(event)
+    first = records[0]
+    key = (
+        f"aws/lambda/{spec.uuid}/{first.topic}-{first.partition}/"
+        f"{now:%Y/%m/%d/%Y-%m-%dT%H.%M.%S}-{uuid.uuid4()}"
+    )
+    records_info: dict[str, dict[str, str]] = {}
+    for name, group in event["records"].items():
+        records_info[name] = {
+            "firstRecordOffset": str(group[0]["offset"]),
+            "lastRecordOffset": str(group[-1]["offset"]),
+            "firstRecordTimestamp": _iso(group[0]["timestamp"]),
+            "lastRecordTimestamp": _iso(group[-1]["timestamp"]),
+        }
+    body = {
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": f"arn:aws:lambda:{_region(spec)}:{_account(spec)}:function:"
+            f"{spec.function}",
+            "condition": condition,
+            "approximateInvokeCount": attempt + 1 if result is not None else attempt,
+        },
+        "responseContext": None
+        if result is None
+        else {
+            "statusCode": 200,
+            "executedVersion": "$LATEST",
+            "functionError": None if result.ok else "Unhandled",
+        },
+        "version": "1.0",
+        "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "KafkaBatchInfo": {
+            "batchSize": len(records),
+            "eventSourceArn": spec.event_source_arn,
+            "bootstrapServers": bootstrap_servers,
+            "payloadSize": len(payload.encode()),
+            "recordsInfo": records_info,
+        },
+        "payload": payload,
+    }
+    return key, json.dumps(body).encode()
+
+
+def _iso(timestamp_ms: int) -> str:
+    try:
+        at = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return str(timestamp_ms)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _region(spec: MappingSpec) -> str:
+    parts = spec.event_source_arn.split(":")
+    return parts[3] if len(parts) > 4 else "local"
+
+
+def _account(spec: MappingSpec) -> str:
+    parts = spec.event_source_arn.split(":")
+    return parts[4] if len(parts) > 4 else "000000000000"
+
+
+class _Poller:
+    """One event poller: its own consumer, the partitions the coordinator gave it, one
+    invocation at a time."""
+
+    def __init__(self, mapping: EventSourceMapping, index: int) -> None:
+        self.mapping = mapping
+        self.spec = mapping.spec
+        self.index = index
+        self._lock = threading.Lock()
+        self._owned: set[TopicPartition] = set()
+        self._since: dict[TopicPartition, int] = {}  # the assignment that gave each partition
+        self._pending: tuple[set[TopicPartition], int] | None = None
+        self._consumer: KafkaConsumer | None = None
+        self._carry: list[KafkaRecord] = []  # fetched but past the payload cap: next batch
+        self._thread = threading.Thread(
+            target=self._run, name=f"esm-{self.spec.function}-{index}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    def owned(self) -> set[TopicPartition]:
+        with self._lock:
+            return set(self._owned)
+
+    def reassign(self, partitions: set[TopicPartition], generation: int) -> None:
+        """Take effect before this poller's next fetch; an invocation in flight runs on."""
+        with self._lock:
+            for tp in partitions - self._owned:
+                self._since[tp] = generation
+            self._owned = set(partitions)
+            self._pending = (set(partitions), generation)
+
+    def held_since(self, generation: int) -> set[TopicPartition]:
+        """The partitions this poller has owned without a break since `generation`."""
+        with self._lock:
+            return {tp for tp in self._owned if self._since.get(tp, 0) <= generation}
+
+    @property
+    def generation(self) -> int:
+        return self.mapping._generation
+
+    @property
+    def _stop(self) -> threading.Event:
+        return self.mapping._stop
+
+    def _log(self, message: str) -> None:
+        self.mapping.log(f"{self.spec.function}[{self.index}]: {message}")
+
+    # -- the loop
+
+    def _run(self) -> None:
+        # The consumer lives and dies in this thread: kafka-python consumers are not thread-safe.
+        # It is assigned partitions rather than joining the group (Tansu's group coordination was
+        # seen to wedge after quick join/leave cycles): the group still holds the committed
+        # offsets, and the coordinator plays the group's part, rebalances included.
+        self._consumer = KafkaConsumer(
+            bootstrap_servers=self.mapping.bootstrap_servers,
             group_id=self.spec.group_id,
-            client_id=f"devstack-esm-{self.spec.function}",
+            client_id=f"devstack-esm-{self.spec.function}-{self.index}",
             enable_auto_commit=False,
             auto_offset_reset="earliest"
             if self.spec.starting_position == "TRIM_HORIZON"
             else "latest",
             max_poll_records=self.spec.batch_size,
         )
-        partitions: list[TopicPartition] = []
-        while not partitions and not self._stop.is_set():
-            for topic in self.spec.topics:
-                found = consumer.partitions_for_topic(topic) or set()
-                partitions += [TopicPartition(topic, p) for p in sorted(found)]
-            if not partitions:
-                self._stop.wait(0.5)  # the topic is not there yet (or the broker is away)
-        consumer.assign(partitions)
-        return consumer
-
-    def request_stop(self) -> None:
-        """Start no new batch or retry; `stop()` then waits for the current invocation."""
-        self._stop.set()
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop polling; the thread leaves the group (closing its consumer) once the current
-        invocation, if any, has returned. Nothing unprocessed is committed."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    # -- the loop
-
-    def _run(self) -> None:
-        # The consumer lives and dies in this thread: kafka-python consumers are not
-        # thread-safe, and closing it here always sends LeaveGroup, so a restarted mapping
-        # rejoins the group at once.
-        self._consumer = self._connect()
         try:
             self._loop()
         finally:
@@ -252,45 +557,71 @@ class EventSourceMapping:
         failures = 0
         while not self._stop.is_set():
             try:
+                self._take_assignment()
+                generation = self.generation
                 batch = self._collect()
                 if batch:
-                    self._process(batch)
+                    self._process(batch, generation)
                 failures = 0
             except Exception as exc:
                 # Like Lambda's pollers, a mapping outlives a broker outage: it logs, backs off
                 # and resumes from the last committed offsets. Nothing was committed for the
                 # batch in hand, so it is fetched and delivered again.
                 failures += 1
-                self.error = exc
-                self.log(
-                    f"{self.spec.function}: polling failed ({type(exc).__name__}: {exc}); retrying"
-                )
+                self.mapping.error = exc
+                self._log(f"polling failed ({type(exc).__name__}: {exc}); retrying")
                 self._carry = []
-                self._rewind()
+                self._rewind(self._consumer_assignment())
                 self._stop.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
 
-    def _rewind(self) -> None:
+    def _consumer_assignment(self) -> set[TopicPartition]:
+        assert self._consumer is not None
+        return set(self._consumer.assignment())
+
+    def _take_assignment(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        partitions, _generation = pending
+        assert self._consumer is not None
+        before = self._consumer_assignment()
+        self._consumer.assign(sorted(partitions))
+        self._carry = [r for r in self._carry if TopicPartition(r.topic, r.partition) in partitions]
+        # A partition this poller gains starts from the group's committed offset: whatever
+        # another poller is still doing with it, as after a Kafka rebalance.
+        self._rewind(partitions - before)
+
+    def _rewind(self, partitions: Iterable[TopicPartition]) -> None:
         """Go back to the committed offsets, so records fetched but not processed come again."""
         assert self._consumer is not None
         try:
-            for tp in self._consumer.assignment():
+            for tp in partitions:
                 committed = self._consumer.committed(tp)
                 if committed is not None:
                     self._consumer.seek(tp, committed)
                 elif self.spec.starting_position == "TRIM_HORIZON":
                     self._consumer.seek_to_beginning(tp)
-        except Exception as exc:  # the broker is still away; the group rejoin will reset
-            self.log(f"{self.spec.function}: could not rewind yet ({type(exc).__name__})")
+                else:
+                    self._consumer.seek_to_end(tp)
+        except Exception as exc:  # the broker is still away; the next failure rewinds again
+            self._log(f"could not rewind yet ({type(exc).__name__})")
 
     def _collect(self) -> list[KafkaRecord]:
         """One batch: BatchSize records, or the batching window, or the payload cap."""
         assert self._consumer is not None
+        if not self._consumer_assignment():
+            self._stop.wait(0.2)
+            return []
         batch, self._carry = self._carry, []
         size = sum(_record_size(r) for r in batch) + 512
         opened = time.monotonic() if batch else None
         while not self._stop.is_set() and len(batch) < self.spec.batch_size:
             if opened is not None and time.monotonic() - opened >= self.spec.batching_window_s:
                 break
+            with self._lock:
+                if self._pending is not None:
+                    break  # reassigned: deliver what is in hand, then take the new partitions
             wait_ms = (
                 200
                 if opened is None
@@ -313,133 +644,142 @@ class EventSourceMapping:
                 break
         return batch
 
-    def _process(self, batch: list[KafkaRecord]) -> None:
+    def _process(self, batch: list[KafkaRecord], generation: int) -> None:
         delivered = [r for r in batch if passes_filters(self.spec.filters, msk_record(r))]
-        self.totals.filtered += len(batch) - len(delivered)
+        self.mapping.count(filtered=len(batch) - len(delivered))
         if delivered and not self._deliver(delivered, attempt=0):
-            return  # stopped before the function succeeded: uncommitted, so redelivered
-        self._commit(batch)
+            return  # stopped, or lost its partitions, before the function succeeded
+        self._commit(batch, generation)
+
+    def _expired(self, records: list[KafkaRecord]) -> list[KafkaRecord]:
+        """Records past MaximumRecordAgeInSeconds: never sent to the function again."""
+        if self.spec.maximum_record_age_s < 0:
+            return []
+        oldest_ms = (self.mapping.clock() - self.spec.maximum_record_age_s) * 1000
+        return [r for r in records if r.timestamp < oldest_ms]
 
     def _deliver(self, records: list[KafkaRecord], attempt: int) -> bool:
-        """Invoke until the records are processed or exhausted to the destination (True), or
-        the mapping is stopped first (False)."""
+        """Invoke until the records are processed or sent to the destination (True), or the
+        mapping stops or the poller loses their partitions first (False)."""
         while not self._stop.is_set():
-            event = msk_event(records, self.spec.event_source_arn, self.bootstrap_servers)
-            result = self.invoke(event)
-            self.totals.invocations += 1
-            failed = self._failed_records(records, result)
-            self.log(_describe(self.spec.function, records, result, attempt, len(failed)))
+            owned = self.owned()
+            mine = [r for r in records if TopicPartition(r.topic, r.partition) in owned]
+            if not mine:
+                self._log("partitions moved to another poller mid-retry; leaving them to it")
+                return False
+            records = mine
+            expired = self._expired(records)
+            if expired:
+                self.mapping.to_destination(expired, CONDITION_AGE, None, attempt)
+                gone = {id(r) for r in expired}
+                records = [r for r in records if id(r) not in gone]
+                if not records:
+                    return True
+            event = msk_event(records, self.spec.event_source_arn, self.mapping.bootstrap_servers)
+            result = self.mapping.invoke(event)
+            self.mapping.count(invocations=1)
+            failed = failed_records(self.spec, records, result)
+            self._log(_describe(records, result, attempt, len(failed)))
             if not failed:
-                self.totals.delivered += len(records)
+                self.mapping.count(delivered=len(records))
                 return True
-            self.totals.delivered += len(records) - len(failed)
-            records = failed
-            if self.spec.bisect_on_error and not result.ok and len(records) > 1:
-                middle = len(records) // 2
-                return self._deliver(records[:middle], attempt + 1) and self._deliver(
-                    records[middle:], attempt + 1
+            self.mapping.count(delivered=len(records) - len(failed))
+            if self.spec.bisect_on_error and not result.ok and len(failed) > 1:
+                # Splitting does not count against the retry quota (the guide says so for
+                # streams; the Kafka page is silent): each half starts at this attempt.
+                middle = len(failed) // 2
+                return self._deliver(failed[:middle], attempt) and self._deliver(
+                    failed[middle:], attempt
                 )
-            if 0 <= self.spec.maximum_retry_attempts <= attempt:
-                self._to_destination(records, result, attempt)
+            records = failed
+            if 0 <= self.spec.retries <= attempt:
+                self.mapping.to_destination(records, CONDITION_RETRIES, result, attempt)
                 return True
             attempt += 1
-            self._stop.wait(min(5.0, self.retry_backoff_s * 2 ** min(attempt - 1, 4)))
+            self._stop.wait(min(5.0, self.mapping.retry_backoff_s * 2 ** min(attempt - 1, 4)))
         return False
 
-    def _failed_records(self, records: list[KafkaRecord], result: Invocation) -> list[KafkaRecord]:
-        """The records to retry: all of them on an error; with ReportBatchItemFailures, each
-        reported partition from its lowest reported offset on (as Lambda resumes there)."""
-        if not result.ok:
-            return records
-        if not self.spec.report_batch_item_failures or not isinstance(result.payload, dict):
-            return []
-        failures = result.payload.get("batchItemFailures") or []
-        lowest: dict[str, int] = {}
-        for failure in failures:
-            item = failure.get("itemIdentifier") or {}
-            try:
-                partition, offset = str(item["partition"]), int(item["offset"])
-            except (KeyError, TypeError, ValueError):
-                return records  # a malformed response fails the whole batch, as in Lambda
-            lowest[partition] = min(offset, lowest.get(partition, offset))
-        return [
-            r
-            for r in records
-            if f"{r.topic}-{r.partition}" in lowest
-            and r.offset >= lowest[f"{r.topic}-{r.partition}"]
-        ]
-
-    def _to_destination(self, records: list[KafkaRecord], result: Invocation, attempt: int) -> None:
-        self.totals.failed_to_destination += len(records)
-        if not self.put_object or not self.spec.on_failure_bucket:
-            self.log(
-                f"{self.spec.function}: {len(records)} records dropped after {attempt} retries"
-                " (no on-failure destination)"
-            )
-            return
-        by_partition: dict[tuple[str, int], list[KafkaRecord]] = {}
-        for record in records:
-            by_partition.setdefault((record.topic, record.partition), []).append(record)
-        now = datetime.now(UTC)
-        for (topic, partition), group in by_partition.items():
-            key = (
-                f"aws/lambda/{self.spec.function}-{self.spec.name}/{topic}-{partition}/"
-                f"{now:%Y/%m/%d/%Y-%m-%dT%H.%M.%S}-{uuid.uuid4()}"
-            )
-            body = {
-                "version": "1.0",
-                "timestamp": now.isoformat(),
-                "requestContext": {
-                    "requestId": str(uuid.uuid4()),
-                    "functionArn": self.spec.function,
-                    "condition": "RetryAttemptsExhausted",
-                    "approximateInvokeCount": attempt + 1,
-                },
-                "responseContext": {
-                    "statusCode": 200,
-                    "executedVersion": "$LATEST",
-                    "functionError": None if result.ok else "Unhandled",
-                },
-                "KafkaBatchInfo": {
-                    "batchSize": len(group),
-                    "topic": topic,
-                    "partition": partition,
-                    "firstOffset": group[0].offset,
-                    "lastOffset": group[-1].offset,
-                    "eventSourceArn": self.spec.event_source_arn,
-                },
-                "payload": msk_event(group, self.spec.event_source_arn, self.bootstrap_servers),
-            }
-            self.put_object(self.spec.on_failure_bucket, key, json.dumps(body).encode())
-        self.log(
-            f"{self.spec.function}: {len(records)} records sent to s3://{self.spec.on_failure_bucket}"
-        )
-
-    def _commit(self, batch: Iterable[KafkaRecord]) -> None:
+    def _commit(self, batch: Iterable[KafkaRecord], generation: int) -> None:
         assert self._consumer is not None
+        owned = self.held_since(generation)
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        refused: set[TopicPartition] = set()
         for record in batch:
             tp = TopicPartition(record.topic, record.partition)
+            if tp not in owned:
+                refused.add(tp)  # Kafka refuses a commit for a partition lost since the fetch
+                continue
             next_offset = record.offset + 1
             if tp not in offsets or offsets[tp].offset < next_offset:
                 offsets[tp] = OffsetAndMetadata(next_offset, "", -1)
+        if refused:
+            self.mapping.count(refused_commits=len(refused))
+            self._log(
+                "commit refused for "
+                + ",".join(f"{tp.topic}-{tp.partition}" for tp in sorted(refused))
+                + " (rebalanced away): their new owner delivers them again"
+            )
+        if not offsets:
+            return
         try:
             self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
-            # The group rebalanced: the new owner re-reads from the last commit (at least once).
-            self.log(
-                f"{self.spec.function}: commit failed ({type(exc).__name__}); "
-                "the batch will be redelivered"
-            )
+            self._log(f"commit failed ({type(exc).__name__}); the batch will be redelivered")
+
+
+def failed_records(
+    spec: MappingSpec, records: list[KafkaRecord], result: Invocation
+) -> list[KafkaRecord]:
+    """The records to retry: all of them on an error or a response Lambda cannot read; with
+    ReportBatchItemFailures, each reported partition from its lowest reported offset on."""
+    if not result.ok:
+        return records
+    if not spec.report_batch_item_failures:
+        return []
+    reported = reported_failures(result.payload, records)
+    if reported is None:
+        return records  # "treated as failure and entire batch will be retried"
+    return [
+        r
+        for r in records
+        if f"{r.topic}-{r.partition}" in reported
+        and r.offset >= reported[f"{r.topic}-{r.partition}"]
+    ]
+
+
+def reported_failures(payload: Any, records: list[KafkaRecord]) -> dict[str, int] | None:
+    """Each reported "<topic>-<partition>" with its lowest reported offset; None when the
+    response names a record the event did not hold, or cannot be read."""
+    if payload is None or not isinstance(payload, dict):
+        return {}  # "an empty valid JSON or null": the batch succeeded
+    failures = payload.get("batchItemFailures")
+    if failures is None:
+        return {}
+    if not isinstance(failures, list):
+        return None
+    present = {(f"{r.topic}-{r.partition}", r.offset) for r in records}
+    lowest: dict[str, int] = {}
+    for failure in failures:
+        item = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+        if not isinstance(item, dict):
+            return None
+        # The guide's key and Powertools' disagree: either is read; both must then agree.
+        names = {item[key] for key in ("partition", "topic-partition") if key in item}
+        offset = item.get("offset")
+        if len(names) != 1 or isinstance(offset, bool) or not isinstance(offset, int):
+            return None
+        [name] = names
+        if not isinstance(name, str) or (name, offset) not in present:
+            return None
+        lowest[name] = min(offset, lowest.get(name, offset))
+    return lowest
 
 
 def _record_size(record: KafkaRecord) -> int:
     return len(json.dumps(msk_record(record)))
 
 
-def _describe(
-    function: str, records: list[KafkaRecord], result: Invocation, attempt: int, failed: int
-) -> str:
+def _describe(records: list[KafkaRecord], result: Invocation, attempt: int, failed: int) -> str:
     spans: dict[str, list[int]] = {}
     for record in records:
         spans.setdefault(f"{record.topic}-{record.partition}", []).append(record.offset)
@@ -453,4 +793,4 @@ def _describe(
         outcome = f"error {error.get('errorType')}: {str(error.get('errorMessage'))[:120]}"
     retry = f" retry {attempt}" if attempt else ""
     took = f"{result.duration_ms:7.0f} ms"
-    return f"{function:<24} {len(records):>5} records {where} {took}{retry} {outcome}"
+    return f"{len(records):>5} records {where} {took}{retry} {outcome}"

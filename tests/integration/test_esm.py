@@ -14,7 +14,13 @@ import pytest
 from kafka import KafkaAdminClient, KafkaProducer
 
 from devstack.broker import EmbeddedBroker
-from devstack.esm import MAX_PAYLOAD_BYTES, EventSourceMapping, MappingSpec, passes_filters
+from devstack.esm import (
+    MAX_PAYLOAD_BYTES,
+    EventSourceMapping,
+    MappingConfigError,
+    MappingSpec,
+    passes_filters,
+)
 from devstack.functions import Invocation
 from orderstream.topics import TopicSpec, reconcile_topics
 
@@ -164,11 +170,12 @@ def test_failures_are_retried_then_sent_to_the_destination(
     assert len(function.events) == 3  # the first attempt and 2 retries
     [(bucket, key, body)] = written
     assert bucket == "dead-letters"
-    assert key.startswith(f"aws/lambda/Fn-OrderPlaced/{topic}-1/")
+    assert key.startswith(f"aws/lambda/{mapping_spec.uuid}/{topic}-1/")
     record = json.loads(body)
     assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
-    assert record["KafkaBatchInfo"]["partition"] == 1
-    [[raw]] = record["payload"]["records"].values()
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["KafkaBatchInfo"]["recordsInfo"][f"{topic}-1"]["firstRecordOffset"] == "0"
+    [[raw]] = json.loads(record["payload"])["records"].values()
     assert base64.b64decode(raw["value"]) == b'{"poison": true}'
     assert mapping.totals.failed_to_destination == 1
 
@@ -224,7 +231,7 @@ def test_bisect_isolates_the_record_that_fails(
     )
     wait_for(lambda: bool(written))
     [dead] = written
-    [[raw]] = json.loads(dead)["payload"]["records"].values()
+    [[raw]] = json.loads(json.loads(dead)["payload"])["records"].values()
     assert base64.b64decode(raw["value"]) == b'{"bad": 3}'
 
 
@@ -297,8 +304,10 @@ def test_mapping_spec_reads_the_templates_event() -> None:
             "OnFailure": {"Type": "S3", "Destination": "arn:aws:s3:::dead-letters"}
         },
         "FilterCriteria": {"Filters": [{"Pattern": '{"value": {"a": [1]}}'}]},
+        "ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 3},
     }
     parsed = MappingSpec.from_event("Fn", "OrderPlaced", props)
+    assert parsed.maximum_pollers == 3
     assert parsed.on_failure_bucket == "dead-letters"
     assert parsed.report_batch_item_failures is True
     assert parsed.filters == [{"value": {"a": [1]}}]
@@ -307,3 +316,220 @@ def test_mapping_spec_reads_the_templates_event() -> None:
         1.0,
         10,
     )
+
+
+BASE_PROPS: dict[str, Any] = {"Stream": "arn:c", "Topics": ["t"]}
+
+
+@pytest.mark.parametrize(
+    ("props", "refusal"),
+    [
+        ({"MaximumRetryAttempts": 3}, "MaximumRetryAttempts need provisioned mode"),
+        ({"BisectBatchOnFunctionError": True}, "BisectBatchOnFunctionError need provisioned"),
+        ({"FunctionResponseTypes": ["ReportBatchItemFailures"]}, "FunctionResponseTypes need"),
+        ({"BatchSize": 10_001}, "BatchSize must be 1-10000"),
+        ({"MaximumRecordAgeInSeconds": 59}, "MaximumRecordAgeInSeconds must be 60-604800 or -1"),
+        ({"MaximumRetryAttempts": -2}, "MaximumRetryAttempts must be 0-10000 or -1"),
+        ({"ProvisionedPollerConfig": {"MinimumPollers": 3, "MaximumPollers": 2}}, "pollers"),
+    ],
+)
+def test_mappings_lambda_would_refuse_are_refused(props: dict[str, Any], refusal: str) -> None:
+    with pytest.raises(MappingConfigError, match=refusal):
+        MappingSpec.from_event("Fn", "E", BASE_PROPS | props)
+
+
+def test_infinite_retries_with_a_destination_mean_ten() -> None:
+    provisioned = {"ProvisionedPollerConfig": {"MinimumPollers": 1, "MaximumPollers": 1}}
+    destination = {"DestinationConfig": {"OnFailure": {"Destination": "arn:aws:s3:::dlq"}}}
+    assert MappingSpec.from_event("Fn", "E", BASE_PROPS | provisioned).retries == -1
+    assert MappingSpec.from_event("Fn", "E", BASE_PROPS | provisioned | destination).retries == 10
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ["not a dict"],
+        [{"itemIdentifier": "order-placed-0:1"}],
+        [{"itemIdentifier": {"partition": "{topic}-0"}}],  # no offset
+        [{"itemIdentifier": {"partition": "{topic}-0", "offset": True}}],
+        [{"itemIdentifier": {"partition": "{topic}-0", "offset": 99}}],  # not in the event
+        [{"itemIdentifier": {"partition": "{topic}-2", "offset": 0}}],  # nor this partition
+        [{"itemIdentifier": {"partition": "{topic}-0", "topic-partition": "x-0", "offset": 0}}],
+        "batchItemFailures is not a list",
+    ],
+)
+def test_a_response_naming_what_the_event_did_not_hold_fails_the_whole_batch(
+    kafka_broker: EmbeddedBroker,
+    topic: str,
+    run_mapping: Callable[..., EventSourceMapping],
+    answer: Any,
+) -> None:
+    """The guide: an identifier not present in the invoked event is a failure of the entire
+    batch; each such answer counts against MaximumRetryAttempts, then the destination."""
+    produce(kafka_broker, topic, [b'{"n": 0}', b'{"n": 1}'], partition=0)
+    failures = json.loads(json.dumps(answer).replace("{topic}", topic))
+    function = Function(
+        lambda event, call: Invocation("r", True, {"batchItemFailures": failures}, None, 1.0, 0.0)
+    )
+    written: list[bytes] = []
+    run_mapping(
+        spec(
+            topic,
+            report_batch_item_failures=True,
+            maximum_retry_attempts=2,
+            batching_window_s=1.0,
+            on_failure_bucket="dlq",
+        ),
+        function,
+        put_object=lambda b, k, body: written.append(body),
+    )
+    wait_for(lambda: bool(written))
+    assert len(function.events) == 3  # whole batch each time: the first try and 2 retries
+    assert all(len(e["records"][f"{topic}-0"]) == 2 for e in function.events)
+    assert json.loads(written[0])["KafkaBatchInfo"]["batchSize"] == 2
+
+
+@pytest.mark.parametrize("key", ["partition", "topic-partition"])
+def test_either_identifier_key_retries_only_from_the_reported_offset(
+    kafka_broker: EmbeddedBroker,
+    topic: str,
+    run_mapping: Callable[..., EventSourceMapping],
+    key: str,
+) -> None:
+    produce(kafka_broker, topic, [json.dumps({"n": i}).encode() for i in range(4)], partition=1)
+
+    def fail_offset_2_once(event: dict[str, Any], call: int) -> Invocation | None:
+        if call > 1:
+            return None
+        item = {key: f"{topic}-1", "offset": 2}
+        return Invocation("r", True, {"batchItemFailures": [{"itemIdentifier": item}]}, None, 1, 0)
+
+    function = Function(fail_offset_2_once)
+    run_mapping(spec(topic, report_batch_item_failures=True, batching_window_s=1.0), function)
+    wait_for(lambda: len(function.events) >= 2)
+    assert [r["offset"] for r in function.events[1]["records"][f"{topic}-1"]] == [2, 3]
+
+
+def test_records_older_than_the_maximum_age_skip_the_function_for_the_destination(
+    kafka_broker: EmbeddedBroker, topic: str, run_mapping: Callable[..., EventSourceMapping]
+) -> None:
+    produce(kafka_broker, topic, [b'{"old": 1}', b'{"old": 2}'], partition=0)
+    function = Function()
+    written: list[bytes] = []
+    run_mapping(
+        spec(topic, maximum_record_age_s=60, on_failure_bucket="dlq", batching_window_s=1.0),
+        function,
+        put_object=lambda b, k, body: written.append(body),
+        clock=lambda: time.time() + 3600,  # an hour later: every record is past 60 s
+    )
+    wait_for(lambda: bool(written))
+    assert function.events == []
+    record = json.loads(written[0])
+    assert record["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert record["responseContext"] is None
+    assert record["KafkaBatchInfo"]["batchSize"] == 2
+
+
+def test_bisecting_does_not_count_against_the_retries(
+    kafka_broker: EmbeddedBroker, topic: str, run_mapping: Callable[..., EventSourceMapping]
+) -> None:
+    values = [b'{"ok": 1}', b'{"ok": 2}', b'{"ok": 3}', b'{"bad": 4}']
+    produce(kafka_broker, topic, values, partition=0)
+
+    def fails_with_bad(event: dict[str, Any], call: int) -> Invocation | None:
+        decoded = [base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs]
+        return failure() if any(b"bad" in v for v in decoded) else None
+
+    function = Function(fails_with_bad)
+    written: list[bytes] = []
+    run_mapping(
+        spec(
+            topic,
+            bisect_on_error=True,
+            maximum_retry_attempts=1,
+            batching_window_s=1.0,
+            on_failure_bucket="dlq",
+        ),
+        function,
+        put_object=lambda b, k, body: written.append(body),
+    )
+    wait_for(lambda: bool(written))
+    sizes = [sum(len(rs) for rs in e["records"].values()) for e in function.events]
+    # 4 fails, splits to 2+2 (no retry used); the bad half splits to 1+1; the bad record then
+    # gets its one retry. A split that counted would have exhausted it at the first half.
+    assert sizes == [4, 2, 2, 1, 1, 1]
+    [[raw]] = json.loads(json.loads(written[0])["payload"])["records"].values()
+    assert base64.b64decode(raw["value"]) == b'{"bad": 4}'
+
+
+def test_pollers_share_the_partitions_and_partitions_that_appear_later_are_picked_up(
+    kafka_broker: EmbeddedBroker, run_mapping: Callable[..., EventSourceMapping]
+) -> None:
+    """Partitions that appear in the metadata later are assigned and polled. Tansu does not
+    implement CreatePartitions, so they appear here as a second topic of the mapping's, created
+    once it runs; the coordinator sees both the same way: the partition list changed."""
+    first, second = (f"esm-grow-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
+    try:
+        reconcile_topics(admin, [TopicSpec(first, 1)])
+        function = Function()
+        mapping = run_mapping(
+            spec(first, topics=[first, second], maximum_pollers=2), function, refresh_s=0.2
+        )
+        wait_for(lambda: sum(map(len, mapping.assignment().values())) == 1)
+        assert len(mapping.assignment()) == 1  # capped at the partition count
+        reconcile_topics(admin, [TopicSpec(second, 2)])
+    finally:
+        admin.close()
+    wait_for(lambda: sum(map(len, mapping.assignment().values())) == 3)
+    owners = mapping.assignment()
+    assert len(owners) == 2
+    assert all(owners.values())
+    produce(kafka_broker, first, [b'{"n": 0}'], partition=0)
+    produce(kafka_broker, second, [b'{"n": 1}', b'{"n": 2}'])
+    wait_for(lambda: len(function.offsets()) >= 3)
+    delivered = sorted(
+        (r["topic"], r["partition"])
+        for e in function.events
+        for rs in e["records"].values()
+        for r in rs
+    )
+    assert delivered == sorted([(first, 0), (second, 0), (second, 1)])
+
+
+def test_a_rebalance_mid_invocation_gives_two_invocations_the_same_records(
+    kafka_broker: EmbeddedBroker, topic: str, run_mapping: Callable[..., EventSourceMapping]
+) -> None:
+    """As in AWS: the new owner starts from the committed offset while the old one is still
+    invoking; the old owner's commit is refused; nothing is lost, records come twice."""
+    produce(kafka_broker, topic, [json.dumps({"n": i}).encode() for i in range(3)], partition=0)
+    release = threading.Event()
+    in_flight = threading.Semaphore(0)
+
+    def first_call_hangs(event: dict[str, Any], call: int) -> Invocation | None:
+        if call == 1:
+            in_flight.release()
+            release.wait(20)
+        return None
+
+    function = Function(first_call_hangs)
+    mapping = run_mapping(
+        spec(topic, maximum_pollers=3, batching_window_s=0.5), function, refresh_s=0.2
+    )
+    assert in_flight.acquire(timeout=30)
+    mapping.rebalance()
+    wait_for(lambda: len([e for e in function.events if f"{topic}-0" in e["records"]]) >= 2)
+    release.set()
+    wait_for(lambda: mapping.totals.refused_commits >= 1)
+    first, second = [
+        [r["offset"] for r in e["records"][f"{topic}-0"]]
+        for e in function.events
+        if f"{topic}-0" in e["records"]
+    ][:2]
+    assert first == second == [0, 1, 2]
+    mapping.stop()
+    again = Function()
+    run_mapping(spec(topic, group_id=mapping.spec.group_id), again)
+    produce(kafka_broker, topic, [b'{"n": 3}'], partition=0)
+    wait_for(lambda: bool(again.offsets()))
+    assert again.offsets() == [(0, 3)]  # committed past 2 by the new owner, never behind

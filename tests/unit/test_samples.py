@@ -39,13 +39,16 @@ def test_every_sample_is_covered_here() -> None:
         "msk-orders.json",
         "msk-poison.json",
         "msk-null-key.json",
+        "msk-guide-sample.json",
         "cfn-topics-create.json",
         "cfn-topics-delete.json",
         "cfn-bootstrap-brokers-create.json",
     }
 
 
-@pytest.mark.parametrize("name", ["msk-orders.json", "msk-poison.json", "msk-null-key.json"])
+@pytest.mark.parametrize(
+    "name", ["msk-orders.json", "msk-poison.json", "msk-null-key.json", "msk-guide-sample.json"]
+)
 def test_msk_samples_have_lambdas_shape(name: str) -> None:
     raw = load_event(name)
     if name != "msk-poison.json":
