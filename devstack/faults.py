@@ -1,9 +1,10 @@
 """Fault injection for the local stack: real network faults, on loopback, switched by tests.
 
 `HttpFaultProxy` sits between the functions and moto_server and answers chosen AWS calls with
-the errors AWS sends (SES throttling, S3 SlowDown). `TcpFaultProxy` sits between every Kafka
-client and the broker (the broker advertises the proxy's address) and can cut all connections,
-so "the broker is unreachable" without restarting it and losing its in-memory data.
+the errors AWS sends (SES throttling, S3 SlowDown), or holds them a while (slow S3 writes).
+`TcpFaultProxy` sits between every Kafka client and the broker (the broker advertises the
+proxy's address) and can cut all connections, so "the broker is unreachable" without
+restarting it and losing its in-memory data.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     injected: int = 0
     times: int | None = None
+    # Hold the request this long first; with status 0 it then goes through (a slow call).
+    delay_s: float = 0.0
     # Each fault samples its own sequence: which calls fail never depends on what other faults,
     # or earlier tests, drew before.
     sampler: random.Random = field(
@@ -91,6 +94,18 @@ def s3_put_failures(bucket: str, seconds: float) -> Fault:
         body,
         until=time.monotonic() + seconds,
         headers={"Content-Type": "application/xml"},
+    )
+
+
+def s3_slow_writes(bucket: str, delay_s: float, seconds: float) -> Fault:
+    """PutObject to `bucket` held `delay_s` before it goes through, for `seconds`: invocations
+    stay in flight long enough for a rebalance to hand their partitions to another poller."""
+    return Fault(
+        lambda r: r.method == "PUT" and r.path.startswith(f"/{bucket}/") and not r.query,
+        0,
+        b"",
+        until=time.monotonic() + seconds,
+        delay_s=delay_s,
     )
 
 
@@ -196,8 +211,10 @@ class HttpFaultProxy:
                 )
                 fault = proxy._fault_for(request)
                 if fault is not None:
-                    self._send(fault.status, fault.headers, fault.body)
-                    return
+                    time.sleep(fault.delay_s)
+                    if fault.status:
+                        self._send(fault.status, fault.headers, fault.body)
+                        return
                 upstream = urllib.request.Request(  # noqa: S310 -- our own moto_server
                     proxy.upstream + self.path,
                     data=body if self.command not in {"GET", "HEAD"} else None,

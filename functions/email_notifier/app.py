@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -69,6 +69,7 @@ from orderstream.redaction import masked_log_line
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer
     from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+    from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecordRecords
     from aws_lambda_powertools.utilities.typing import LambdaContext
     from mypy_boto3_s3 import S3Client
 
@@ -344,6 +345,9 @@ def _looks_like_address(text: str) -> bool:
 def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> KafkaBatchResponse:
     wired = notifier()
     wired.ledger.register_lambda_context(context)
+    # Which records this invocation holds: after a partial failure, the next invocation's line
+    # shows which partial-batch key the mapping honoured (docs/deploy.md).
+    logger.info("Batch received", records=record_spans(event.records))
     outcome = confirm_batch(
         event.records,
         ledger=wired.ledger,
@@ -357,6 +361,17 @@ def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> KafkaBatch
     )
     report(outcome, redirected=wired.redirect_to is not None)
     return outcome.response()
+
+
+def record_spans(records: Iterable[ConsumerRecordRecords]) -> dict[str, str]:
+    """Each "<topic>-<partition>" of the batch with its first..last offset and count."""
+    offsets: dict[str, list[int]] = {}
+    for record in records:
+        offsets.setdefault(f"{record.topic}-{record.partition}", []).append(record.offset)
+    return {
+        name: f"{min(found)}..{max(found)} ({len(found)})"
+        for name, found in sorted(offsets.items())
+    }
 
 
 def report(outcome: ConfirmationOutcome, *, redirected: bool) -> None:

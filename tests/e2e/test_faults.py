@@ -4,16 +4,19 @@ archived once and emailed once. Faults are real network faults injected on loopb
 from __future__ import annotations
 
 import copy
+import gzip
 import json
+import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from devstack.faults import Fault, s3_put_failures, ses_throttling
+from devstack.faults import Fault, s3_put_failures, s3_slow_writes, ses_throttling
 from devstack.msk_event import msk_event
 from devstack.status import end_offsets
 from tests.e2e.conftest import Stack, wait_until
@@ -88,23 +91,27 @@ def test_the_same_batch_redelivered_three_times(local_stack: Stack) -> None:
     delivered_exactly_once(local_stack, ids)
     archive_before = local_stack.objects("ArchiveBucket")
 
-    # Rebuild, from the topic itself, exactly the batches the archiver wrote, then hand each
-    # to both consumers three more times, as a mapping that lost its commits would.
+    # Rebuild, from the topic itself, one batch per archive object (the records it holds),
+    # then hand each to both consumers three more times, as a mapping that lost its commits
+    # would.
     consumer = KafkaConsumer(bootstrap_servers=local_stack.info.bootstrap_servers, group_id=None)
     try:
         batches = []
-        for key in archive_before:
-            name = key.rsplit("/", 1)[-1].removesuffix(".jsonl.gz")
-            topic, partition, first = name.rsplit("+", 2)
-            lines = int(local_stack.stack_object_metadata(key)["record-count"])
-            tp = TopicPartition(topic, int(partition))
+        for body in archive_before.values():
+            held = [json.loads(line) for line in gzip.decompress(body).splitlines()]
+            tp = TopicPartition(held[0]["topic"], held[0]["partition"])
+            offsets = {line["offset"] for line in held}
             consumer.assign([tp])
-            consumer.seek(tp, int(first))
+            consumer.seek(tp, min(offsets))
             records: list[Any] = []
-            while len(records) < lines:
+            while not records or records[-1].offset < max(offsets):
                 records.extend(consumer.poll(timeout_ms=1000).get(tp, []))
             batches.append(
-                msk_event(records[:lines], "arn:local", local_stack.info.bootstrap_servers)
+                msk_event(
+                    [r for r in records if r.offset in offsets],
+                    "arn:local",
+                    local_stack.info.bootstrap_servers,
+                )
             )
     finally:
         consumer.close()
@@ -113,6 +120,20 @@ def test_the_same_batch_redelivered_three_times(local_stack: Stack) -> None:
             assert local_stack.stack.pools["S3ArchiverFunction"].invoke(event).ok
             assert local_stack.stack.pools["EmailNotifierFunction"].invoke(event).ok
     assert local_stack.objects("ArchiveBucket") == archive_before  # same keys, same bytes
+
+    # Overlapping, shrinking and growing windows over each partition's records, as a mapping
+    # that bisected, rebalanced or fetched more would deliver them: still the same archive.
+    by_partition: dict[str, list[dict[str, Any]]] = {}
+    for event in batches:
+        for name, entries in event["records"].items():
+            by_partition.setdefault(name, []).extend(entries)
+    for name, entries in by_partition.items():
+        entries.sort(key=lambda entry: entry["offset"])
+        n = len(entries)
+        for lo, hi in [(0, n // 2 + 1), (n // 4, 3 * n // 4 + 1), (n // 3, n), (0, n)]:
+            window = {**batches[0], "records": {name: entries[lo:hi]}}
+            assert local_stack.stack.pools["S3ArchiverFunction"].invoke(window).ok
+    assert local_stack.objects("ArchiveBucket") == archive_before
     emailed = local_stack.emailed_orders()
     assert sorted(emailed[i] for i in ids) == [1] * len(ids)
 
@@ -158,3 +179,50 @@ def test_the_broker_unreachable_for_a_while(local_stack: Stack) -> None:
     retried = post_all(local_stack, bodies)  # the client retries, as Retry-After told it
     assert [status for status, _ in retried] == [202] * 5
     delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
+
+
+def test_two_pollers_delivering_overlapping_ranges_archive_every_offset_once(
+    local_stack: Stack,
+) -> None:
+    """Slow archive writes keep invocations in flight while the archiver's partitions are moved
+    between its pollers again and again: the new owner delivers records the old one is still
+    writing (the old one's commit is then refused). Every offset ends up archived once."""
+    stack = local_stack.stack
+    [mapping] = [m for m in stack.mappings if m.spec.function == "S3ArchiverFunction"]
+    assert mapping.spec.maximum_pollers >= 2
+    assert stack.aws_faults is not None
+    refused_before = mapping.totals.refused_commits
+    bucket = local_stack.info.buckets["ArchiveBucket"]
+    slow = stack.aws_faults.add(s3_slow_writes(bucket, delay_s=1.0, seconds=20))
+    done = threading.Event()
+
+    def keep_rebalancing() -> None:
+        while not done.wait(0.8):
+            mapping.rebalance()
+
+    rebalancer = threading.Thread(target=keep_rebalancing, daemon=True)
+    rebalancer.start()
+    try:
+        bodies = orders(40, "rebalanced")
+        for chunk in (bodies[:20], bodies[20:]):
+            post_all(local_stack, chunk)
+            time.sleep(2)
+        delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
+    finally:
+        done.set()
+        rebalancer.join(5)
+        stack.aws_faults.clear()
+    assert slow.injected > 0
+    assert mapping.totals.refused_commits > refused_before  # two owners really overlapped
+
+    partitions = [TopicPartition("order-placed", p) for p in range(6)]
+    ends = end_offsets(local_stack.info.bootstrap_servers, partitions)
+
+    def archived() -> Counter[tuple[int, int]]:
+        return Counter((line["partition"], line["offset"]) for line in local_stack.archived_lines())
+
+    wanted = {(tp.partition, o) for tp in partitions for o in range(ends[tp])}
+    wait_until(lambda: set(archived()) >= wanted, timeout_s=120)
+    counts = archived()
+    assert set(counts) == wanted
+    assert set(counts.values()) == {1}, "an offset is in the archive twice"

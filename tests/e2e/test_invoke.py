@@ -47,6 +47,9 @@ def invoke(*args: str) -> tuple[int, Any, str]:
         ("EmailNotifierFunction", "msk-null-key.json", lambda r: r["batchItemFailures"] == []),
         ("S3ArchiverFunction", "msk-orders.json", lambda r: r["archived"] == 5),
         ("S3ArchiverFunction", "msk-poison.json", lambda r: r["poison"] == 1),
+        # The Lambda guide's own sample: its value is not JSON, so both keep it as poison.
+        ("S3ArchiverFunction", "msk-guide-sample.json", lambda r: r["poison"] == 1),
+        ("EmailNotifierFunction", "msk-guide-sample.json", lambda r: r["batchItemFailures"] == []),
     ],
 )
 def test_invoke_gives_the_documented_result(function: str, event: str, check: Any) -> None:

@@ -717,3 +717,15 @@ def test_only_a_comparable_fingerprint_that_differs_is_another_order(
         response_data=json.dumps({"message_id": "m", "fingerprint": remembered}),
     )
     assert notifier._claim_of(stored, "v1:" + "a" * 64) is claim
+
+
+def test_each_invocation_logs_the_records_it_holds_per_partition(
+    notifier: ModuleType, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """docs/deploy.md reads this line to see which partial-batch key Lambda honoured."""
+    invoke(notifier, load_event("msk-orders.json"))
+    [received] = [line for line in log_lines() if line["message"] == "Batch received"]
+    assert received["records"] == {
+        "order-placed-0": "40..41 (2)",
+        "order-placed-1": "140..142 (3)",
+    }
