@@ -17,8 +17,9 @@ consumers happen to need:
   records older than MaximumRecordAgeInSeconds skipped to the destination,
   BisectBatchOnFunctionError, ReportBatchItemFailures (an identifier under `partition` or
   `topic-partition`; one naming a record not in the event, or a malformed response, fails the
-  whole batch and counts as an attempt); then the on-failure destination: one S3 object per
-  discarded invocation, the documented metadata with the invocation as an escaped JSON string.
+  whole batch and counts as an attempt; other keys beside them are ignored, as the Kafka page
+  says nothing of them); then the on-failure destination: one S3 object per discarded
+  invocation, the documented metadata with the invocation as an escaped JSON string.
 """
 
 from __future__ import annotations
@@ -324,6 +325,8 @@ class EventSourceMapping:
                     self._stop.wait(min(self.refresh_s, 1.0))
                     continue
                 moved = self._rebalance.is_set()
+                if not found:
+                    self._rebalance.clear()  # nothing to move yet
                 if found and (found != self._partitions or moved):
                     if moved:
                         shift += 1
@@ -538,16 +541,26 @@ class _Poller:
         # It is assigned partitions rather than joining the group (Tansu's group coordination was
         # seen to wedge after quick join/leave cycles): the group still holds the committed
         # offsets, and the coordinator plays the group's part, rebalances included.
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=self.mapping.bootstrap_servers,
-            group_id=self.spec.group_id,
-            client_id=f"devstack-esm-{self.spec.function}-{self.index}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest"
-            if self.spec.starting_position == "TRIM_HORIZON"
-            else "latest",
-            max_poll_records=self.spec.batch_size,
-        )
+        failures = 0
+        while self._consumer is None and not self._stop.is_set():
+            try:
+                self._consumer = KafkaConsumer(
+                    bootstrap_servers=self.mapping.bootstrap_servers,
+                    group_id=self.spec.group_id,
+                    client_id=f"devstack-esm-{self.spec.function}-{self.index}",
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest"
+                    if self.spec.starting_position == "TRIM_HORIZON"
+                    else "latest",
+                    max_poll_records=self.spec.batch_size,
+                )
+            except Exception as exc:  # the broker is away: a poller waits for it, as Lambda's do
+                failures += 1
+                self.mapping.error = exc
+                self._log(f"cannot reach the broker yet ({type(exc).__name__}); retrying")
+                self._stop.wait(min(5.0, 0.2 * 2 ** min(failures, 5)))
+        if self._consumer is None:
+            return
         try:
             self._loop()
         finally:
@@ -585,12 +598,12 @@ class _Poller:
             return
         partitions, _generation = pending
         assert self._consumer is not None
-        before = self._consumer_assignment()
         self._consumer.assign(sorted(partitions))
-        self._carry = [r for r in self._carry if TopicPartition(r.topic, r.partition) in partitions]
-        # A partition this poller gains starts from the group's committed offset: whatever
-        # another poller is still doing with it, as after a Kafka rebalance.
-        self._rewind(partitions - before)
+        # An eager rebalance: every partition, kept or gained, restarts from the group's
+        # committed offset (a gained one whatever another poller is still doing with it), and
+        # records fetched before it are dropped.
+        self._carry = []
+        self._rewind(partitions)
 
     def _rewind(self, partitions: Iterable[TopicPartition]) -> None:
         """Go back to the committed offsets, so records fetched but not processed come again."""
@@ -613,8 +626,18 @@ class _Poller:
         if not self._consumer_assignment():
             self._stop.wait(0.2)
             return []
-        batch, self._carry = self._carry, []
-        size = sum(_record_size(r) for r in batch) + 512
+        batch: list[KafkaRecord] = []
+        size = 512
+        carried, self._carry = self._carry, []
+        for record in carried:  # what the last batch could not hold, under the same cap
+            record_size = _record_size(record)
+            if batch and (size + record_size > MAX_PAYLOAD_BYTES or self._carry):
+                self._carry.append(record)
+                continue
+            batch.append(record)
+            size += record_size
+        if self._carry:
+            return batch
         opened = time.monotonic() if batch else None
         while not self._stop.is_set() and len(batch) < self.spec.batch_size:
             if opened is not None and time.monotonic() - opened >= self.spec.batching_window_s:
@@ -648,7 +671,14 @@ class _Poller:
         delivered = [r for r in batch if passes_filters(self.spec.filters, msk_record(r))]
         self.mapping.count(filtered=len(batch) - len(delivered))
         if delivered and not self._deliver(delivered, attempt=0):
-            return  # stopped, or lost its partitions, before the function succeeded
+            # Stopped, or some partitions moved away mid-delivery: nothing is committed, and
+            # the partitions still owned go back to their committed offsets, so no record the
+            # function has not processed is skipped.
+            if not self._stop.is_set():
+                involved = {TopicPartition(r.topic, r.partition) for r in [*batch, *self._carry]}
+                self._carry = []
+                self._rewind(self.owned() & involved)
+            return
         self._commit(batch, generation)
 
     def _expired(self, records: list[KafkaRecord]) -> list[KafkaRecord]:
@@ -764,12 +794,14 @@ def reported_failures(payload: Any, records: list[KafkaRecord]) -> dict[str, int
         if not isinstance(item, dict):
             return None
         # The guide's key and Powertools' disagree: either is read; both must then agree.
-        names = {item[key] for key in ("partition", "topic-partition") if key in item}
+        names = [item[key] for key in ("partition", "topic-partition") if key in item]
         offset = item.get("offset")
-        if len(names) != 1 or isinstance(offset, bool) or not isinstance(offset, int):
+        if not names or not all(isinstance(name, str) for name in names):
             return None
-        [name] = names
-        if not isinstance(name, str) or (name, offset) not in present:
+        if len(set(names)) != 1 or isinstance(offset, bool) or not isinstance(offset, int):
+            return None
+        name = names[0]
+        if (name, offset) not in present:
             return None
         lowest[name] = min(offset, lowest.get(name, offset))
     return lowest

@@ -1,7 +1,7 @@
 """Fault injection for the local stack: real network faults, on loopback, switched by tests.
 
 `HttpFaultProxy` sits between the functions and moto_server and answers chosen AWS calls with
-the errors AWS sends (SES throttling, S3 SlowDown), or holds them a while (slow S3 writes).
+the errors AWS sends (SES throttling, S3 SlowDown), or holds them (S3 writes held until released).
 `TcpFaultProxy` sits between every Kafka client and the broker (the broker advertises the
 proxy's address) and can cut all connections, so "the broker is unreachable" without
 restarting it and losing its in-memory data.
@@ -57,8 +57,14 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     injected: int = 0
     times: int | None = None
-    # Hold the request this long first; with status 0 it then goes through (a slow call).
-    delay_s: float = 0.0
+    # Hold the request until `hold` is set (at most HOLD_LIMIT_S); with status 0 it then goes
+    # through.
+    hold: threading.Event | None = None
+
+    def release(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
+
     # Each fault samples its own sequence: which calls fail never depends on what other faults,
     # or earlier tests, drew before.
     sampler: random.Random = field(
@@ -97,15 +103,17 @@ def s3_put_failures(bucket: str, seconds: float) -> Fault:
     )
 
 
-def s3_slow_writes(bucket: str, delay_s: float, seconds: float) -> Fault:
-    """PutObject to `bucket` held `delay_s` before it goes through, for `seconds`: invocations
-    stay in flight long enough for a rebalance to hand their partitions to another poller."""
+HOLD_LIMIT_S = 60.0
+
+
+def s3_writes_held(bucket: str) -> Fault:
+    """PutObject to `bucket` held until the fault's `release()`: invocations stay in flight
+    while a test moves their partitions to another poller."""
     return Fault(
         lambda r: r.method == "PUT" and r.path.startswith(f"/{bucket}/") and not r.query,
         0,
         b"",
-        until=time.monotonic() + seconds,
-        delay_s=delay_s,
+        hold=threading.Event(),
     )
 
 
@@ -211,7 +219,8 @@ class HttpFaultProxy:
                 )
                 fault = proxy._fault_for(request)
                 if fault is not None:
-                    time.sleep(fault.delay_s)
+                    if fault.hold is not None:
+                        fault.hold.wait(HOLD_LIMIT_S)
                     if fault.status:
                         self._send(fault.status, fault.headers, fault.body)
                         return

@@ -30,7 +30,9 @@ class ConditionalStore:
     moto checks If-Match / If-None-Match with a read then a write, unlocked; S3 does not let two
     conditional writers both win, and neither does this store. Hooks let a test put another
     writer between a read and a write (`before_put`), answer 409 ConditionalRequestConflict
-    (`conflict`) or fail like a lost connection (`fail`), each by key.
+    (`conflict`), fail like a lost connection before the write (`fail`), or lose the answer to
+    a write that happened (`lost`: the caller then sees what botocore's retry of it would get,
+    a 412, or a connection error once its retries are spent), each by key.
     """
 
     def __init__(self) -> None:
@@ -42,6 +44,7 @@ class ConditionalStore:
         self.before_put: Callable[[str], None] | None = None
         self.conflict: Callable[[str], bool] = lambda key: False
         self.fail: Callable[[str], bool] = lambda key: False
+        self.lost: Callable[[str], Exception | None] = lambda key: None
 
     def get(self, key: str) -> StoredObject | None:
         with self._lock:
@@ -70,6 +73,9 @@ class ConditionalStore:
                 raise WriteConflict(f"{key}: 412 PreconditionFailed")
             etag = f'"{hashlib.md5(body).hexdigest()}"'  # noqa: S324 -- S3's single-part ETag
             self.objects[key] = (body, dict(metadata), etag)
+        answer = self.lost(key)
+        if answer is not None:
+            raise answer
 
     def contents(self) -> dict[str, tuple[bytes, dict[str, str]]]:
         return {key: (body, metadata) for key, (body, metadata, _) in self.objects.items()}

@@ -295,6 +295,7 @@ class Notifier:
     mailer: SesMailer
     dead_letters: S3DeadLetters
     redirect_to: str | None
+    item_keys: tuple[str, ...]
 
 
 @functools.cache
@@ -326,6 +327,7 @@ def notifier() -> Notifier:
             boto3.client("s3", config=S3_CONFIG), settings.required(settings.DEAD_LETTER_BUCKET)
         ),
         redirect_to=redirect_to,
+        item_keys=settings.partial_batch_item_keys(),
     )
 
 
@@ -360,7 +362,7 @@ def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> KafkaBatch
         fan_out=ledger_fan_out,
     )
     report(outcome, redirected=wired.redirect_to is not None)
-    return outcome.response()
+    return outcome.response(wired.item_keys)
 
 
 def record_spans(records: Iterable[ConsumerRecordRecords]) -> dict[str, str]:

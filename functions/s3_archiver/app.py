@@ -40,9 +40,11 @@ metrics = Metrics()
 
 # Standard mode retries throttling (503 SlowDown), 5xx and connection errors with jittered
 # exponential backoff. Adaptive mode's client-side rate limiter would only help many callers
-# sharing one client; we make a few sequential puts. `total_max_attempts` counts the first
-# try (botocore's `max_attempts` counts only retries). Worst case per object, 5 attempts with
-# these timeouts plus backoff stay under two minutes; the function's Timeout must allow that.
+# sharing one client; we make a few sequential calls. `total_max_attempts` counts the first
+# try (botocore's `max_attempts` counts only retries). A batch touches a few objects per
+# partition (an hour and 1,000 offsets each), each a read and a write, rarely a few more
+# rounds when another poller races it; the function's Timeout (300 s) leaves room for many
+# slow calls, and a batch that runs out fails whole and is merged again on its retry.
 S3_CONFIG: Final = Config(
     retries={"mode": "standard", "total_max_attempts": 5},
     connect_timeout=3,

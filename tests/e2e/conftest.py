@@ -8,16 +8,20 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kafka import KafkaProducer
 
 from devstack import aws
 from devstack.mail import emailed_order_ids
 from devstack.stack import LocalStack, StackInfo
+from orderstream.events import OrderPlaced, to_message
+from orderstream.models import Customer, LineItem, Order, compute_total
 
 
 class Stack:
@@ -114,3 +118,34 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield Stack(stack, info, lines)
     finally:
         stack.stop()
+
+
+def publish(stack: Stack, values: list[tuple[bytes, bytes]], partition: int = 0) -> None:
+    """Straight to the topic (as a producer that bypassed the API would), one partition, so
+    the records meet in one batch."""
+    producer = KafkaProducer(bootstrap_servers=stack.info.bootstrap_servers)
+    try:
+        for key, value in values:
+            producer.send("order-placed", key=key, value=value, partition=partition)
+        producer.flush(timeout=10)
+    finally:
+        producer.close()
+
+
+def message(event: OrderPlaced) -> tuple[bytes, bytes]:
+    encoded = to_message(event)
+    return encoded.key, encoded.value
+
+
+def an_order(
+    email: str, name: str = "Ada Lovelace", order_id: uuid.UUID | None = None
+) -> OrderPlaced:
+    items = [LineItem(sku="BOOK-001", name="Notes", quantity=1, unit_price="19.95")]
+    order = Order(
+        order_id=order_id or uuid.uuid4(),
+        customer=Customer(id="c-1", email=email, name=name),
+        items=items,
+        currency="EUR",
+        total=compute_total(items),
+    )
+    return OrderPlaced.new(order, "e2e-email-once")

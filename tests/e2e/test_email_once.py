@@ -11,48 +11,14 @@ import uuid
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
 
 from devstack import aws
 from devstack.faults import dynamodb_failures, ses_refuses_calls_to
-from orderstream.events import OrderPlaced, to_message
-from orderstream.models import Customer, LineItem, Order, compute_total
-from tests.e2e.conftest import Stack, wait_until
+from tests.e2e.conftest import Stack, an_order, message, publish, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NOTIFIER_KEYS = "email-notifier#order-confirmation#"
-
-
-def an_order(
-    email: str, name: str = "Ada Lovelace", order_id: uuid.UUID | None = None
-) -> OrderPlaced:
-    items = [LineItem(sku="BOOK-001", name="Notes", quantity=1, unit_price="19.95")]
-    order = Order(
-        order_id=order_id or uuid.uuid4(),
-        customer=Customer(id="c-1", email=email, name=name),
-        items=items,
-        currency="EUR",
-        total=compute_total(items),
-    )
-    return OrderPlaced.new(order, "e2e-email-once")
-
-
-def publish(stack: Stack, values: list[tuple[bytes, bytes]], partition: int = 0) -> None:
-    """Straight to the topic (as a producer that bypassed the API would), one partition, so
-    the records meet in one batch."""
-    producer = KafkaProducer(bootstrap_servers=stack.info.bootstrap_servers)
-    try:
-        for key, value in values:
-            producer.send("order-placed", key=key, value=value, partition=partition)
-        producer.flush(timeout=10)
-    finally:
-        producer.close()
-
-
-def message(event: OrderPlaced) -> tuple[bytes, bytes]:
-    encoded = to_message(event)
-    return encoded.key, encoded.value
 
 
 def dead_letters(stack: Stack) -> list[dict[str, Any]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import gzip
 import json
-import threading
 import time
 import uuid
 from collections import Counter
@@ -16,10 +15,10 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from devstack.faults import Fault, s3_put_failures, s3_slow_writes, ses_throttling
+from devstack.faults import Fault, s3_put_failures, s3_writes_held, ses_throttling
 from devstack.msk_event import msk_event
 from devstack.status import end_offsets
-from tests.e2e.conftest import Stack, wait_until
+from tests.e2e.conftest import Stack, an_order, message, publish, wait_until
 from tests.samples import load_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -184,36 +183,27 @@ def test_the_broker_unreachable_for_a_while(local_stack: Stack) -> None:
 def test_two_pollers_delivering_overlapping_ranges_archive_every_offset_once(
     local_stack: Stack,
 ) -> None:
-    """Slow archive writes keep invocations in flight while the archiver's partitions are moved
-    between its pollers again and again: the new owner delivers records the old one is still
-    writing (the old one's commit is then refused). Every offset ends up archived once."""
+    """One partition's batch is in flight (its S3 write held) when the archiver's partitions
+    move to the other poller, which starts from the committed offset and delivers the same
+    records while the first invocation still holds them; both writes then go through. The old
+    owner's commit is refused, and every offset is archived once."""
     stack = local_stack.stack
     [mapping] = [m for m in stack.mappings if m.spec.function == "S3ArchiverFunction"]
     assert mapping.spec.maximum_pollers >= 2
     assert stack.aws_faults is not None
     refused_before = mapping.totals.refused_commits
     bucket = local_stack.info.buckets["ArchiveBucket"]
-    slow = stack.aws_faults.add(s3_slow_writes(bucket, delay_s=1.0, seconds=20))
-    done = threading.Event()
-
-    def keep_rebalancing() -> None:
-        while not done.wait(0.8):
-            mapping.rebalance()
-
-    rebalancer = threading.Thread(target=keep_rebalancing, daemon=True)
-    rebalancer.start()
+    held = stack.aws_faults.add(s3_writes_held(bucket))
+    events = [an_order(f"overlap{i}@example.com") for i in range(8)]
     try:
-        bodies = orders(40, "rebalanced")
-        for chunk in (bodies[:20], bodies[20:]):
-            post_all(local_stack, chunk)
-            time.sleep(2)
-        delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
+        publish(local_stack, [message(event) for event in events], partition=0)
+        wait_until(lambda: held.injected >= 1, timeout_s=60)  # the first owner is writing
+        mapping.rebalance()
+        wait_until(lambda: held.injected >= 2, timeout_s=60)  # and now the new owner too
     finally:
-        done.set()
-        rebalancer.join(5)
+        held.release()
         stack.aws_faults.clear()
-    assert slow.injected > 0
-    assert mapping.totals.refused_commits > refused_before  # two owners really overlapped
+    wait_until(lambda: mapping.totals.refused_commits > refused_before, timeout_s=60)
 
     partitions = [TopicPartition("order-placed", p) for p in range(6)]
     ends = end_offsets(local_stack.info.bootstrap_servers, partitions)
@@ -226,3 +216,5 @@ def test_two_pollers_delivering_overlapping_ranges_archive_every_offset_once(
     counts = archived()
     assert set(counts) == wanted
     assert set(counts.values()) == {1}, "an offset is in the archive twice"
+    ids = {event.order_id for event in events}
+    delivered_exactly_once(local_stack, ids)

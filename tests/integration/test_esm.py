@@ -355,6 +355,8 @@ def test_infinite_retries_with_a_destination_mean_ten() -> None:
         [{"itemIdentifier": {"partition": "{topic}-0", "offset": 99}}],  # not in the event
         [{"itemIdentifier": {"partition": "{topic}-2", "offset": 0}}],  # nor this partition
         [{"itemIdentifier": {"partition": "{topic}-0", "topic-partition": "x-0", "offset": 0}}],
+        [{"itemIdentifier": {"partition": ["{topic}-0"], "offset": 0}}],  # unhashable
+        [{"itemIdentifier": {"topic-partition": {"t": 0}, "offset": 0}}],
         "batchItemFailures is not a list",
     ],
 )

@@ -202,13 +202,39 @@ def test_buckets_refuse_plain_http_and_public_access(
         assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
         assert props["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
         assert any(r.get("Transitions") for r in props["LifecycleConfiguration"]["Rules"])
-        [deny] = resolve.resolve(policies[name]["Properties"]["PolicyDocument"])["Statement"]
+        statements = resolve.resolve(policies[name]["Properties"]["PolicyDocument"])["Statement"]
+        [deny] = [s for s in statements if s["Sid"] == "DenyInsecureTransport"]
         assert deny["Effect"] == "Deny"
         assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
         assert set(deny["Resource"]) == {
             f"arn:aws:test:{REGION}:{ACCOUNT_ID}:{name}",
             f"arn:aws:test:{REGION}:{ACCOUNT_ID}:{name}/*",
         }
+
+
+def test_the_archive_takes_only_conditional_writes_and_its_writer_can_see_missing_keys(
+    cfn: dict[str, Any], resolve: Resolver
+) -> None:
+    """The merge reads a key before it writes: without s3:ListBucket, S3 answers a missing key
+    403 and every new hour's first batch would fail. And a PUT without If-None-Match or
+    If-Match, which could overwrite a merge, is refused to everyone."""
+    policies = {
+        p["Properties"]["Bucket"]["Ref"]: p for p in of_type(cfn, "AWS::S3::BucketPolicy").values()
+    }
+    document = resolve.resolve(policies["ArchiveBucket"]["Properties"]["PolicyDocument"])
+    [deny] = [s for s in document["Statement"] if s["Sid"] == "DenyUnconditionalArchiveWrites"]
+    assert (deny["Effect"], deny["Principal"], deny["Action"]) == ("Deny", "*", "s3:PutObject")
+    assert deny["Resource"] == f"arn:aws:test:{REGION}:{ACCOUNT_ID}:ArchiveBucket/topics/*"
+    assert deny["Condition"] == {"Null": {"s3:if-none-match": "true", "s3:if-match": "true"}}
+
+    by_sid = {s.get("Sid"): s for s in statements(cfn, resolve, "S3ArchiverFunctionRole")}
+    merge = by_sid["MergeArchiveObjects"]
+    assert sorted(merge["Action"]) == ["s3:GetObject", "s3:PutObject"]
+    assert merge["Resource"] == f"arn:aws:test:{REGION}:{ACCOUNT_ID}:ArchiveBucket/topics/*"
+    listing = by_sid["SeeMissingArchiveObjects"]
+    assert listing["Action"] == "s3:ListBucket"
+    assert listing["Resource"] == f"arn:aws:test:{REGION}:{ACCOUNT_ID}:ArchiveBucket"
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["topics/*"]}}
 
 
 def test_idempotency_table_matches_powertools_defaults(cfn: dict[str, Any]) -> None:

@@ -911,3 +911,17 @@ def test_the_wait_for_held_orders_ends_without_a_time_source() -> None:
     )
     assert {p.stage for p in outcome.problems} == {"in-progress"}
     assert ports.slept == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("keys", "identifier"),
+    [
+        (("partition",), {"partition": "order-placed-1", "offset": 100}),
+        (("topic-partition",), {"topic-partition": "order-placed-1", "offset": 100}),
+    ],
+)
+def test_the_response_can_name_failed_records_under_one_key(
+    keys: tuple[str, ...], identifier: dict[str, Any]
+) -> None:
+    outcome = ConfirmationOutcome(failed={RecordRef("order-placed", 1, 100)})
+    assert outcome.response(keys) == {"batchItemFailures": [{"itemIdentifier": identifier}]}

@@ -360,6 +360,22 @@ def test_poison_that_cannot_be_dead_lettered_is_reported_for_retry(
     assert len(outbox()) == 2
 
 
+@pytest.mark.parametrize("keys", ["partition", "topic-partition"])
+def test_the_template_parameter_names_failed_records_under_one_key(
+    notifier: ModuleType, s3: Any, monkeypatch: pytest.MonkeyPatch, keys: str
+) -> None:
+    """PartialBatchItemKeys, for the first real deployment's experiment (docs/deploy.md)."""
+    monkeypatch.setenv(settings.PARTIAL_BATCH_ITEM_KEYS, keys)
+    notifier.notifier.cache_clear()
+    s3.delete_bucket(Bucket=BUCKET)
+
+    response = invoke(notifier, load_event("msk-poison.json"))
+
+    assert response == {
+        "batchItemFailures": [{"itemIdentifier": {keys: "order-placed-2", "offset": 241}}]
+    }
+
+
 # ------------------------------------------------------------------ SES failures
 
 

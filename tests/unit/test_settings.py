@@ -80,3 +80,22 @@ def test_topic_and_required_settings() -> None:
     assert settings.required("X", {"X": " v "}) == "v"
     with pytest.raises(ConfigurationError, match="IDEMPOTENCY_TABLE"):
         settings.required(settings.IDEMPOTENCY_TABLE, {})
+
+
+@pytest.mark.parametrize(
+    ("raw", "keys"),
+    [
+        (None, ("partition", "topic-partition")),
+        ("both", ("partition", "topic-partition")),
+        ("partition", ("partition",)),
+        ("topic-partition", ("topic-partition",)),
+    ],
+)
+def test_partial_batch_item_keys(raw: str | None, keys: tuple[str, ...]) -> None:
+    environ = {} if raw is None else {settings.PARTIAL_BATCH_ITEM_KEYS: raw}
+    assert settings.partial_batch_item_keys(environ) == keys
+
+
+def test_an_unknown_partial_batch_item_key_is_refused_by_name() -> None:
+    with pytest.raises(settings.ConfigurationError, match="PARTIAL_BATCH_ITEM_KEYS='offset'"):
+        settings.partial_batch_item_keys({settings.PARTIAL_BATCH_ITEM_KEYS: "offset"})

@@ -30,15 +30,21 @@ One line per record in a fixed field order, the value last (line breaks added fo
 
 - `key` and each header `value` are UTF-8 text when the bytes are valid UTF-8, else base64;
   `key_encoding` / `encoding` says which, and is null when the bytes are null.
-- `value` is the record's value when it is a JSON object (an event): its *original text*,
-  embedded unchanged, when that text holds no line break; `value_bytes(line)` gives it back
-  byte for byte. A JSON object with line breaks is embedded re-serialised and its bytes kept in
-  `value_base64`. Anything else (not UTF-8, not JSON, not an object, a repeated key, NaN or a
-  number beyond a double) is poison: `value` null, the bytes in `value_base64`, and `error`
-  says why. A tombstone has both null and an `error`.
+- `value` is the record's value when it is an `order-placed` event the Glue table's struct can
+  read (it validates as `OrderPlaced`): its *original text*, embedded unchanged, when that text
+  holds no line break (nor U+2028, U+2029, U+0085, which some readers split on);
+  `value_bytes(line)` gives it back byte for byte. An event with line breaks is embedded
+  re-serialised, its bytes kept in `value_base64`. Anything else (not UTF-8, not JSON, a
+  repeated key, NaN or a float beyond a double, too deep, or JSON that is not a valid event) is
+  poison: `value` null, the bytes in `value_base64`, and `error` says why. A tombstone has both
+  null and an `error`. Only valid events reach the struct column, so no row can fail a query.
 - Hours outside the Glue table's projected years (a timestamp of -1 from an old client, a
   broken producer clock) would be invisible to Athena: such a record is filed under the first
   hour of the first year, or the last hour of the last year, and keeps its own `timestamp`.
+
+"The same bytes" holds for one runtime: the gzip stream comes from its zlib, and an error's
+text from its json and pydantic. A merge never rewrites a record already archived, so an
+upgrade changes only the records that arrive after it.
 
 Nothing here calls AWS: the handler passes a store (S3 in Lambda, a dict in tests).
 """
@@ -50,12 +56,18 @@ import binascii
 import gzip
 import json
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import random
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal, NamedTuple, Protocol
 
+from pydantic import ValidationError
+
 from orderstream.dead_letter import DeadLetterSource
+from orderstream.events import EVENT_TYPE, OrderPlaced, describe
 
 TOPICS_DIR: Final = "topics"
 SUFFIX: Final = ".jsonl.gz"
@@ -79,6 +91,13 @@ Encoding = Literal["utf-8", "base64"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _VALUE_FIELD: Final = b',"value":'
+# An archive line as this module writes it: what a merge reads without parsing the value.
+_LINE_HEAD: Final = re.compile(rb'\{"topic":"(?:[^"\\]|\\.)*","partition":-?\d+,"offset":(\d+),')
+_ERROR_FIELD: Final = b',"error":'
+_NO_ERROR: Final = b'null,"value_base64":'
+# Characters some line readers (Python's str.splitlines, JavaScript) take for line ends: in
+# valid JSON text \n and \r stand only between tokens, the others only inside strings.
+_LINE_BREAKS: Final = re.compile("[\n\r\u2028\u2029\x85]")
 _JSON_TYPE_NAMES: Final = {
     list: "an array",
     str: "a string",
@@ -95,6 +114,12 @@ class WriteConflict(Exception):
 
 class ArchiveConflictError(RuntimeError):
     """Writers kept racing for one object; failing the batch makes the mapping retry it."""
+
+
+class ForeignObjectError(RuntimeError):
+    """An object at an archive key holds lines this module did not write: merging into it could
+    corrupt it, so the batch fails (and, after its retries, reaches the on-failure
+    destination) until someone looks."""
 
 
 class StoredObject(NamedTuple):
@@ -169,7 +194,7 @@ class ArchivedObject:
     delivered: int  # this batch's records that belong here
     added: int  # of those, how many the object lacked
     size: int  # bytes written; 0 when nothing was new
-    conflicts: int  # writes another writer beat
+    conflicts: int  # writes another writer beat (a create that found the object is not one)
     poison_added: int
     poison_samples: tuple[tuple[int, str], ...]  # (offset, error) among the added, the first few
 
@@ -220,12 +245,16 @@ class ArchiveOutcome:
 
 
 def archive_batch(
-    records: Iterable[ArchivableRecord], store: ArchiveStore, years: Years
+    records: Iterable[ArchivableRecord],
+    store: ArchiveStore,
+    years: Years,
+    pause: Callable[[float], None] = time.sleep,
 ) -> ArchiveOutcome:
     """Merge the batch's records into their objects; raise if any write fails for good.
 
     Objects are settled one at a time in key order, so a failure is reproducible; a failed
-    batch is redelivered and the merge finds what the first attempt already wrote.
+    batch is redelivered and the merge finds what the first attempt already wrote. `pause`
+    waits between rounds of a contested object (S3: "On a 409 failure you should retry").
     """
     objects: dict[str, _Pending] = {}
     for record in records:
@@ -237,7 +266,7 @@ def archive_batch(
         if pending is None:
             pending = objects[key] = _Pending(key, record.topic, record.partition, {})
         pending.lines.setdefault(line.offset, line)
-    return ArchiveOutcome(tuple(_settle(store, objects.pop(key)) for key in sorted(objects)))
+    return ArchiveOutcome(tuple(_settle(store, objects.pop(key), pause) for key in sorted(objects)))
 
 
 class _Pending(NamedTuple):
@@ -299,7 +328,9 @@ def read_lines(body: bytes) -> Iterator[bytes]:
             yield line
 
 
-def _settle(store: ArchiveStore, pending: _Pending) -> ArchivedObject:
+def _settle(
+    store: ArchiveStore, pending: _Pending, pause: Callable[[float], None]
+) -> ArchivedObject:
     """Merge the pending lines into their object until a conditional write holds."""
     key, lines = pending.key, pending.lines
     block_start = min(lines) - min(lines) % OFFSETS_PER_OBJECT
@@ -308,11 +339,15 @@ def _settle(store: ArchiveStore, pending: _Pending) -> ArchivedObject:
     current: StoredObject | None = None
     read = block_start not in lines
     conflicts = 0
-    for _ in range(MAX_WRITE_ATTEMPTS):
+    tried: tuple[bytes, ArchivedObject] | None = None
+    for attempt in range(MAX_WRITE_ATTEMPTS):
         if read:
             current = store.get(key)
-        read = True
-        merged, added = _merge(current, lines)
+        if tried is not None and current is not None and current.body == tried[0]:
+            # Our own write landed but its answer was lost, and botocore's retry of it met
+            # the object it had just written (412): it counts as written, once.
+            return tried[1]
+        merged, added = _merge(key, current, lines)
         if not added:
             return _archived(pending, merged, [], 0, conflicts)
         body = gzip.compress(
@@ -321,10 +356,14 @@ def _settle(store: ArchiveStore, pending: _Pending) -> ArchivedObject:
             mtime=0,  # no time in the gzip header: the same records give the same bytes
         )
         archived = _archived(pending, merged, added, len(body), conflicts)
+        tried = body, archived
         try:
             store.put(key, body, _metadata(archived), replaces=current.etag if current else None)
         except WriteConflict:
-            conflicts += 1
+            if read:  # a create-first guess that met the object is no race
+                conflicts += 1
+                pause(random.uniform(0, min(1.0, 0.05 * 2**attempt)))  # noqa: S311 -- jitter
+            read = True
             continue
         return archived
     raise ArchiveConflictError(
@@ -333,20 +372,37 @@ def _settle(store: ArchiveStore, pending: _Pending) -> ArchivedObject:
 
 
 def _merge(
-    current: StoredObject | None, lines: dict[int, ArchiveLine]
+    key: str, current: StoredObject | None, lines: dict[int, ArchiveLine]
 ) -> tuple[dict[int, tuple[bytes, bool]], list[ArchiveLine]]:
-    """The object's lines by offset (data, poison) with the batch's added, and what was added."""
+    """The object's lines by offset (data, poison) with the batch's added, and what was added.
+
+    Existing lines are read by their fixed head, never by parsing their values: a line this
+    module wrote once stays readable whatever its value holds.
+    """
     merged: dict[int, tuple[bytes, bool]] = {}
     if current is not None:
-        for data in read_lines(current.body):
-            fields = json.loads(data)
-            merged[int(fields["offset"])] = (data, fields.get("error") is not None)
+        try:
+            existing = list(read_lines(current.body))
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise ForeignObjectError(f"{key}: not a gzip archive object ({exc})") from exc
+        for data in existing:
+            offset, poison = _line_facts(key, data)
+            merged[offset] = (data, poison)
     added = [line for offset, line in lines.items() if offset not in merged]
     if added:
         for line in added:
             merged[line.offset] = (line.data, line.error is not None)
         merged = dict(sorted(merged.items()))
     return merged, added
+
+
+def _line_facts(key: str, data: bytes) -> tuple[int, bool]:
+    """A stored line's offset and whether it is poison, from its head alone."""
+    head = _LINE_HEAD.match(data)
+    error_at = data.find(_ERROR_FIELD)  # the head's own: no string holds an unescaped quote
+    if head is None or error_at < 0 or not data.endswith(b"}"):
+        raise ForeignObjectError(f"{key}: a line this archive did not write: {data[:80]!r}")
+    return int(head[1]), not data.startswith(_NO_ERROR, error_at + len(_ERROR_FIELD))
 
 
 def _archived(
@@ -438,7 +494,12 @@ def _value(original: str | None) -> _Value:
     if not isinstance(parsed, dict):
         kind = _JSON_TYPE_NAMES.get(type(parsed), type(parsed).__name__)
         return _Value(None, original, f"value is JSON but {kind}, not an event object")
-    if "\n" in text or "\r" in text:
+    try:
+        OrderPlaced.model_validate(parsed)
+    except ValidationError as exc:
+        reason = f"value is not a valid {EVENT_TYPE} event: {describe(exc)}"
+        return _Value(None, original, _clip(reason))
+    if _LINE_BREAKS.search(text):
         # A JSON line cannot hold a line break between tokens: embed the object re-serialised
         # (ASCII, so lone surrogates stay valid) and keep the bytes beside it.
         canonical = json.dumps(parsed, sort_keys=True, separators=(",", ":"), allow_nan=False)

@@ -300,11 +300,13 @@ UNLIMITED: Final = TimeBudget()
 # handling controls for Kafka event sources") and Powertools' first example response write
 # `topic-partition`; the guide page as last fetched, Powertools 3.37's BatchProcessor and the
 # Rust runtime write `partition`. Same value, "<topic>-<partition>". Until a real invocation
-# settles it, both keys go out: an identifier Lambda cannot read fails the whole batch (a
-# retry the idempotent notifier survives), one it ignores would lose a retry. docs/deploy.md
-# lists this as the first thing to confirm on a real deployment.
+# settles it, both keys go out by default: an identifier Lambda cannot read fails the whole
+# batch (a retry the idempotent notifier survives), one it ignores would lose a retry. The
+# template's PartialBatchItemKeys chooses one key or both, so that the first real deployment
+# can try each (docs/deploy.md, the first thing to confirm).
+ITEM_KEYS: Final = ("partition", "topic-partition")
 KafkaItemIdentifier = TypedDict(
-    "KafkaItemIdentifier", {"partition": str, "topic-partition": str, "offset": int}
+    "KafkaItemIdentifier", {"partition": str, "topic-partition": str, "offset": int}, total=False
 )
 
 
@@ -326,9 +328,11 @@ class RecordRef:
     def of(cls, record: ConsumerRecordRecords) -> RecordRef:
         return cls(record.topic, record.partition, record.offset)
 
-    def item_identifier(self) -> KafkaItemIdentifier:
+    def item_identifier(self, keys: Sequence[str] = ITEM_KEYS) -> KafkaItemIdentifier:
         name = f"{self.topic}-{self.partition}"
-        return {"partition": name, "topic-partition": name, "offset": self.offset}
+        identifier: dict[str, str | int] = dict.fromkeys(keys, name)
+        identifier["offset"] = self.offset
+        return identifier  # type: ignore[return-value]  # TypedDict keys chosen at run time
 
     def __str__(self) -> str:
         return f"{self.topic}-{self.partition}:{self.offset}"
@@ -357,10 +361,11 @@ class ConfirmationOutcome:
     problems: list[Problem] = field(default_factory=list)
     failed: set[RecordRef] = field(default_factory=set)
 
-    def response(self) -> KafkaBatchResponse:
-        """The partial batch response: the records the mapping must deliver again."""
+    def response(self, keys: Sequence[str] = ITEM_KEYS) -> KafkaBatchResponse:
+        """The partial batch response: the records the mapping must deliver again, each named
+        under `keys` (a subset of ITEM_KEYS)."""
         failures: list[KafkaItemFailure] = [
-            {"itemIdentifier": ref.item_identifier()} for ref in sorted(self.failed)
+            {"itemIdentifier": ref.item_identifier(keys)} for ref in sorted(self.failed)
         ]
         return {"batchItemFailures": failures}
 

@@ -31,6 +31,9 @@ EMAIL_TEMPLATE: Final = "EMAIL_TEMPLATE"
 EMAIL_REDIRECT_TO: Final = "EMAIL_REDIRECT_TO"
 # How long the email notifier's claim on an order keeps other invocations off it.
 EMAIL_CLAIM_HOLD_SECONDS: Final = "EMAIL_CLAIM_HOLD_SECONDS"
+# Which key(s) name a failed record in a partial batch response: both, partition or
+# topic-partition (the template's PartialBatchItemKeys).
+PARTIAL_BATCH_ITEM_KEYS: Final = "PARTIAL_BATCH_ITEM_KEYS"
 
 DEFAULT_ORDER_TOPIC: Final = "order-placed"
 DEFAULT_SEND_TIMEOUT_MS: Final = 10_000
@@ -137,3 +140,19 @@ def required(name: str, environ: Mapping[str, str] | None = None) -> str:
     if not value:
         raise ConfigurationError(f"environment variable {name} is not set")
     return value
+
+
+def partial_batch_item_keys(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The keys a failed record is named under: PARTIAL_BATCH_ITEM_KEYS, `both` by default."""
+    env = os.environ if environ is None else environ
+    raw = env.get(PARTIAL_BATCH_ITEM_KEYS, "").strip() or "both"
+    choices = {
+        "both": ("partition", "topic-partition"),
+        "partition": ("partition",),
+        "topic-partition": ("topic-partition",),
+    }
+    if raw not in choices:
+        raise ConfigurationError(
+            f"{PARTIAL_BATCH_ITEM_KEYS}={raw!r} must be one of {', '.join(choices)}"
+        )
+    return choices[raw]
