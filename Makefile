@@ -26,11 +26,12 @@ help:
 	@echo "make run        the whole pipeline locally: broker, AWS emulator, API, mappings"
 	@echo "make status     what the running local stack holds"
 	@echo "make bench      benchmarks, each a ratio to a baseline measured in the same run"
+	@echo ".venv/bin/orderstream --help   replay, redrive and smoke-test a stack (AWS or local)"
 	@echo "make clean      remove .venv and build output"
 
 venv: $(STAMP) $(CHECKOV_STAMP)
 
-$(STAMP): requirements-dev.txt constraints.txt layers/shared/requirements.txt .python-version
+$(STAMP): requirements-dev.txt constraints.txt layers/shared/requirements.txt .python-version Makefile
 	@if [ ! -x $(PY) ]; then \
 	  interpreter=$$(scripts/find-python $(PYTHON_VERSION)); \
 	  echo "creating $(VENV) with $$interpreter"; \
@@ -39,6 +40,9 @@ $(STAMP): requirements-dev.txt constraints.txt layers/shared/requirements.txt .p
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
 	@# The layer package and the repo root on the venv's path, as Lambda and the tests see them.
 	printf '%s\n%s\n' "$(CURDIR)/layers/shared" "$(CURDIR)" > $(SITE)/orderstream-dev.pth
+	@# The operator's command (operate/): .venv/bin/orderstream.
+	printf '#!%s\nimport sys\nfrom operate.cli import main\nsys.exit(main())\n' "$(CURDIR)/$(PY)" > $(VENV)/bin/orderstream
+	chmod +x $(VENV)/bin/orderstream
 	@touch $@
 
 # checkov pins an older boto3 than aws-sam-cli: it gets a virtual environment of its own.
@@ -69,7 +73,8 @@ schemas: $(STAMP)
 	$(PY) -m devstack schemas
 
 # The whole pipeline on 127.0.0.1, in the foreground; Ctrl-C stops it.
-# Ports: BROKER_PORT (9092), AWS_PORT (5000), API_PORT (3000); KAFKA_BOOTSTRAP_SERVERS uses
+# Ports: BROKER_PORT (9092), AWS_PORT (5000), API_PORT (3000), LAMBDA_PORT (3001, Lambda's
+# Invoke API for .venv/bin/orderstream --local); KAFKA_BOOTSTRAP_SERVERS uses
 # your own broker instead of the embedded one.
 run: $(STAMP)
 	$(PY) -m devstack run

@@ -28,7 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="start broker, AWS emulator, API and mappings")
+    run = commands.add_parser(
+        "run", help="start broker, AWS emulator, API, Lambda's API and mappings"
+    )
     run.add_argument(
         "--built",
         nargs="?",
@@ -96,6 +98,7 @@ def run_stack(built: Path | None) -> int:
             broker_port=ports["BROKER_PORT"],
             aws_port=ports["AWS_PORT"],
             api_port=ports["API_PORT"],
+            lambda_port=ports["LAMBDA_PORT"],
             external_bootstrap=os.environ.get(settings.KAFKA_BOOTSTRAP_SERVERS) or None,
             built_dir=built_dir(built),
             log=say,
@@ -126,11 +129,15 @@ def invoke_function(function: str, event_file: Path, built: Path | None) -> int:
 
     from devstack import aws
     from devstack.functions import FunctionHost, load_functions
-    from devstack.stack import LOCAL_PARAMETERS, LocalStack, running_stack
+    from devstack.stack import LOCAL_PARAMETERS, LocalStack, StackError, running_stack
     from devstack.template import load_template
 
     event = json.loads(event_file.read_text())
-    running = running_stack()
+    try:
+        running = running_stack()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     owned: LocalStack | None = None
     if running is None:
         # No stack up: a broker and an emulator for the length of this call.
@@ -178,10 +185,14 @@ def invoke_function(function: str, event_file: Path, built: Path | None) -> int:
 
 
 def show_status() -> int:
-    from devstack.stack import running_stack
+    from devstack.stack import StackError, running_stack
     from devstack.status import report
 
-    info = running_stack()
+    try:
+        info = running_stack()
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     if info is None:
         print("no stack is running: start one with `make run`", file=sys.stderr)
         return 1

@@ -403,7 +403,7 @@ class EventSourceMapping:
 def on_failure_record(
     spec: MappingSpec,
     bootstrap_servers: str,
-    records: list[KafkaRecord],
+    records: Sequence[KafkaRecord],
     condition: str,
     result: Invocation | None,
     attempt: int,

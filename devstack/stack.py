@@ -23,6 +23,7 @@ from devstack.broker import EmbeddedBroker
 from devstack.esm import EventSourceMapping, MappingSpec
 from devstack.faults import HttpFaultProxy, TcpFaultProxy
 from devstack.functions import FunctionHost, FunctionPool, FunctionSpec, Invocation, load_functions
+from devstack.lambda_api import LambdaApiServer, template_properties
 from devstack.mail import sent_emails, write_outbox
 from devstack.ports import LOOPBACK, port_in_use
 from devstack.template import ROOT, Resolver, load_template
@@ -36,7 +37,14 @@ API_CONTAINERS = 4  # concurrent requests served per function, like Lambda scali
 
 # Ports, each overridable by an environment variable.
 BROKER_PORT_VAR, AWS_PORT_VAR, API_PORT_VAR = "BROKER_PORT", "AWS_PORT", "API_PORT"
-DEFAULT_PORTS = {BROKER_PORT_VAR: 9092, AWS_PORT_VAR: 5000, API_PORT_VAR: 3000}
+LAMBDA_PORT_VAR = "LAMBDA_PORT"
+# 3001 for Lambda's API, as `sam local start-lambda` has it.
+DEFAULT_PORTS = {
+    BROKER_PORT_VAR: 9092,
+    AWS_PORT_VAR: 5000,
+    API_PORT_VAR: 3000,
+    LAMBDA_PORT_VAR: 3001,
+}
 
 
 class StackError(RuntimeError):
@@ -53,6 +61,8 @@ class StackInfo:
     topics: list[str]
     groups: dict[str, str]  # function -> consumer group
     buckets: dict[str, str]  # logical id -> name
+    lambda_endpoint: str  # Lambda's API for the functions (boto3's endpoint_url)
+    functions: dict[str, str]  # logical id -> function name
     pid: int = field(default_factory=os.getpid)
 
 
@@ -73,6 +83,7 @@ class LocalStack:
         broker_port: int = 0,
         aws_port: int = 0,
         api_port: int = 0,
+        lambda_port: int = 0,
         external_bootstrap: str | None = None,
         state_dir: Path = STATE_DIR,
         outbox: Path | None = OUTBOX,
@@ -83,6 +94,7 @@ class LocalStack:
         faults: bool = False,
     ) -> None:
         self.broker_port, self.aws_port, self.api_port = broker_port, aws_port, api_port
+        self.lambda_port = lambda_port
         self.external_bootstrap = external_bootstrap
         self.state_dir = state_dir
         self.outbox = outbox
@@ -105,6 +117,7 @@ class LocalStack:
         self.pools: dict[str, FunctionPool] = {}
         self.mappings: list[EventSourceMapping] = []
         self.api: LocalApi | None = None
+        self.lambda_api: LambdaApiServer | None = None
         self.info: StackInfo | None = None
         self._logs: list[IO[str]] = []
         self._stop = threading.Event()
@@ -152,10 +165,9 @@ class LocalStack:
         return bootstrap, self.moto.endpoint_url, self.resolver
 
     def _start(self) -> StackInfo:
-        if self.api_port and port_in_use(self.api_port):
-            raise StackError(
-                f"port {self.api_port} on {LOOPBACK} is already in use (set {API_PORT_VAR})"
-            )
+        for port, variable in ((self.api_port, API_PORT_VAR), (self.lambda_port, LAMBDA_PORT_VAR)):
+            if port and port_in_use(port):
+                raise StackError(f"port {port} on {LOOPBACK} is already in use (set {variable})")
         bootstrap, endpoint, resolver = self.start_backing()
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -166,36 +178,31 @@ class LocalStack:
 
         groups: dict[str, str] = {}
         s3 = aws.client("s3", endpoint)
-        for logical_id, spec in self.functions.items():
-            for name, event in spec.events.items():
-                if event.get("Type") != "MSK":
-                    continue
-                mapping_spec = MappingSpec.from_event(
-                    logical_id, name, resolver.resolve(event["Properties"])
-                )
-                if self.max_batching_window_s is not None:
-                    mapping_spec = dataclasses.replace(
-                        mapping_spec,
-                        batching_window_s=min(
-                            mapping_spec.batching_window_s, self.max_batching_window_s
-                        ),
-                    )
-                mapping = EventSourceMapping(
+        for mapping_spec in mapping_specs(self.functions, resolver):
+            if self.max_batching_window_s is not None:
+                mapping_spec = dataclasses.replace(
                     mapping_spec,
-                    bootstrap,
-                    self._invoker(logical_id),
-                    put_object=lambda bucket, key, body: s3.put_object(
-                        Bucket=bucket, Key=key, Body=body
+                    batching_window_s=min(
+                        mapping_spec.batching_window_s, self.max_batching_window_s
                     ),
-                    log=self.log,
                 )
-                self.mappings.append(mapping.start())
-                groups[logical_id] = mapping_spec.group_id
-                self.log(
-                    f"mapping   {logical_id} <- {','.join(mapping_spec.topics)} "
-                    f"(group {mapping_spec.group_id}, batch {mapping_spec.batch_size}, "
-                    f"window {mapping_spec.batching_window_s:g}s)"
-                )
+            logical_id = mapping_spec.function
+            mapping = EventSourceMapping(
+                mapping_spec,
+                bootstrap,
+                self._invoker(logical_id),
+                put_object=lambda bucket, key, body: s3.put_object(
+                    Bucket=bucket, Key=key, Body=body
+                ),
+                log=self.log,
+            )
+            self.mappings.append(mapping.start())
+            groups[logical_id] = mapping_spec.group_id
+            self.log(
+                f"mapping   {logical_id} <- {','.join(mapping_spec.topics)} "
+                f"(group {mapping_spec.group_id}, batch {mapping_spec.batch_size}, "
+                f"window {mapping_spec.batching_window_s:g}s)"
+            )
 
         routes = routes_of(self.functions)
         try:
@@ -209,6 +216,22 @@ class LocalStack:
         for route in routes:
             self.log(f"api       {route.method} {self.api.url}{route.resource} -> {route.function}")
 
+        functions = {lid: spec.function_name for lid, spec in self.functions.items()}
+        try:
+            self.lambda_api = LambdaApiServer(
+                {lid: (functions[lid], spec) for lid, spec in self.functions.items()},
+                lambda fn, event: self.pools[fn].invoke(event),
+                lambda: [mapping.spec for mapping in self.mappings],
+                self.lambda_port,
+                properties=template_properties(resolver),
+                log=self.log,
+            ).start()
+        except OSError as exc:
+            raise StackError(
+                f"Lambda's API cannot listen on {LOOPBACK}:{self.lambda_port}: {exc}"
+            ) from exc
+        self.log(f"lambda    {self.lambda_api.url} (Lambda's API: boto3 endpoint_url)")
+
         if self.outbox is not None:
             self._outbox_thread = threading.Thread(
                 target=self._watch_outbox, name="outbox", daemon=True
@@ -221,7 +244,16 @@ class LocalStack:
             for lid, r in self.template["Resources"].items()
             if r["Type"] == "AWS::S3::Bucket"
         }
-        self.info = StackInfo(bootstrap, endpoint, self.api.url, self.topics, groups, buckets)
+        self.info = StackInfo(
+            bootstrap,
+            endpoint,
+            self.api.url,
+            self.topics,
+            groups,
+            buckets,
+            lambda_endpoint=self.lambda_api.url,
+            functions=functions,
+        )
         (self.state_dir / "stack.json").write_text(json.dumps(asdict(self.info), indent=2))
         self.log("ready")
         return self.info
@@ -233,6 +265,9 @@ class LocalStack:
         if self.api is not None:
             self.api.stop()
             self.api = None
+        if self.lambda_api is not None:
+            self.lambda_api.stop()
+            self.lambda_api = None
         for pool in self.pools.values():
             pool.stop()  # ends in-flight invocations: their batches stay uncommitted
         for mapping in self.mappings:
@@ -327,14 +362,31 @@ class LocalStack:
         return {name: ses.get_template(TemplateName=name)["Template"] for name in names}
 
 
+def mapping_specs(functions: dict[str, FunctionSpec], resolver: Resolver) -> list[MappingSpec]:
+    """Every function's `Type: MSK` events, resolved, as the template declares them."""
+    return [
+        MappingSpec.from_event(logical_id, name, resolver.resolve(event["Properties"]))
+        for logical_id, spec in functions.items()
+        for name, event in spec.events.items()
+        if event.get("Type") == "MSK"
+    ]
+
+
 def running_stack(state_dir: Path = STATE_DIR) -> StackInfo | None:
     """The stack started by `make run`, if it is up."""
     path = state_dir / "stack.json"
     if not path.exists():
         return None
-    info = StackInfo(**json.loads(path.read_text()))
+    written = json.loads(path.read_text())
+    pid = written.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        raise StackError(f"{path} names no process: remove it")
     try:
-        os.kill(info.pid, 0)
+        os.kill(pid, 0)
     except OSError:
         return None
-    return info
+    missing = [f.name for f in dataclasses.fields(StackInfo) if f.name not in written]
+    if missing:
+        # Still up, but started by an older devstack, which did not write these.
+        raise StackError(f"{path} lacks {', '.join(missing)}: restart the stack (`make run`)")
+    return StackInfo(**written)

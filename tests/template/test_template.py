@@ -502,3 +502,29 @@ def test_the_security_group_description_fits_any_network(source: dict[str, Any])
     assert all(s in description for s in subnets.split(","))
     assert len(description) <= 255
     assert re.fullmatch(r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=&;{}!$*]+", description)
+
+
+def test_the_dead_letter_alarm_counts_arrivals_but_not_redrives(
+    cfn: dict[str, Any], resolve: Resolver
+) -> None:
+    """Failures arrive under dead-letters/ and aws/lambda/; a redrive moves objects under
+    redriven/ (a PUT), which the alarm must not take for a new failure."""
+    from operate.redrive import FAILURES_PREFIX, REDRIVEN_PREFIX
+    from orderstream.dead_letter import PREFIX
+
+    bucket = cfn["Resources"]["DeadLetterBucket"]["Properties"]
+    filters = {m["Id"]: m["Prefix"] for m in bucket["MetricsConfigurations"]}
+    assert sorted(filters.values()) == sorted([f"{PREFIX}/", FAILURES_PREFIX])
+    assert not any(REDRIVEN_PREFIX.startswith(prefix) for prefix in filters.values())
+    alarm = resolve.resolve(cfn["Resources"]["DeadLetterArrivalsAlarm"]["Properties"])
+    stats = {m["Id"]: m["MetricStat"]["Metric"] for m in alarm["Metrics"] if "MetricStat" in m}
+    assert {
+        dim["Value"]
+        for metric in stats.values()
+        for dim in metric["Dimensions"]
+        if dim["Name"] == "FilterId"
+    } == set(filters)
+    assert all(metric["MetricName"] == "PutRequests" for metric in stats.values())
+    [total] = [m for m in alarm["Metrics"] if m.get("ReturnData")]
+    assert total["Expression"] == " + ".join(f"FILL({i}, 0)" for i in stats)
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")

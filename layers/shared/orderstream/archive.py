@@ -309,7 +309,43 @@ def archive_line(record: ArchivableRecord) -> ArchiveLine:
 
 def value_bytes(line: bytes) -> bytes | None:
     """The record's value, byte for byte, from its archive line (None for a tombstone)."""
+    return _value_bytes(line, json.loads(line))
+
+
+def lambda_record(line: bytes) -> dict[str, Any]:
+    """The record as Lambda's MSK event held it, rebuilt from its archive line: the same
+    coordinates, timestamp, key, headers and value bytes (a replay hands this to a consumer).
+
+    Text Lambda sent that was not base64 at all (kept as it came, with an error) goes back as
+    it came; base64 of the same bytes is written canonically.
+    """
     fields = json.loads(line)
+    record: dict[str, Any] = {
+        "topic": fields["topic"],
+        "partition": fields["partition"],
+        "offset": fields["offset"],
+        "timestamp": fields["timestamp"],
+        "timestampType": fields["timestamp_type"],
+    }
+    if fields["key"] is not None:
+        record["key"] = _as_base64(fields["key"], fields["key_encoding"])
+    if fields.get("value_base64") is not None:
+        record["value"] = fields["value_base64"]  # as Lambda sent it, valid base64 or not
+    else:
+        value = _value_bytes(line, fields)
+        record["value"] = None if value is None else base64.b64encode(value).decode("ascii")
+    record["headers"] = [
+        {
+            header["name"]: None
+            if header["value"] is None
+            else list(_from_text(header["value"], header["encoding"]))
+        }
+        for header in fields["headers"]
+    ]
+    return record
+
+
+def _value_bytes(line: bytes, fields: Mapping[str, Any]) -> bytes | None:
     if fields.get("value_base64") is not None:
         return base64.b64decode(fields["value_base64"])
     if fields.get("value") is None:
@@ -319,6 +355,19 @@ def value_bytes(line: bytes) -> bytes | None:
     if not (line.startswith(prefix) and line.endswith(b"}")):
         raise ValueError("not an archive line: the value is not its last field")
     return line[len(prefix) : -1]
+
+
+def _from_text(text: str, encoding: str | None) -> bytes:
+    return text.encode("utf-8") if encoding == "utf-8" else base64.b64decode(text)
+
+
+def _as_base64(text: str, encoding: str | None) -> str:
+    if encoding == "utf-8":
+        return base64.b64encode(text.encode("utf-8")).decode("ascii")
+    try:
+        return base64.b64encode(base64.b64decode(text, validate=True)).decode("ascii")
+    except (binascii.Error, ValueError):
+        return text  # Lambda sent it so; the line kept it as it came
 
 
 def read_lines(body: bytes) -> Iterator[bytes]:

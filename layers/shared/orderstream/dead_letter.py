@@ -116,6 +116,22 @@ def dead_letter(record: DeadLetterSource, *, reason: str, consumer: str) -> Dead
     )
 
 
+def lambda_record(document: Mapping[str, Any]) -> dict[str, Any]:
+    """The record as Lambda's MSK event held it, from its dead letter (a redrive sends it)."""
+    record: dict[str, Any] = {
+        "topic": document["topic"],
+        "partition": document["partition"],
+        "offset": document["offset"],
+        "timestamp": document["timestamp"],
+        "timestampType": document["timestamp_type"],
+    }
+    if document.get("key") is not None:
+        record["key"] = document["key"]
+    record["value"] = document.get("value")
+    record["headers"] = list(document.get("headers") or [])
+    return record
+
+
 def _original_value(record: DeadLetterSource) -> str | None:
     try:
         return record.original_value

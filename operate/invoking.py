@@ -1,0 +1,152 @@
+"""Invoking a consumer directly with Lambda's MSK event, as its mapping would, and reading
+what it answered: which records it processed and which it did not."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from devstack.esm import MAX_PAYLOAD_BYTES
+
+# Room for the event's envelope (eventSource, ARN, bootstrap servers, grouping keys).
+ENVELOPE_BYTES = 4096
+
+
+def lambda_event(
+    records: Iterable[dict[str, Any]], event_source_arn: str, bootstrap_servers: str
+) -> dict[str, Any]:
+    """Lambda's MSK event for `records` (each in the event's record shape)."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        grouped.setdefault(f"{record['topic']}-{record['partition']}", []).append(record)
+    return {
+        "eventSource": "aws:kafka",
+        "eventSourceArn": event_source_arn,
+        "bootstrapServers": bootstrap_servers,
+        "records": grouped,
+    }
+
+
+def batches(
+    records: Sequence[dict[str, Any]], batch_size: int, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive batches of at most `batch_size` records and `max_bytes` of event; a record
+    too big for any batch goes alone (Lambda would refuse it, and the summary says so)."""
+    batch: list[dict[str, Any]] = []
+    size = ENVELOPE_BYTES
+    for record in records:
+        record_size = len(json.dumps(record)) + 2
+        if batch and (len(batch) >= batch_size or size + record_size > max_bytes):
+            yield batch
+            batch, size = [], ENVELOPE_BYTES
+        batch.append(record)
+        size += record_size
+    if batch:
+        yield batch
+
+
+@dataclass
+class Answer:
+    """What one invocation did with its records."""
+
+    ok: bool
+    failed: list[tuple[str, int]]  # (topic-partition, offset) of records to try again
+    error: str | None = None
+    duplicates: int | None = None  # records the function found already done, if it says
+
+
+@dataclass
+class Tally:
+    records: int = 0
+    invocations: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, batch: Sequence[dict[str, Any]], answer: Answer) -> None:
+        self.invocations += 1
+        self.records += len(batch)
+        self.failed += len(answer.failed)
+        self.succeeded += len(batch) - len(answer.failed)
+        self.duplicates += answer.duplicates or 0
+        if answer.error:
+            self.errors.append(answer.error)
+
+    def lines(self) -> list[str]:
+        return [
+            f"records      {self.records}",
+            f"invocations  {self.invocations}",
+            f"succeeded    {self.succeeded}",
+            f"failed       {self.failed}",
+            f"duplicates   {self.duplicates}  (records the function reported as already done)",
+        ]
+
+
+def invoke(
+    lambda_client: Any, function: str, records: Sequence[dict[str, Any]], event: dict[str, Any]
+) -> Answer:
+    """Invoke synchronously and read the answer the way the mapping reads it."""
+    try:
+        response = lambda_client.invoke(
+            FunctionName=function, InvocationType="RequestResponse", Payload=json.dumps(event)
+        )
+    except Exception as exc:  # throttled, too large, unreachable: nothing was processed
+        return Answer(False, _all(records), f"{type(exc).__name__}: {exc}")
+    payload_text = response["Payload"].read()
+    try:
+        payload = json.loads(payload_text) if payload_text else None
+    except ValueError:
+        payload = None
+    if response.get("FunctionError"):
+        detail = payload if isinstance(payload, dict) else {}
+        message = f"{detail.get('errorType', 'error')}: {str(detail.get('errorMessage'))[:200]}"
+        return Answer(False, _all(records), message)
+    return read_answer(payload, records)
+
+
+def read_answer(payload: Any, records: Sequence[dict[str, Any]]) -> Answer:
+    """A function's answer: a partial batch response names failed records (each reported
+    partition is retried from its lowest reported offset, as the mapping does); a summary
+    with `archived` and `added` (the archiver's) tells how many were already archived."""
+    if not isinstance(payload, dict):
+        return Answer(True, [])
+    duplicates = None
+    if isinstance(payload.get("archived"), int) and isinstance(payload.get("added"), int):
+        duplicates = payload["archived"] - payload["added"]
+    failures = payload.get("batchItemFailures") or []
+    if not isinstance(failures, list):
+        return Answer(False, _all(records), "unreadable batchItemFailures", duplicates)
+    lowest: dict[str, int] = {}
+    for failure in failures:
+        item = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+        if not isinstance(item, dict):
+            return Answer(False, _all(records), "unreadable batchItemFailures", duplicates)
+        name = item.get("partition", item.get("topic-partition"))
+        offset = item.get("offset")
+        if not isinstance(name, str) or not isinstance(offset, int):
+            return Answer(False, _all(records), "unreadable batchItemFailures", duplicates)
+        lowest[name] = min(offset, lowest.get(name, offset))
+    failed = [
+        (name, record["offset"])
+        for record in records
+        if (name := f"{record['topic']}-{record['partition']}") in lowest
+        and record["offset"] >= lowest[name]
+    ]
+    return Answer(
+        not failed, failed, f"{len(failed)} records reported failed" if failed else None, duplicates
+    )
+
+
+def _all(records: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(f"{r['topic']}-{r['partition']}", r["offset"]) for r in records]
+
+
+def spans(records: Iterable[dict[str, Any]]) -> dict[str, tuple[int, int, int]]:
+    """Each topic-partition's first and last offset and record count."""
+    found: dict[str, list[int]] = {}
+    for record in records:
+        found.setdefault(f"{record['topic']}-{record['partition']}", []).append(record["offset"])
+    return {name: (min(o), max(o), len(o)) for name, o in sorted(found.items())}

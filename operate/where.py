@@ -1,0 +1,151 @@
+"""Where the stack runs: its functions and buckets by logical id, and the clients to reach them.
+
+One code path for AWS and the local stack: the local stack serves Lambda's Invoke API and
+moto serves S3, so the same boto3 calls work against both; only the endpoints differ.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+# Replays and redrives wait for the function, as the mapping would: up to its 15-minute cap.
+LAMBDA_CONFIG = Config(read_timeout=900, connect_timeout=10, retries={"mode": "standard"})
+
+
+class PlaceError(RuntimeError):
+    """The stack cannot be found or read; the message says what to do."""
+
+
+@dataclass
+class Place:
+    description: str
+    functions: dict[str, str]  # logical id -> function name
+    buckets: dict[str, str]  # logical id -> bucket name
+    outputs: dict[str, str]
+    lambda_client: Any
+    s3: Any
+    dynamodb: Any
+    bootstrap_servers: str = ""
+    api_key: Callable[[], str | None] = field(default=lambda: None)
+
+    def function(self, logical_id: str) -> str:
+        try:
+            return self.functions[logical_id]
+        except KeyError:
+            known = ", ".join(sorted(self.functions))
+            raise PlaceError(
+                f"{self.description} has no function {logical_id!r} ({known})"
+            ) from None
+
+    def bucket(self, logical_id: str) -> str:
+        try:
+            return self.buckets[logical_id]
+        except KeyError:
+            raise PlaceError(f"{self.description} has no bucket {logical_id!r}") from None
+
+    def logical_id_of(self, function_name_or_arn: str) -> str | None:
+        name = (
+            function_name_or_arn.rsplit(":", 1)[-1]
+            if ":function:" in function_name_or_arn
+            else function_name_or_arn
+        )
+        for logical_id, physical in self.functions.items():
+            if name in (physical, logical_id):
+                return logical_id
+        return None
+
+    @functools.cached_property
+    def configurations(self) -> dict[str, dict[str, Any]]:
+        """Each function's configuration (environment included), as Lambda reports it."""
+        return {
+            logical_id: self.lambda_client.get_function_configuration(FunctionName=name)
+            for logical_id, name in self.functions.items()
+        }
+
+    def environment(self, logical_id: str) -> dict[str, str]:
+        variables: dict[str, str] = (
+            self.configurations[logical_id].get("Environment", {}).get("Variables", {})
+        )
+        return variables
+
+    def mappings(self, logical_id: str) -> list[dict[str, Any]]:
+        """The function's event-source mappings (BatchSize, EventSourceArn, ...)."""
+        found: list[dict[str, Any]] = []
+        paginator = self.lambda_client.get_paginator("list_event_source_mappings")
+        for page in paginator.paginate(FunctionName=self.function(logical_id)):
+            found += page.get("EventSourceMappings", [])
+        return found
+
+
+def in_aws(stack: str, region: str | None) -> Place:
+    """The CloudFormation stack `stack`: its resources' physical ids and its outputs."""
+    session = boto3.Session(region_name=region)
+    cloudformation = session.client("cloudformation")
+    try:
+        described = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
+        resources: list[Any] = []
+        for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack):
+            resources += page["StackResourceSummaries"]
+    except Exception as exc:
+        raise PlaceError(f"cannot read stack {stack!r}: {exc}") from exc
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])}
+    by_type: dict[str, dict[str, str]] = {}
+    for resource in resources:
+        by_type.setdefault(resource["ResourceType"], {})[resource["LogicalResourceId"]] = resource[
+            "PhysicalResourceId"
+        ]
+    apigateway = session.client("apigateway")
+
+    def api_key() -> str | None:
+        key_id = outputs.get("ApiKeyId")
+        if not key_id:
+            return None
+        value: str = apigateway.get_api_key(apiKey=key_id, includeValue=True)["value"]
+        return value
+
+    return Place(
+        description=f"stack {stack} ({session.region_name})",
+        functions=by_type.get("AWS::Lambda::Function", {}),
+        buckets=by_type.get("AWS::S3::Bucket", {}),
+        outputs=outputs,
+        lambda_client=session.client("lambda", config=LAMBDA_CONFIG),
+        s3=session.client("s3"),
+        dynamodb=session.client("dynamodb"),
+        bootstrap_servers=outputs.get("BootstrapServers", ""),
+        api_key=api_key,
+    )
+
+
+def local() -> Place:
+    """The stack `make run` started (devstack/.state/stack.json)."""
+    from devstack import aws
+    from devstack.stack import running_stack
+    from devstack.template import REGION
+
+    info = running_stack()
+    if info is None:
+        raise PlaceError("no local stack is running: start one with `make run`")
+    lambda_client = boto3.client(
+        "lambda",
+        endpoint_url=info.lambda_endpoint,
+        region_name=REGION,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 -- the local stack takes any credentials
+        config=LAMBDA_CONFIG,
+    )
+    return Place(
+        description="the local stack",
+        functions=dict(info.functions),
+        buckets=dict(info.buckets),
+        outputs={"ApiUrl": f"{info.api_url.rstrip('/')}/orders"},
+        lambda_client=lambda_client,
+        s3=aws.client("s3", info.aws_endpoint),
+        dynamodb=aws.client("dynamodb", info.aws_endpoint),
+        bootstrap_servers=info.bootstrap_servers,
+    )
