@@ -81,6 +81,7 @@ class MappingSpec:
     on_failure_bucket: str | None = None
     filters: list[dict[str, Any]] = field(default_factory=list)
     maximum_pollers: int = 1
+    function_arn: str | None = None  # the function's own ARN (physical name), once known
 
     @property
     def uuid(self) -> str:
@@ -438,8 +439,8 @@ def on_failure_record(
     body = {
         "requestContext": {
             "requestId": str(uuid.uuid4()),
-            "functionArn": f"arn:aws:lambda:{_region(spec)}:{_account(spec)}:function:"
-            f"{spec.function}",
+            "functionArn": spec.function_arn
+            or f"arn:aws:lambda:{_region(spec)}:{_account(spec)}:function:{spec.function}",
             "condition": condition,
             "approximateInvokeCount": attempt + 1 if result is not None else attempt,
         },

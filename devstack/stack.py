@@ -32,7 +32,8 @@ from orderstream.topics import reconcile_topics, required_topics
 
 STATE_DIR = ROOT / "devstack" / ".state"
 OUTBOX = ROOT / "outbox"
-LOCAL_PARAMETERS = {"Stage": "local", "SenderEmail": "orders@orderstream.local"}
+# A sender the API would take as a customer address too (`orderstream smoke` mails the sender).
+LOCAL_PARAMETERS = {"Stage": "local", "SenderEmail": "orders@orderstream.example.com"}
 API_CONTAINERS = 4  # concurrent requests served per function, like Lambda scaling out
 
 # Ports, each overridable by an environment variable.
@@ -365,7 +366,10 @@ class LocalStack:
 def mapping_specs(functions: dict[str, FunctionSpec], resolver: Resolver) -> list[MappingSpec]:
     """Every function's `Type: MSK` events, resolved, as the template declares them."""
     return [
-        MappingSpec.from_event(logical_id, name, resolver.resolve(event["Properties"]))
+        dataclasses.replace(
+            MappingSpec.from_event(logical_id, name, resolver.resolve(event["Properties"])),
+            function_arn=spec.arn,
+        )
         for logical_id, spec in functions.items()
         for name, event in spec.events.items()
         if event.get("Type") == "MSK"

@@ -9,10 +9,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+
+if TYPE_CHECKING:
+    from devstack.stack import StackInfo
 
 # Replays and redrives wait for the function, as the mapping would: up to its 15-minute cap.
 LAMBDA_CONFIG = Config(read_timeout=900, connect_timeout=10, retries={"mode": "standard"})
@@ -124,13 +127,22 @@ def in_aws(stack: str, region: str | None) -> Place:
 
 def local() -> Place:
     """The stack `make run` started (devstack/.state/stack.json)."""
-    from devstack import aws
-    from devstack.stack import running_stack
-    from devstack.template import REGION
+    from devstack.stack import StackError, running_stack
 
-    info = running_stack()
+    try:
+        info = running_stack()
+    except StackError as exc:
+        raise PlaceError(str(exc)) from exc
     if info is None:
         raise PlaceError("no local stack is running: start one with `make run`")
+    return of_local_stack(info)
+
+
+def of_local_stack(info: StackInfo) -> Place:
+    """A local stack, from what it wrote to stack.json."""
+    from devstack import aws
+    from devstack.template import REGION
+
     lambda_client = boto3.client(
         "lambda",
         endpoint_url=info.lambda_endpoint,

@@ -120,13 +120,18 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.stop()
 
 
-def publish(stack: Stack, values: list[tuple[bytes, bytes]], partition: int = 0) -> None:
+def publish(
+    stack: Stack,
+    values: list[tuple[bytes, bytes]],
+    partition: int = 0,
+    topic: str = "order-placed",
+) -> None:
     """Straight to the topic (as a producer that bypassed the API would), one partition, so
     the records meet in one batch."""
     producer = KafkaProducer(bootstrap_servers=stack.info.bootstrap_servers)
     try:
         for key, value in values:
-            producer.send("order-placed", key=key, value=value, partition=partition)
+            producer.send(topic, key=key, value=value, partition=partition)
         producer.flush(timeout=10)
     finally:
         producer.close()

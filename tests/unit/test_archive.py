@@ -422,6 +422,17 @@ def test_409_conditional_request_conflicts_are_retried_and_endless_ones_fail_the
     assert archived_offsets(store) == list(range(1, 11))
 
 
+def test_a_whole_object_delivered_again_is_found_archived_not_counted_as_written() -> None:
+    """The common redelivery: the batch that created an object comes again, whole."""
+    store = ConditionalStore()
+    records = plain_records(range(0, 5))
+    archive_batch(as_lambda(records), store=store, years=YEARS)
+    contents = store.contents()
+    outcome = archive_batch(as_lambda(records), store=store, years=YEARS)
+    assert (outcome.archived, outcome.added, outcome.written) == (5, 0, ())
+    assert store.contents() == contents
+
+
 def test_a_create_first_guess_that_meets_the_object_is_not_counted_as_a_conflict() -> None:
     store = ConditionalStore()
     archive_batch(as_lambda(plain_records(range(0, 5))), store=store, years=YEARS)

@@ -388,14 +388,13 @@ def _settle(
     current: StoredObject | None = None
     read = block_start not in lines
     conflicts = 0
-    tried: tuple[bytes, ArchivedObject] | None = None
     for attempt in range(MAX_WRITE_ATTEMPTS):
         if read:
             current = store.get(key)
-        if tried is not None and current is not None and current.body == tried[0]:
-            # Our own write landed but its answer was lost, and botocore's retry of it met
-            # the object it had just written (412): it counts as written, once.
-            return tried[1]
+        # A write whose answer was lost and whose retry met a 412 is read back here like any
+        # other: its records are found archived. S3 cannot tell it from an identical write by
+        # another poller, so the outcome counts them as already there (the metrics may
+        # undercount such a write; the archive is exact either way).
         merged, added = _merge(key, current, lines)
         if not added:
             return _archived(pending, merged, [], 0, conflicts)
@@ -405,7 +404,6 @@ def _settle(
             mtime=0,  # no time in the gzip header: the same records give the same bytes
         )
         archived = _archived(pending, merged, added, len(body), conflicts)
-        tried = body, archived
         try:
             store.put(key, body, _metadata(archived), replaces=current.etag if current else None)
         except WriteConflict:
