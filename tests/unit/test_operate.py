@@ -408,3 +408,40 @@ def test_failed_batches_go_back_whole_to_the_function_named_in_them(place: Place
     assert function == "orderstream-test-s3-archiver"
     assert event == json.loads(document["payload"])  # the invocation, exactly
     assert keys(place) == [f"redriven/{key}"]
+
+
+def test_help_reads_like_a_manual_page(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for part in ("usage: orderstream", "replay", "redrive", "smoke", "exit status:", "examples:"):
+        assert part in text
+    assert cli.main(["replay", "--help"]) == 0
+    replay_help = capsys.readouterr().out
+    assert "--allow-resend" in replay_help
+    assert "EmailIdempotencySeconds" in replay_help
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_long_runs_show_a_progress_bar_on_a_terminal_only(place: Place) -> None:
+    archive(place, sample_order_records(12, partitions=1))
+    argv = [
+        "replay",
+        "--local",
+        "--target",
+        "S3ArchiverFunction",
+        "--since",
+        "2026-11-25T14:00Z",
+        "--until",
+        "2026-11-25T15:00Z",
+    ]
+    terminal = Terminal()
+    assert cli.main(argv, out=io.StringIO(), err=terminal, place_of=lambda args: place) == 0
+    assert "5/12 records" in terminal.getvalue()
+    assert terminal.getvalue().endswith("] 12/12 records\n")
+    piped = io.StringIO()
+    assert cli.main(argv, out=io.StringIO(), err=piped, place_of=lambda args: place) == 0
+    assert piped.getvalue() == ""
