@@ -41,7 +41,7 @@ $(STAMP): requirements-dev.txt constraints.txt layers/shared/requirements.txt .p
 	@# The layer package and the repo root on the venv's path, as Lambda and the tests see them.
 	printf '%s\n%s\n' "$(CURDIR)/layers/shared" "$(CURDIR)" > $(SITE)/orderstream-dev.pth
 	@# The operator's command (operate/): .venv/bin/orderstream.
-	printf '#!%s\nimport sys\nfrom operate.cli import main\nsys.exit(main())\n' "$(CURDIR)/$(PY)" > $(VENV)/bin/orderstream
+	printf '#!/bin/sh\nexec "%s" -m operate "$$@"\n' "$(CURDIR)/$(PY)" > $(VENV)/bin/orderstream
 	chmod +x $(VENV)/bin/orderstream
 	@touch $@
 

@@ -4,8 +4,9 @@ boto3's lambda client, given this endpoint, works as against AWS for the calls t
 tools make: Invoke (RequestResponse, Event, DryRun), GetFunctionConfiguration and
 ListEventSourceMappings. Answers have AWS's shapes and headers, and errors its rest-json form
 (the code in x-amzn-ErrorType, the message in the body), so boto3 raises the modeled exception
-(ResourceNotFoundException...). A function is found by name, ARN or template logical id; only
-$LATEST exists. Signatures are not checked, and LogType=Tail returns no log.
+(ResourceNotFoundException...). A function is found by name or ARN, as in AWS (a template
+logical id is no name there, so it is none here); only $LATEST exists. Signatures are not
+checked, and LogType=Tail returns no log.
 """
 
 from __future__ import annotations
@@ -189,8 +190,8 @@ class LambdaApiServer:
         )
 
     def resolve(self, given: str, qualifier: str | None = None) -> str | Reply:
-        """The logical id of a function given by name, (partial) ARN or logical id, or the
-        error Lambda answers: ValidationException for a malformed name, else 404."""
+        """The logical id of a function given by name or (partial) ARN, or the error Lambda
+        answers: ValidationException for a malformed name, else 404."""
         found = _FUNCTION_NAME.match(given) if len(given) <= 256 else None
         if found is None:
             return error_reply(
@@ -203,7 +204,7 @@ class LambdaApiServer:
             )
         name = found["name"]
         qualifier = qualifier or found["qualifier"]
-        logical_id = self._by_name.get(name) or (name if name in self.functions else None)
+        logical_id = self._by_name.get(name)
         elsewhere = found["region"] not in (None, REGION) or found["account"] not in (
             None,
             ACCOUNT_ID,

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from operate import redrive, replay, smoke
 from operate.where import Place, PlaceError, in_aws, local
 from orderstream import settings
@@ -68,11 +70,11 @@ nothing twice.
 """
 
 SMOKE = """\
-Place one test order through the API and report each stage with its time: accepted (the 202
-with topic, partition and offset), confirmed (the email notifier's record of the sent
-confirmation) and archived (the record in its archive object). The confirmation goes to the
-notifier's EmailRedirectTo, else to the sender address. Exits 1 naming the first stage that did
-not happen within its time limit.
+Place one test order through the API and report each stage with its time: accepted (the 202),
+on-topic (the partition and offset the broker acknowledged), confirmed (the email notifier's
+record of the sent confirmation) and archived (the record in its archive object). The
+confirmation goes to the notifier's EmailRedirectTo, else to the sender address. Exits 1 naming
+the first stage that did not happen within its time limit.
 """
 
 
@@ -109,6 +111,11 @@ def parser() -> argparse.ArgumentParser:
     play.add_argument("--topic", default=settings.DEFAULT_ORDER_TOPIC, help=argparse.SUPPRESS)
     play.add_argument("--dry-run", action="store_true", help="print the plan, invoke nothing")
     play.add_argument(
+        "--include-poison",
+        action="store_true",
+        help="also send records the archive kept as poison to a target that dead-letters them",
+    )
+    play.add_argument(
         "--allow-resend",
         action="store_true",
         help="replay records older than the target remembers (the notifier mails them again)",
@@ -120,9 +127,14 @@ def parser() -> argparse.ArgumentParser:
     drive.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
 
     test = command("smoke", "one test order through every stage", SMOKE)
-    test.add_argument(
-        "--wait-scale", type=float, default=1.0, help="multiply every stage's time limit"
-    )
+    for stage, limit in smoke.LIMITS_S.items():
+        test.add_argument(
+            f"--{stage}-wait",
+            type=float,
+            default=limit,
+            metavar="SECONDS",
+            help=f"how long to wait for `{stage}` (default {limit:g})",
+        )
     return top
 
 
@@ -146,6 +158,9 @@ def main(
     except (PlaceError, replay.RefusedError, ValueError) as exc:
         print(f"orderstream {args.command}: {exc}", file=err)
         return USAGE
+    except (BotoCoreError, ClientError) as exc:  # AWS refused or could not be reached
+        print(f"orderstream {args.command}: {type(exc).__name__}: {exc}", file=err)
+        return FAILED
 
 
 def _place(args: argparse.Namespace) -> Place:
@@ -157,7 +172,8 @@ def _replay(args: argparse.Namespace, place: Place, out: TextIO, err: TextIO) ->
     if until <= since:
         raise ValueError("--until must come after --since")
     place.function(args.target)
-    plan = replay.plan(place, args.topic, since, until, args.partition)
+    include_poison = args.include_poison or not replay.dead_letters_poison(place, args.target)
+    plan = replay.plan(place, args.topic, since, until, args.partition, include_poison)
     _print(out, [f"replay to {args.target} in {place.description}", *plan.describe()])
     if not args.allow_resend:
         replay.check_memory(place, args.target, plan, replay.now())
@@ -183,7 +199,8 @@ def _smoke(args: argparse.Namespace, place: Place, out: TextIO) -> int:
         mark = "ok    " if stage.ok else "FAILED"
         _print(out, [f"{mark} {stage.name:<10} {stage.seconds:6.1f} s  {stage.detail}"])
 
-    stages = smoke.run(place, args.wait_scale, report)
+    limits = {stage: getattr(args, f"{stage}_wait") for stage in smoke.LIMITS_S}
+    stages = smoke.run(place, limits, report)
     failed = [s for s in stages if not s.ok]
     if failed:
         _print(out, [f"smoke test failed at: {failed[0].name}"])

@@ -37,7 +37,7 @@ def batches(
     batch: list[dict[str, Any]] = []
     size = ENVELOPE_BYTES
     for record in records:
-        record_size = len(json.dumps(record)) + 2
+        record_size = len(compact(record)) + 1
         if batch and (len(batch) >= batch_size or size + record_size > max_bytes):
             yield batch
             batch, size = [], ENVELOPE_BYTES
@@ -45,6 +45,11 @@ def batches(
         size += record_size
     if batch:
         yield batch
+
+
+def compact(document: Any) -> str:
+    """JSON as Lambda sends it: no spaces, so a payload measured here is the payload sent."""
+    return json.dumps(document, separators=(",", ":"))
 
 
 @dataclass
@@ -63,7 +68,7 @@ class Tally:
     invocations: int = 0
     succeeded: int = 0
     failed: int = 0
-    duplicates: int = 0
+    duplicates: int | None = None  # None: no answer said
     errors: list[str] = field(default_factory=list)
 
     def add(self, batch: Sequence[dict[str, Any]], answer: Answer) -> None:
@@ -71,7 +76,8 @@ class Tally:
         self.records += len(batch)
         self.failed += len(answer.failed)
         self.succeeded += len(batch) - len(answer.failed)
-        self.duplicates += answer.duplicates or 0
+        if answer.duplicates is not None:
+            self.duplicates = (self.duplicates or 0) + answer.duplicates
         if answer.error:
             self.errors.append(answer.error)
 
@@ -81,30 +87,37 @@ class Tally:
             f"invocations  {self.invocations}",
             f"succeeded    {self.succeeded}",
             f"failed       {self.failed}",
-            f"duplicates   {self.duplicates}  (records the function reported as already done)",
+            f"duplicates   {self.duplicates}  (records the function reported as already done)"
+            if self.duplicates is not None
+            else "duplicates   not reported by the function",
         ]
 
 
 def invoke(
-    lambda_client: Any, function: str, records: Sequence[dict[str, Any]], event: dict[str, Any]
+    lambda_client: Any,
+    function: str,
+    records: Sequence[dict[str, Any]],
+    event: dict[str, Any] | str,
 ) -> Answer:
-    """Invoke synchronously and read the answer the way the mapping reads it."""
+    """Invoke synchronously and read the answer the way the mapping reads it. `event` as text
+    goes out unchanged (an on-failure record's payload, exactly as Lambda first sent it)."""
+    payload = event if isinstance(event, str) else compact(event)
     try:
         response = lambda_client.invoke(
-            FunctionName=function, InvocationType="RequestResponse", Payload=json.dumps(event)
+            FunctionName=function, InvocationType="RequestResponse", Payload=payload
         )
     except Exception as exc:  # throttled, too large, unreachable: nothing was processed
         return Answer(False, _all(records), f"{type(exc).__name__}: {exc}")
-    payload_text = response["Payload"].read()
+    answer_text = response["Payload"].read()
     try:
-        payload = json.loads(payload_text) if payload_text else None
+        answer = json.loads(answer_text) if answer_text else None
     except ValueError:
-        payload = None
+        answer = None
     if response.get("FunctionError"):
-        detail = payload if isinstance(payload, dict) else {}
+        detail = answer if isinstance(answer, dict) else {}
         message = f"{detail.get('errorType', 'error')}: {str(detail.get('errorMessage'))[:200]}"
         return Answer(False, _all(records), message)
-    return read_answer(payload, records)
+    return read_answer(answer, records)
 
 
 def read_answer(payload: Any, records: Sequence[dict[str, Any]]) -> Answer:

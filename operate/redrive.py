@@ -2,17 +2,19 @@
 
 Two sources in the dead-letter bucket:
 - `failures`: the mappings' on-failure records (`aws/lambda/<mapping uuid>/...`), each a whole
-  invocation (its `payload`) that exhausted its retries; it goes back to the function named in
-  its `requestContext.functionArn`, or to --target.
+  invocation (its `payload`, sent again exactly as Lambda first sent it) that exhausted its
+  retries; it goes back to the function named in its `requestContext.functionArn`, or --target.
 - `dead-letters`: a consumer's poison records (`dead-letters/<consumer>/...`), each one record
-  it could not use; it goes back to that consumer (the function whose POWERTOOLS_SERVICE_NAME
-  is the consumer's name), or to --target.
+  it could not use; it goes back to that consumer (the mapped function whose
+  POWERTOOLS_SERVICE_NAME is the consumer's name), or to --target.
 
 An object is moved under `redriven/` only once the invocation succeeded for its records: no
 failure reported, and for a dead letter, no new version of it (a consumer that still cannot
-use the record writes its dead letter again). A second run finds nothing to redrive twice. The
-dead-letter alarm counts arrivals under `dead-letters/` and `aws/lambda/` only, so a move is
-not taken for a new failure.
+use the record writes its dead letter again). The copy carries the version it was made from,
+so a move interrupted between copy and delete is finished by the next run, never redriven
+twice; and a dead letter written again while it was being moved is not hidden by the delete.
+The dead-letter alarm counts arrivals under `dead-letters/` and `aws/lambda/` only, so a move
+is not taken for a new failure.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from operate.invoking import Tally, invoke, lambda_event, spans
+from botocore.exceptions import BotoCoreError, ClientError
+
+from operate.invoking import Answer, Tally, invoke, lambda_event, spans
 from operate.where import Place, PlaceError
 from orderstream import dead_letter
 
 DEAD_LETTERS = "DeadLetterBucket"
 FAILURES_PREFIX = "aws/lambda/"
 REDRIVEN_PREFIX = "redriven/"
+REDRIVEN_VERSION = "redriven-version"  # object metadata on the copy
 SERVICE_NAME = "POWERTOOLS_SERVICE_NAME"
 
 Source = Literal["failures", "dead-letters"]
@@ -40,28 +45,35 @@ class Item:
 
     key: str
     version: str | None  # the S3 version redriven (the bucket is versioned)
-    stamp: str  # what tells a rewrite apart: the version, else the last-modified time
+    modified: Any  # its LastModified
     target: str  # logical id
     records: list[dict[str, Any]]
-    event: dict[str, Any] = field(default_factory=dict)
+    payload: str | None = None  # an on-failure record's invocation, as Lambda sent it
+    finish_only: bool = False  # copied under redriven/ by an interrupted run: delete only
 
 
 @dataclass
 class RedrivePlan:
     source: Source
     items: list[Item]
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
 
     @property
     def records(self) -> list[dict[str, Any]]:
-        return [r for item in self.items for r in item.records]
+        return [r for item in self.items if not item.finish_only for r in item.records]
 
     def describe(self) -> list[str]:
         lines = [f"objects      {len(self.items)}", f"records      {len(self.records)}"]
         for item in self.items:
+            if item.finish_only:
+                lines.append(f"  {item.key}: already redriven, its move is finished")
+                continue
             where = ", ".join(
                 f"{name}@{first}..{last}" for name, (first, last, _) in spans(item.records).items()
             )
             lines.append(f"  {item.key} -> {item.target} ({len(item.records)} records: {where})")
+        for key, why in self.skipped:
+            lines.append(f"  skipped {key}: {why}")
         return lines
 
 
@@ -70,70 +82,67 @@ def plan(place: Place, source: Source, target: str | None) -> RedrivePlan:
     prefix = FAILURES_PREFIX if source == "failures" else f"{dead_letter.PREFIX}/"
     if target is not None:
         place.function(target)  # an unknown target is bad usage, before anything is read
-    items: list[Item] = []
+    result = RedrivePlan(source, [])
     paginator = place.s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for listed in page.get("Contents", []):
-            head = place.s3.get_object(Bucket=bucket, Key=listed["Key"])
-            document = json.loads(head["Body"].read())
-            version = head.get("VersionId")
-            stamp = _stamp(head)
-            if source == "failures":
-                items.append(_failure(place, listed["Key"], version, stamp, document, target))
-            else:
-                items.append(_dead_letter(place, listed["Key"], version, stamp, document, target))
-    return RedrivePlan(source, items)
+            key = listed["Key"]
+            try:
+                obtained = place.s3.get_object(Bucket=bucket, Key=key)
+                document = json.loads(obtained["Body"].read())
+                version = obtained.get("VersionId")
+                if source == "failures":
+                    item = _failure(place, key, document, target)
+                else:
+                    item = _dead_letter(place, key, document, target)
+            except (PlaceError, ValueError, KeyError, TypeError) as exc:
+                result.skipped.append((key, str(exc)))
+                continue
+            item.version, item.modified = version, obtained.get("LastModified")
+            item.finish_only = _copied_already(place, bucket, item)
+            result.items.append(item)
+    return result
 
 
-def _stamp(head: dict[str, Any]) -> str:
-    return str(head.get("VersionId") or head.get("LastModified"))
-
-
-def _failure(
-    place: Place,
-    key: str,
-    version: str | None,
-    stamp: str,
-    document: dict[str, Any],
-    target: str | None,
-) -> Item:
+def _failure(place: Place, key: str, document: dict[str, Any], target: str | None) -> Item:
     payload = document.get("payload")
     event = json.loads(payload) if isinstance(payload, str) else payload
     if not isinstance(event, dict) or not isinstance(event.get("records"), dict):
-        raise PlaceError(
-            f"{key}: no invocation payload to redrive (is it an S3 on-failure record?)"
-        )
+        raise PlaceError("no invocation payload to redrive (is it an S3 on-failure record?)")
     arn = str(document.get("requestContext", {}).get("functionArn", ""))
     logical_id = target or place.logical_id_of(arn)
     if logical_id is None:
-        raise PlaceError(f"{key}: function {arn!r} is not in {place.description}; pass --target")
+        raise PlaceError(f"function {arn!r} is not in {place.description}; pass --target")
     records = [r for group in event["records"].values() for r in group]
-    return Item(key, version, stamp, logical_id, records, event)
+    text = payload if isinstance(payload, str) else json.dumps(event, separators=(",", ":"))
+    return Item(key, None, None, logical_id, records, payload=text)
 
 
-def _dead_letter(
-    place: Place,
-    key: str,
-    version: str | None,
-    stamp: str,
-    document: dict[str, Any],
-    target: str | None,
-) -> Item:
+def _dead_letter(place: Place, key: str, document: dict[str, Any], target: str | None) -> Item:
     record = dead_letter.lambda_record(document)
-    logical_id = target or _consumer_function(place, str(document.get("consumer", "")))
+    consumer = str(document.get("consumer", ""))
+    logical_id = target or _consumer_function(place, consumer)
     if logical_id is None:
-        raise PlaceError(
-            f"{key}: no function of {place.description} is consumer {document.get('consumer')!r}"
-            "; pass --target"
-        )
-    return Item(key, version, stamp, logical_id, [record])
+        raise PlaceError(f"no function of {place.description} is consumer {consumer!r}")
+    return Item(key, None, None, logical_id, [record])
 
 
 def _consumer_function(place: Place, consumer: str) -> str | None:
-    for logical_id in place.functions:
+    for logical_id in place.consumers():
         if place.environment(logical_id).get(SERVICE_NAME) == consumer:
             return logical_id
     return None
+
+
+def _copied_already(place: Place, bucket: str, item: Item) -> bool:
+    """A copy of this very version under redriven/: the last run stopped before the delete."""
+    if item.version is None:
+        return False
+    try:
+        head = place.s3.head_object(Bucket=bucket, Key=REDRIVEN_PREFIX + item.key)
+    except ClientError:
+        return False
+    return bool(head.get("Metadata", {}).get(REDRIVEN_VERSION) == item.version)
 
 
 def run(
@@ -144,37 +153,73 @@ def run(
     bucket = place.bucket(DEAD_LETTERS)
     tally = Tally()
     total = len(plan.records)
-    sources: dict[str, str] = {}
+    for key, why in plan.skipped:
+        tally.errors.append(f"{key}: skipped: {why}")
+        tally.failed += 1
     for item in plan.items:
-        event = item.event
-        if not event:
-            if item.target not in sources:
-                mappings = place.mappings(item.target)
-                sources[item.target] = (
-                    str(mappings[0].get("EventSourceArn", "")) if mappings else ""
-                )
-            event = lambda_event(item.records, sources[item.target], place.bootstrap_servers)
-        answer = invoke(place.lambda_client, place.function(item.target), item.records, event)
-        if answer.ok and plan.source == "dead-letters" and _rewritten(place, bucket, item):
-            answer.ok = False
-            answer.failed = [(f"{r['topic']}-{r['partition']}", r["offset"]) for r in item.records]
-            answer.error = f"{item.key}: the consumer dead-lettered it again"
-        tally.add(item.records, answer)
-        if answer.ok:
-            _move(place, bucket, item)
+        try:
+            if item.finish_only:
+                _remove(place, bucket, item)
+                continue
+            answer = _redrive(place, bucket, plan.source, item)
+            tally.add(item.records, answer)
+            if answer.ok:
+                _move(place, bucket, item)
+        except (BotoCoreError, ClientError) as exc:
+            tally.errors.append(f"{item.key}: {type(exc).__name__}: {exc}")
+            tally.failed += len(item.records) if not item.finish_only else 1
         progress(tally.records, total)
     return tally
 
 
+def _redrive(place: Place, bucket: str, source: Source, item: Item) -> Answer:
+    event: dict[str, Any] | str
+    if item.payload is not None:
+        event = item.payload
+    else:
+        mappings = place.mappings(item.target)
+        arn = str(mappings[0].get("EventSourceArn", "")) if mappings else ""
+        event = lambda_event(item.records, arn, place.bootstrap_servers)
+    answer = invoke(place.lambda_client, place.function(item.target), item.records, event)
+    if answer.ok and source == "dead-letters" and _rewritten(place, bucket, item):
+        answer.ok = False
+        answer.failed = [(f"{r['topic']}-{r['partition']}", r["offset"]) for r in item.records]
+        answer.error = f"{item.key}: the consumer dead-lettered it again"
+    return answer
+
+
 def _rewritten(place: Place, bucket: str, item: Item) -> bool:
     """Whether the consumer wrote the dead letter again while handling it."""
-    return _stamp(place.s3.head_object(Bucket=bucket, Key=item.key)) != item.stamp
+    head = place.s3.head_object(Bucket=bucket, Key=item.key)
+    return (head.get("VersionId"), head.get("LastModified")) != (item.version, item.modified)
 
 
 def _move(place: Place, bucket: str, item: Item) -> None:
-    """Under redriven/, the version that was redriven; then off the source prefix."""
+    """Under redriven/, the version that was redriven (and which one); then off its prefix."""
     source: dict[str, str] = {"Bucket": bucket, "Key": item.key}
+    metadata: dict[str, str] = {}
     if item.version:
         source["VersionId"] = item.version
-    place.s3.copy_object(Bucket=bucket, Key=REDRIVEN_PREFIX + item.key, CopySource=source)
-    place.s3.delete_object(Bucket=bucket, Key=item.key)
+        metadata[REDRIVEN_VERSION] = item.version
+    place.s3.copy_object(
+        Bucket=bucket,
+        Key=REDRIVEN_PREFIX + item.key,
+        CopySource=source,
+        Metadata=metadata,
+        MetadataDirective="REPLACE",
+    )
+    _remove(place, bucket, item)
+
+
+def _remove(place: Place, bucket: str, item: Item) -> None:
+    """Hide the object under a delete marker, unless a newer version (a failure written again
+    meanwhile) would be hidden with it: then the marker goes and that version stays current."""
+    marker = place.s3.delete_object(Bucket=bucket, Key=item.key).get("VersionId")
+    if not marker or not item.version:
+        return
+    # S3 lists a key's versions most recently stored first: one before the redriven one was
+    # stored after it (timestamps, to the second, cannot tell).
+    listed = place.s3.list_object_versions(Bucket=bucket, Prefix=item.key)
+    versions = [v["VersionId"] for v in listed.get("Versions", []) if v["Key"] == item.key]
+    if versions and versions[0] != item.version:
+        place.s3.delete_object(Bucket=bucket, Key=item.key, VersionId=marker)

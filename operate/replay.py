@@ -7,8 +7,9 @@ records go to the function in offset order, in batches of its mapping's size.
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,10 +28,12 @@ __all__ = [
 ]
 from operate.where import Place, PlaceError
 from orderstream import settings
-from orderstream.archive import TOPICS_DIR, lambda_record, read_lines
+from orderstream.archive import TOPICS_DIR, Years, lambda_record, read_lines
 
 ARCHIVE = "ArchiveBucket"
+ARCHIVER = "S3ArchiverFunction"
 DEFAULT_BATCH_SIZE = 100  # a function without a mapping: Lambda's default for Kafka
+MEMORY_MARGIN = timedelta(hours=1)
 
 
 class RefusedError(RuntimeError):
@@ -41,32 +44,53 @@ class RefusedError(RuntimeError):
 class ReplayPlan:
     objects: list[str]
     records: list[dict[str, Any]]
+    poison_left_out: int = 0
 
     def describe(self) -> list[str]:
         lines = [f"objects      {len(self.objects)}", f"records      {len(self.records)}"]
+        if self.poison_left_out:
+            lines.append(
+                f"poison       {self.poison_left_out} left out: the target would dead-letter them "
+                "again (--include-poison sends them)"
+            )
         for name, (first, last, count) in spans(self.records).items():
             lines.append(f"  {name}: offsets {first}..{last} ({count} records)")
         return lines
 
 
-def hours(since: datetime, until: datetime) -> Iterator[datetime]:
-    """Each UTC hour that a record stamped in [since, until) can be filed under."""
-    hour = since.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    while hour < until:
-        yield hour
+def hours(since: datetime, until: datetime, years: Years) -> list[datetime]:
+    """Each UTC hour a record stamped in [since, until) can be filed under: its own hour inside
+    the archive's years, or the edge hour where a record stamped outside them is filed."""
+    first = datetime(years.first, 1, 1, tzinfo=UTC)
+    last = datetime(years.last, 12, 31, 23, tzinfo=UTC)
+    found = {first} if since < first else set()
+    hour = max(since.astimezone(UTC), first).replace(minute=0, second=0, microsecond=0)
+    while hour < until and hour <= last:
+        found.add(hour)
         hour += timedelta(hours=1)
+    if until > last + timedelta(hours=1):
+        found.add(last)
+    return sorted(found)
 
 
 def plan(
-    place: Place, topic: str, since: datetime, until: datetime, partition: int | None
+    place: Place,
+    topic: str,
+    since: datetime,
+    until: datetime,
+    partition: int | None,
+    include_poison: bool = True,
 ) -> ReplayPlan:
-    """The archived records of `topic` stamped in [since, until), in partition and offset order."""
+    """The archived records of `topic` stamped in [since, until), in partition and offset
+    order; without `include_poison`, records the archive keeps as poison are counted, not sent."""
     bucket = place.bucket(ARCHIVE)
+    years = Years.parse(place.environment(ARCHIVER).get(settings.ARCHIVE_YEARS) or "")
     since_ms, until_ms = _ms(since), _ms(until)
     objects: list[str] = []
     records: list[dict[str, Any]] = []
+    poison = 0
     paginator = place.s3.get_paginator("list_objects_v2")
-    for hour in hours(since, until):
+    for hour in hours(since, until, years):
         prefix = (
             f"{TOPICS_DIR}/{topic}/year={hour.year:04d}/month={hour.month:02d}"
             f"/day={hour.day:02d}/hour={hour.hour:02d}/"
@@ -77,17 +101,22 @@ def plan(
                 if partition is not None and f"{topic}+{partition}+" not in key.rsplit("/", 1)[-1]:
                     continue
                 body = place.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                chosen = [
-                    record
-                    for record in (lambda_record(line) for line in read_lines(body))
-                    if since_ms <= record["timestamp"] < until_ms
-                    and (partition is None or record["partition"] == partition)
-                ]
+                chosen = []
+                for line in read_lines(body):
+                    record = lambda_record(line)
+                    if not since_ms <= record["timestamp"] < until_ms:
+                        continue
+                    if partition is not None and record["partition"] != partition:
+                        continue
+                    if not include_poison and is_poison(line):
+                        poison += 1
+                        continue
+                    chosen.append(record)
                 if chosen:
                     objects.append(key)
                     records += chosen
     records.sort(key=lambda r: (r["topic"], r["partition"], r["offset"]))
-    return ReplayPlan(objects, records)
+    return ReplayPlan(objects, records, poison)
 
 
 def check_memory(place: Place, target: str, plan: ReplayPlan, now: datetime) -> None:
@@ -98,7 +127,8 @@ def check_memory(place: Place, target: str, plan: ReplayPlan, now: datetime) -> 
         return
     window = timedelta(seconds=int(raw))
     oldest = min(r["timestamp"] for r in plan.records)
-    if oldest < _ms(now - window):
+    # A margin for the replay's own duration and producer clocks a little ahead.
+    if oldest < _ms(now - window + MEMORY_MARGIN):
         stamped = datetime.fromtimestamp(oldest / 1000, UTC).isoformat()
         raise RefusedError(
             f"{target} remembers what it did for {int(raw)} s ({window}); the oldest record "
@@ -149,3 +179,13 @@ def _ms(moment: datetime) -> int:
 
 def now() -> datetime:
     return datetime.fromtimestamp(time.time(), UTC)
+
+
+def is_poison(line: bytes) -> bool:
+    """Whether the archive kept this record as poison (its line has an error)."""
+    return json.loads(line).get("error") is not None
+
+
+def dead_letters_poison(place: Place, target: str) -> bool:
+    """A consumer that writes what it cannot use to the dead-letter bucket."""
+    return bool(place.environment(target).get(settings.DEAD_LETTER_BUCKET))

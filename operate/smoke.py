@@ -1,9 +1,12 @@
 """Smoke: one test order through the deployed (or local) pipeline, each stage timed.
 
-The first command to run after `sam deploy`: it places an order through the API (with the
-stage's API key), then waits for each stage in turn and reports how long it took:
+The first command to run after `sam deploy`: it checks that both consumers' mappings are
+Enabled, places an order through the API (with the stage's API key), then waits for each stage
+in turn and reports how long it took:
 
-  accepted   the API answered 202 with the order's topic, partition and offset
+  mappings   both event-source mappings are Enabled (not still Creating after a deploy)
+  accepted   the API answered 202
+  on-topic   with the partition and offset the broker acknowledged
   confirmed  the email notifier recorded the confirmation as sent (its idempotency ledger)
   archived   the archiver wrote the record into its archive object
 
@@ -36,6 +39,7 @@ ARCHIVER = "S3ArchiverFunction"
 SAMPLE = Path(__file__).resolve().parent.parent / "events" / "api-post-order.json"
 # The archiver's mapping waits up to its batching window (60 s) before it invokes.
 LIMITS_S = {"accepted": 30.0, "confirmed": 120.0, "archived": 240.0}
+CONSUMERS = (NOTIFIER, ARCHIVER)
 
 
 @dataclass
@@ -56,10 +60,11 @@ def order_body(recipient: str) -> dict[str, Any]:
 
 def run(
     place: Place,
-    scale: float = 1.0,
+    limits: dict[str, float] | None = None,
     report: Callable[[Stage], None] = lambda stage: None,
 ) -> list[Stage]:
     """The stages reached, in order; the first that did not happen ends the list."""
+    limit = {**LIMITS_S, **(limits or {})}
     environment = place.environment(NOTIFIER)
     recipient = environment.get(settings.EMAIL_REDIRECT_TO) or environment.get(
         settings.SENDER_EMAIL
@@ -77,20 +82,42 @@ def run(
         report(stage)
         return stage.ok
 
-    body = order_body(recipient)
-    status, answer = _post(url, body, place.api_key())
-    accepted = status == 202 and isinstance(answer, dict) and "offset" in answer
+    # Right after a deploy the mappings may still be Creating or Enabling: say so, rather
+    # than let the order wait for a consumer that is not reading yet.
+    states = {c: [str(m.get("State")) for m in place.mappings(c)] for c in CONSUMERS}
+    idle = {c: found for c, found in states.items() if found != ["Enabled"]}
     detail = (
-        f"order {body['order_id']} on {answer.get('topic')} partition {answer.get('partition')}"
-        f" offset {answer.get('offset')}"
+        "both consumers' event-source mappings are Enabled"
+        if not idle
+        else "; ".join(f"{c}: {', '.join(found) or 'no mapping'}" for c, found in idle.items())
+    )
+    if not done(Stage("mappings", not idle, time.monotonic() - started, detail)):
+        return stages
+
+    body = order_body(recipient)
+    status, answer = _post(url, body, place.api_key(), limit["accepted"])
+    accepted = status == 202 and isinstance(answer, dict)
+    detail = (
+        f"order {body['order_id']} (HTTP 202)"
         if accepted
         else f"HTTP {status}: {json.dumps(answer)[:300]}"
     )
     if not done(Stage("accepted", accepted, time.monotonic() - started, detail)):
         return stages
+    # The API answers only once the broker acknowledged the record: its coordinates say so.
+    on_topic = isinstance(answer.get("topic"), str) and all(
+        isinstance(answer.get(k), int) for k in ("partition", "offset")
+    )
+    detail = (
+        f"{answer.get('topic')} partition {answer['partition']} offset {answer['offset']}"
+        if on_topic
+        else f"the answer names no partition and offset: {json.dumps(answer)[:300]}"
+    )
+    if not done(Stage("on-topic", on_topic, time.monotonic() - started, detail)):
+        return stages
 
     ledger = _ledger(place, environment)
-    ok = _wait(lambda: ledger.sent(body["order_id"]), LIMITS_S["confirmed"] * scale)
+    ok = _wait(lambda: ledger.sent(body["order_id"]), limit["confirmed"])
     detail = f"confirmation to {recipient} recorded as sent" if ok else "no sent record yet"
     if not done(Stage("confirmed", ok, time.monotonic() - started, detail)):
         return stages
@@ -103,13 +130,13 @@ def run(
             found.append(key)
         return bool(key)
 
-    ok = _wait(archived, LIMITS_S["archived"] * scale)
+    ok = _wait(archived, limit["archived"])
     detail = f"in {found[0]}" if ok else "not in the archive yet"
     done(Stage("archived", ok, time.monotonic() - started, detail))
     return stages
 
 
-def _post(url: str, body: dict[str, Any], api_key: str | None) -> tuple[int, Any]:
+def _post(url: str, body: dict[str, Any], api_key: str | None, timeout_s: float) -> tuple[int, Any]:
     headers = {"content-type": "application/json"}
     if api_key:
         headers["x-api-key"] = api_key
@@ -117,7 +144,7 @@ def _post(url: str, body: dict[str, Any], api_key: str | None) -> tuple[int, Any
         url, data=json.dumps(body).encode(), headers=headers, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=LIMITS_S["accepted"]) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
             return response.status, json.loads(response.read() or b"null")
     except urllib.error.HTTPError as error:
         text = error.read()
@@ -134,15 +161,16 @@ def _ledger(place: Place, environment: dict[str, str]) -> Any:
 
     from functions.email_notifier import app as notifier
 
-    persistence = DynamoDBPersistenceLayer(
-        table_name=environment[settings.IDEMPOTENCY_TABLE], boto3_client=place.dynamodb
-    )
+    table = environment.get(settings.IDEMPOTENCY_TABLE)
+    if not table:
+        raise PlaceError(f"{NOTIFIER} has no {settings.IDEMPOTENCY_TABLE} in its environment")
+    persistence = DynamoDBPersistenceLayer(table_name=table, boto3_client=place.dynamodb)
     return notifier.IdempotencyLedger(persistence, notifier.ledger_config(environment), 0)
 
 
 def _archived_in(place: Place, topic: str, partition: int, offset: int) -> str | None:
     """The archive object holding the record, looked for in the hours around now."""
-    years = Years.parse(place.environment(ARCHIVER)[settings.ARCHIVE_YEARS])
+    years = Years.parse(place.environment(ARCHIVER).get(settings.ARCHIVE_YEARS) or "")
     bucket = place.bucket("ArchiveBucket")
     now = datetime.now(UTC)
     for hours in (0, -1, 1):

@@ -6,7 +6,6 @@ moto serves S3, so the same boto3 calls work against both; only the endpoints di
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -18,7 +17,11 @@ if TYPE_CHECKING:
     from devstack.stack import StackInfo
 
 # Replays and redrives wait for the function, as the mapping would: up to its 15-minute cap.
-LAMBDA_CONFIG = Config(read_timeout=900, connect_timeout=10, retries={"mode": "standard"})
+# One attempt: a retried Invoke after a timeout would run the batch twice and count it once;
+# a failed one is reported and its records stay for the next run.
+LAMBDA_CONFIG = Config(
+    read_timeout=900, connect_timeout=10, retries={"mode": "standard", "total_max_attempts": 1}
+)
 
 
 class PlaceError(RuntimeError):
@@ -36,6 +39,8 @@ class Place:
     dynamodb: Any
     bootstrap_servers: str = ""
     api_key: Callable[[], str | None] = field(default=lambda: None)
+    _environments: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    _mappings: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def function(self, logical_id: str) -> str:
         try:
@@ -53,37 +58,41 @@ class Place:
             raise PlaceError(f"{self.description} has no bucket {logical_id!r}") from None
 
     def logical_id_of(self, function_name_or_arn: str) -> str | None:
-        name = (
-            function_name_or_arn.rsplit(":", 1)[-1]
-            if ":function:" in function_name_or_arn
-            else function_name_or_arn
-        )
+        """The logical id of a function named by name or ARN (a qualifier is ignored)."""
+        name = function_name_or_arn
+        if ":function:" in name:
+            name = name.split(":function:", 1)[1].split(":")[0]
         for logical_id, physical in self.functions.items():
-            if name in (physical, logical_id):
+            if name == physical:
                 return logical_id
         return None
 
-    @functools.cached_property
-    def configurations(self) -> dict[str, dict[str, Any]]:
-        """Each function's configuration (environment included), as Lambda reports it."""
-        return {
-            logical_id: self.lambda_client.get_function_configuration(FunctionName=name)
-            for logical_id, name in self.functions.items()
-        }
-
     def environment(self, logical_id: str) -> dict[str, str]:
-        variables: dict[str, str] = (
-            self.configurations[logical_id].get("Environment", {}).get("Variables", {})
-        )
-        return variables
+        """The function's environment, as Lambda reports it (asked once per function, and only
+        for the functions a command uses: the IAM policy names those)."""
+        if logical_id not in self._environments:
+            configuration = self.lambda_client.get_function_configuration(
+                FunctionName=self.function(logical_id)
+            )
+            self._environments[logical_id] = dict(
+                configuration.get("Environment", {}).get("Variables", {})
+            )
+        return self._environments[logical_id]
 
     def mappings(self, logical_id: str) -> list[dict[str, Any]]:
-        """The function's event-source mappings (BatchSize, EventSourceArn, ...)."""
-        found: list[dict[str, Any]] = []
-        paginator = self.lambda_client.get_paginator("list_event_source_mappings")
-        for page in paginator.paginate(FunctionName=self.function(logical_id)):
-            found += page.get("EventSourceMappings", [])
-        return found
+        """The function's event-source mappings (BatchSize, EventSourceArn, State, ...)."""
+        if logical_id not in self._mappings:
+            found: list[dict[str, Any]] = []
+            paginator = self.lambda_client.get_paginator("list_event_source_mappings")
+            for page in paginator.paginate(FunctionName=self.function(logical_id)):
+                found += page.get("EventSourceMappings", [])
+            self._mappings[logical_id] = found
+        return self._mappings[logical_id]
+
+    def consumers(self) -> list[str]:
+        """The functions with an event-source mapping: the only ones a replay or a redrive
+        hands records to, and so the only ones whose configuration it reads."""
+        return [logical_id for logical_id in self.functions if self.mappings(logical_id)]
 
 
 def in_aws(stack: str, region: str | None) -> Place:

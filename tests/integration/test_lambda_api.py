@@ -115,23 +115,27 @@ def test_invoke_returns_the_functions_result(served: Served) -> None:
 @pytest.mark.parametrize(
     "form",
     [
-        "{logical}",
         "{name}",
         "{name}:$LATEST",
         f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{{name}}",
         f"{ACCOUNT_ID}:function:{{name}}",
     ],
 )
-def test_a_function_is_found_by_logical_id_name_or_arn(served: Served, form: str) -> None:
-    name = form.format(logical=ARCHIVER, name=served.functions[ARCHIVER].function_name)
+def test_a_function_is_found_by_name_or_arn(served: Served, form: str) -> None:
+    name = form.format(name=served.functions[ARCHIVER].function_name)
     response, payload = invoke(served, name, {"by": form})
     assert response["StatusCode"] == 200
     assert payload == {"echo": {"by": form}}
     assert served.invoker.calls[-1] == (ARCHIVER, {"by": form})
 
 
+def test_a_logical_id_is_no_function_name_as_in_aws(served: Served) -> None:
+    with pytest.raises(served.client.exceptions.ResourceNotFoundException):
+        served.client.invoke(FunctionName=ARCHIVER, Payload=b"{}")
+
+
 def test_an_unhandled_error_is_a_function_error(served: Served) -> None:
-    response, payload = invoke(served, NOTIFIER, {"fail": True})
+    response, payload = invoke(served, served.functions[NOTIFIER].function_name, {"fail": True})
     assert response["StatusCode"] == 200
     assert response["FunctionError"] == "Unhandled"
     assert payload == ERROR
@@ -139,7 +143,9 @@ def test_an_unhandled_error_is_a_function_error(served: Served) -> None:
 
 def test_a_dry_run_invokes_nothing(served: Served) -> None:
     before = len(served.invoker.calls)
-    response, payload = invoke(served, NOTIFIER, {"dry": True}, InvocationType="DryRun")
+    response, payload = invoke(
+        served, served.functions[NOTIFIER].function_name, {"dry": True}, InvocationType="DryRun"
+    )
     assert response["StatusCode"] == 204
     assert payload is None
     assert len(served.invoker.calls) == before
@@ -147,7 +153,9 @@ def test_a_dry_run_invokes_nothing(served: Served) -> None:
 
 def test_an_event_invocation_is_accepted_and_runs(served: Served) -> None:
     served.invoker.called.clear()
-    response, _ = invoke(served, NOTIFIER, {"async": True}, InvocationType="Event")
+    response, _ = invoke(
+        served, served.functions[NOTIFIER].function_name, {"async": True}, InvocationType="Event"
+    )
     assert response["StatusCode"] == 202
     assert served.invoker.called.wait(5)
     assert (NOTIFIER, {"async": True}) in served.invoker.calls
@@ -181,7 +189,7 @@ def test_a_payload_that_is_not_json_is_refused(served: Served) -> None:
     before = len(served.invoker.calls)
     client = served.client
     with pytest.raises(client.exceptions.InvalidRequestContentException) as raised:
-        client.invoke(FunctionName=NOTIFIER, Payload=b"{not json")
+        client.invoke(FunctionName=served.functions[NOTIFIER].function_name, Payload=b"{not json")
     assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     assert len(served.invoker.calls) == before
 
@@ -206,7 +214,7 @@ def test_configuration_holds_the_templates_environment(served: Served) -> None:
 def test_mappings_are_the_templates(served: Served, logical_id: str, batch_size: int) -> None:
     spec = served.functions[logical_id]
     dead_letters = served.resolver.values["DeadLetterBucket"]
-    for name in (spec.function_name, spec.arn, logical_id):
+    for name in (spec.function_name, spec.arn):
         pages = served.client.get_paginator("list_event_source_mappings").paginate(
             FunctionName=name
         )

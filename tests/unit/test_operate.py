@@ -22,6 +22,7 @@ from orderstream import settings
 from orderstream.archive import Years, archive_batch
 from orderstream.dead_letter import dead_letter, lambda_record
 from orderstream.events import ORDER_EVENTS
+from tests.samples import template_archive_years
 
 ARCHIVE, LETTERS = "operate-archive", "operate-letters"
 ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/x"
@@ -43,7 +44,10 @@ class FakeLambda:
                 "POWERTOOLS_SERVICE_NAME": "email-notifier",
                 settings.IDEMPOTENCY_EXPIRES_SECONDS: "86400",  # a day: the samples are older
             },
-            "orderstream-test-s3-archiver": {"POWERTOOLS_SERVICE_NAME": "s3-archiver"},
+            "orderstream-test-s3-archiver": {
+                "POWERTOOLS_SERVICE_NAME": "s3-archiver",
+                settings.ARCHIVE_YEARS: template_archive_years(),
+            },
         }
         self.batch_sizes = {"orderstream-test-email-notifier": 3, "orderstream-test-s3-archiver": 5}
 
@@ -167,9 +171,19 @@ def test_a_dead_letter_gives_back_the_record_lambda_delivered() -> None:
 
 
 def test_the_hours_of_a_range_are_the_hours_its_records_are_filed_under() -> None:
+    years = Years(2024, 2099)
     since = datetime(2026, 11, 25, 13, 30, tzinfo=UTC)
     until = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
-    assert [h.hour for h in replay.hours(since, until)] == [13, 14]
+    assert [h.hour for h in replay.hours(since, until, years)] == [13, 14]
+    # Records stamped outside the archive's years are filed at its first or last hour.
+    early = replay.hours(
+        datetime(1969, 12, 31, tzinfo=UTC), datetime(1970, 1, 2, tzinfo=UTC), years
+    )
+    assert early == [datetime(2024, 1, 1, tzinfo=UTC)]
+    late = replay.hours(
+        datetime(2099, 12, 31, 22, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC), years
+    )
+    assert late == [datetime(2099, 12, 31, h, tzinfo=UTC) for h in (22, 23)]
     assert replay.parse_time("2026-11-25T13:30") == since
     assert replay.parse_time("2026-11-25T14:30+01:00") == since
     with pytest.raises(ValueError, match="ISO 8601"):
@@ -232,8 +246,9 @@ def test_replay_of_one_partition_and_a_dry_run_that_invokes_nothing(place: Place
 
 
 def test_replay_to_a_target_that_would_forget_is_refused_without_allow_resend(
-    place: Place,
+    place: Place, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(replay, "now", lambda: datetime(2026, 11, 30, 12, tzinfo=UTC))
     archive(place, sample_order_records(3, partitions=1))  # 2026-11-25: older than a day
     argv = [
         "replay",
@@ -445,3 +460,121 @@ def test_long_runs_show_a_progress_bar_on_a_terminal_only(place: Place) -> None:
     piped = io.StringIO()
     assert cli.main(argv, out=io.StringIO(), err=piped, place_of=lambda args: place) == 0
     assert piped.getvalue() == ""
+
+
+def test_records_filed_at_the_archives_edge_are_replayed_by_their_own_time(place: Place) -> None:
+    archive(place, [PlainRecord(b"k", b"{}", offset=4, timestamp=-1)])  # "no timestamp"
+    code, out, _ = run(
+        place,
+        "replay",
+        "--local",
+        "--target",
+        "S3ArchiverFunction",
+        "--since",
+        "1969-12-31T00:00Z",
+        "--until",
+        "1970-01-01T00:00Z",
+    )
+    assert code == 0, out
+    assert place.lambda_client.records_sent() == [(0, 4)]
+
+
+def test_poison_is_left_out_for_a_target_that_dead_letters_it_unless_asked(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replaying poison to the notifier would only write its dead letters again (and raise
+    the alarm): it is counted, not sent, unless --include-poison."""
+    fake: FakeLambda = place.lambda_client
+    fake.environments["orderstream-test-email-notifier"][settings.DEAD_LETTER_BUCKET] = LETTERS
+    monkeypatch.setattr(replay, "now", lambda: datetime(2026, 11, 25, 15, tzinfo=UTC))
+    records = sample_order_records(3, partitions=1)
+    archive(
+        place, [*records, PlainRecord(b"k", b"\x89 poison", offset=3, timestamp=START_MS + 3000)]
+    )
+    argv = [
+        "replay",
+        "--local",
+        "--target",
+        "EmailNotifierFunction",
+        "--since",
+        "2026-11-25T14:00Z",
+        "--until",
+        "2026-11-25T15:00Z",
+    ]
+    code, out, _ = run(place, *argv)
+    assert code == 0, out
+    assert "poison       1 left out" in out
+    assert fake.records_sent() == [(0, 0), (0, 1), (0, 2)]
+    fake.calls.clear()
+    code, out, _ = run(place, *argv, "--include-poison")
+    assert code == 0
+    assert fake.records_sent() == [(0, 0), (0, 1), (0, 2), (0, 3)]
+
+
+def failure_record(place: Place, function_name: str, offsets: range) -> str:
+    from devstack.esm import MappingSpec, on_failure_record
+
+    spec = MappingSpec("Fn", "OrderPlaced", ARN, ["order-placed"], "g")
+    records = [PlainRecord(b"k", b"{}", offset=o) for o in offsets]
+    key, body = on_failure_record(spec, "b", records, "RetryAttemptsExhausted", None, 10, 1.8e9)
+    document = json.loads(body)
+    document["requestContext"]["functionArn"] = (
+        f"arn:aws:lambda:eu-west-1:123456789012:function:{function_name}:live"  # qualified
+    )
+    place.s3.put_object(Bucket=LETTERS, Key=key, Body=json.dumps(document).encode())
+    return key
+
+
+def test_an_object_naming_an_unknown_function_is_skipped_and_the_rest_redriven(
+    place: Place,
+) -> None:
+    known = failure_record(place, "orderstream-test-s3-archiver", range(0, 2))
+    unknown = failure_record(place, "someone-elses-function", range(2, 4))
+    code, out, _ = run(place, "redrive", "--local", "--source", "failures")
+    assert code == 1
+    assert f"skipped {unknown}: function" in out
+    assert keys(place) == sorted([unknown, f"redriven/{known}"])
+
+
+def test_a_move_cut_short_after_its_copy_is_finished_by_the_next_run_not_redriven_again(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ClientError
+
+    key = poison_letter(place, 11)
+    real_delete = place.s3.delete_object
+
+    def refused(**kwargs: Any) -> Any:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "DeleteObject")
+
+    monkeypatch.setattr(place.s3, "delete_object", refused)
+    code, out, _ = run(place, "redrive", "--local", "--source", "dead-letters")
+    assert code == 1
+    assert "AccessDenied" in out
+    assert keys(place) == sorted([key, f"redriven/{key}"])
+
+    monkeypatch.setattr(place.s3, "delete_object", real_delete)
+    calls = len(place.lambda_client.calls)
+    code, out, _ = run(place, "redrive", "--local", "--source", "dead-letters")
+    assert code == 0, out
+    assert f"{key}: already redriven, its move is finished" in out
+    assert len(place.lambda_client.calls) == calls  # not sent a second time
+    assert keys(place) == [f"redriven/{key}"]
+
+
+def test_a_dead_letter_written_again_during_its_move_is_not_hidden(
+    place: Place, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = poison_letter(place, 12)
+    body = place.s3.get_object(Bucket=LETTERS, Key=key)["Body"].read()
+    real_copy = place.s3.copy_object
+
+    def copy_then_a_consumer_writes(**kwargs: Any) -> Any:
+        answer = real_copy(**kwargs)
+        place.s3.put_object(Bucket=LETTERS, Key=key, Body=body)  # a new failure of it
+        return answer
+
+    monkeypatch.setattr(place.s3, "copy_object", copy_then_a_consumer_writes)
+    code, _, _ = run(place, "redrive", "--local", "--source", "dead-letters")
+    assert code == 0
+    assert keys(place) == sorted([key, f"redriven/{key}"])  # the new one stays, current
