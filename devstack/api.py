@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import base64
 import re
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from devstack.functions import Invocation
-from devstack.ports import LOOPBACK
+from devstack.ports import LoopbackServer
 from devstack.template import ACCOUNT_ID
 
 MAX_BODY_BYTES = 10 * 1024 * 1024  # API Gateway's payload limit
@@ -134,8 +133,10 @@ def proxy_event(
 Invoker = Callable[[str, dict[str, Any]], Invocation]
 
 
-class LocalApi:
+class LocalApi(LoopbackServer):
     """A threaded HTTP server on 127.0.0.1 that hands requests to the functions."""
+
+    thread_name = "local-api"
 
     def __init__(
         self,
@@ -149,28 +150,7 @@ class LocalApi:
         self.invoke = invoke
         self.stage = stage
         self.log = log
-        self._server = ThreadingHTTPServer((LOOPBACK, port), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def start(self) -> LocalApi:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="local-api", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(port, self._handler_class())
 
     def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         for route in self.routes:

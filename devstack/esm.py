@@ -631,12 +631,7 @@ class _Poller:
         size = 512
         carried, self._carry = self._carry, []
         for record in carried:  # what the last batch could not hold, under the same cap
-            record_size = _record_size(record)
-            if batch and (size + record_size > MAX_PAYLOAD_BYTES or self._carry):
-                self._carry.append(record)
-                continue
-            batch.append(record)
-            size += record_size
+            size = self._take(batch, size, record)
         if self._carry:
             return batch
         opened = time.monotonic() if batch else None
@@ -656,17 +651,22 @@ class _Poller:
             )
             for records in fetched.values():
                 for record in records:
-                    record_size = _record_size(record)
-                    if batch and (size + record_size > MAX_PAYLOAD_BYTES or self._carry):
-                        self._carry.append(record)
-                        continue
-                    batch.append(record)
-                    size += record_size
+                    size = self._take(batch, size, record)
             if batch and opened is None:
                 opened = time.monotonic()
             if self._carry:
                 break
         return batch
+
+    def _take(self, batch: list[KafkaRecord], size: int, record: KafkaRecord) -> int:
+        """Add `record` to `batch` under the payload cap, else carry it (and every record after
+        it, to keep offset order) to the next batch; the batch's new size."""
+        record_size = _record_size(record)
+        if batch and (size + record_size > MAX_PAYLOAD_BYTES or self._carry):
+            self._carry.append(record)
+            return size
+        batch.append(record)
+        return size + record_size
 
     def _process(self, batch: list[KafkaRecord], generation: int) -> None:
         delivered = [r for r in batch if passes_filters(self.spec.filters, msk_record(r))]

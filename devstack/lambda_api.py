@@ -19,13 +19,13 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from devstack.esm import MappingSpec
 from devstack.functions import FunctionSpec, Invocation
-from devstack.ports import LOOPBACK
+from devstack.ports import LoopbackServer
 from devstack.template import ACCOUNT_ID, REGION, Resolver
 
 API_VERSION = "2015-03-31"
@@ -127,8 +127,10 @@ def mapping_configuration(
     return config
 
 
-class LambdaApiServer:
+class LambdaApiServer(LoopbackServer):
     """A threaded HTTP server on 127.0.0.1 that answers Lambda API calls for the functions."""
+
+    thread_name = "lambda-api"
 
     def __init__(
         self,
@@ -148,28 +150,7 @@ class LambdaApiServer:
         self.log = log
         self.started = datetime.now(UTC)
         self._by_name = {name: logical_id for logical_id, (name, _) in self.functions.items()}
-        self._server = ThreadingHTTPServer((LOOPBACK, port), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def start(self) -> LambdaApiServer:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="lambda-api", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(port, self._handler_class())
 
     # ------------------------------------------------------------------ requests
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 
 LOOPBACK = "127.0.0.1"
 
@@ -41,3 +44,33 @@ def stop_process(process: subprocess.Popen[bytes] | None, grace_s: float) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(grace_s)
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 (port 0: a free one), started and stopped whole."""
+
+    thread_name = "loopback-http"
+
+    def __init__(self, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
+        self._server = ThreadingHTTPServer((LOOPBACK, port), handler)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> Self:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=self.thread_name, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

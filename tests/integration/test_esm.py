@@ -125,6 +125,32 @@ def run_mapping(kafka_broker: EmbeddedBroker) -> Iterator[Callable[..., EventSou
         mapping.stop()
 
 
+def bisecting(
+    run_mapping: Callable[..., EventSourceMapping], topic: str, retries: int
+) -> tuple[Function, list[bytes]]:
+    """A bisecting mapping whose function fails any batch holding a value with `bad` in it;
+    the on-failure objects' bodies are collected."""
+
+    def fails_with_bad(event: dict[str, Any], call: int) -> Invocation | None:
+        values = [base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs]
+        return failure() if any(b"bad" in v for v in values) else None
+
+    function = Function(fails_with_bad)
+    written: list[bytes] = []
+    run_mapping(
+        spec(
+            topic,
+            bisect_on_error=True,
+            maximum_retry_attempts=retries,
+            batching_window_s=1.0,
+            on_failure_bucket="dlq",
+        ),
+        function,
+        put_object=lambda b, k, body: written.append(body),
+    )
+    return function, written
+
+
 def wait_for(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -212,23 +238,7 @@ def test_bisect_isolates_the_record_that_fails(
         kafka_broker, topic, [b'{"ok": 1}', b'{"ok": 2}', b'{"bad": 3}', b'{"ok": 4}'], partition=2
     )
 
-    def fails_with_bad(event: dict[str, Any], call: int) -> Invocation | None:
-        values = [base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs]
-        return failure() if any(b"bad" in v for v in values) else None
-
-    function = Function(fails_with_bad)
-    written: list[bytes] = []
-    run_mapping(
-        spec(
-            topic,
-            bisect_on_error=True,
-            maximum_retry_attempts=0,
-            batching_window_s=1.0,
-            on_failure_bucket="dlq",
-        ),
-        function,
-        put_object=lambda b, k, body: written.append(body),
-    )
+    _, written = bisecting(run_mapping, topic, retries=0)
     wait_for(lambda: bool(written))
     [dead] = written
     [[raw]] = json.loads(json.loads(dead)["payload"])["records"].values()
@@ -438,23 +448,7 @@ def test_bisecting_does_not_count_against_the_retries(
     values = [b'{"ok": 1}', b'{"ok": 2}', b'{"ok": 3}', b'{"bad": 4}']
     produce(kafka_broker, topic, values, partition=0)
 
-    def fails_with_bad(event: dict[str, Any], call: int) -> Invocation | None:
-        decoded = [base64.b64decode(r["value"]) for rs in event["records"].values() for r in rs]
-        return failure() if any(b"bad" in v for v in decoded) else None
-
-    function = Function(fails_with_bad)
-    written: list[bytes] = []
-    run_mapping(
-        spec(
-            topic,
-            bisect_on_error=True,
-            maximum_retry_attempts=1,
-            batching_window_s=1.0,
-            on_failure_bucket="dlq",
-        ),
-        function,
-        put_object=lambda b, k, body: written.append(body),
-    )
+    function, written = bisecting(run_mapping, topic, retries=1)
     wait_for(lambda: bool(written))
     sizes = [sum(len(rs) for rs in e["records"].values()) for e in function.events]
     # 4 fails, splits to 2+2 (no retry used); the bad half splits to 1+1; the bad record then

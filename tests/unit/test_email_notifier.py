@@ -31,7 +31,7 @@ from moto.ses.exceptions import SesError
 from moto.ses.models import ses_backends
 
 from devstack.msk_event import PlainRecord
-from devstack.template import ROOT, Resolver, load_template
+from devstack.template import ROOT, load_template
 from orderstream import settings
 from orderstream.confirmation import (
     MAX_DESTINATIONS_PER_CALL,
@@ -45,28 +45,15 @@ from orderstream.events import OrderPlaced
 from orderstream.models import LineItem
 from tests.fakes import LambdaContext, emitted_metrics
 from tests.samples import load_event
+from tests.unit.conftest import SENDER, TEMPLATE
 from tests.unit.test_confirmation import (
     kafka_records,
     msk_batch,
     order_placed,
 )
 
-SENDER = "orders@example.com"
 BUCKET = "orderstream-dead-letters-test"
 NAMES = ["Ada Lovelace", "Grace Hopper", "Katherine Johnson", "Seán Ó Briain", "Zoë O'Brien"]
-
-
-def confirmation_template() -> dict[str, str]:
-    """OrderConfirmationTemplate's Template property, as CloudFormation would create it."""
-    template = load_template()
-    spec = template["Resources"]["OrderConfirmationTemplate"]["Properties"]["Template"]
-    resolved: dict[str, str] = Resolver(template, {"Stage": "dev", "SenderEmail": SENDER}).resolve(
-        spec
-    )
-    return resolved
-
-
-TEMPLATE = confirmation_template()
 
 
 @pytest.fixture

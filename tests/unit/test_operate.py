@@ -134,6 +134,10 @@ def archive(place: Place, records: list[PlainRecord]) -> list[dict[str, Any]]:
     return [r for group in event["records"].values() for r in group]
 
 
+def replay_argv(target: str, since: str, until: str) -> list[str]:
+    return ["replay", "--local", "--target", target, "--since", since, "--until", until]
+
+
 def run(place: Place, *argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     code = cli.main(list(argv), out=out, err=err, place_of=lambda args: place)
@@ -198,15 +202,7 @@ def test_replay_sends_the_archived_records_of_the_range_in_the_mappings_batches(
 ) -> None:
     originals = archive(place, sample_order_records(12, partitions=2))  # 14:00:00..14:00:11
     code, out, _ = run(
-        place,
-        "replay",
-        "--local",
-        "--target",
-        "S3ArchiverFunction",
-        "--since",
-        "2026-11-25T14:00:02Z",
-        "--until",
-        "2026-11-25T14:00:10Z",
+        place, *replay_argv("S3ArchiverFunction", "2026-11-25T14:00:02Z", "2026-11-25T14:00:10Z")
     )
     assert code == 0, out
     fake: FakeLambda = place.lambda_client
@@ -224,20 +220,8 @@ def test_replay_sends_the_archived_records_of_the_range_in_the_mappings_batches(
 
 def test_replay_of_one_partition_and_a_dry_run_that_invokes_nothing(place: Place) -> None:
     archive(place, sample_order_records(12, partitions=2))
-    code, out, _ = run(
-        place,
-        "replay",
-        "--local",
-        "--target",
-        "S3ArchiverFunction",
-        "--partition",
-        "1",
-        "--since",
-        "2026-11-25T14:00Z",
-        "--until",
-        "2026-11-25T15:00Z",
-        "--dry-run",
-    )
+    argv = replay_argv("S3ArchiverFunction", "2026-11-25T14:00Z", "2026-11-25T15:00Z")
+    code, out, _ = run(place, *argv, "--partition", "1", "--dry-run")
     assert code == 0
     assert "order-placed-1: offsets 0..5 (6 records)" in out
     assert "order-placed-0" not in out
@@ -250,16 +234,7 @@ def test_replay_to_a_target_that_would_forget_is_refused_without_allow_resend(
 ) -> None:
     monkeypatch.setattr(replay, "now", lambda: datetime(2026, 11, 30, 12, tzinfo=UTC))
     archive(place, sample_order_records(3, partitions=1))  # 2026-11-25: older than a day
-    argv = [
-        "replay",
-        "--local",
-        "--target",
-        "EmailNotifierFunction",
-        "--since",
-        "2026-11-25T14:00Z",
-        "--until",
-        "2026-11-25T15:00Z",
-    ]
+    argv = replay_argv("EmailNotifierFunction", "2026-11-25T14:00Z", "2026-11-25T15:00Z")
     code, _, err = run(place, *argv)
     assert code == 2
     assert "remembers what it did for 86400 s" in err
@@ -275,15 +250,7 @@ def test_replay_reports_failed_records_and_exits_one(place: Place) -> None:
     fake: FakeLambda = place.lambda_client
     fake.answer = lambda fn, event: ({"errorMessage": "boom", "errorType": "RuntimeError"}, True)
     code, out, _ = run(
-        place,
-        "replay",
-        "--local",
-        "--target",
-        "S3ArchiverFunction",
-        "--since",
-        "2026-11-25T14:00Z",
-        "--until",
-        "2026-11-25T15:00Z",
+        place, *replay_argv("S3ArchiverFunction", "2026-11-25T14:00Z", "2026-11-25T15:00Z")
     )
     assert code == 1
     assert "failed       4" in out
@@ -294,42 +261,15 @@ def test_replay_reports_failed_records_and_exits_one(place: Place) -> None:
     ("argv", "message"),
     [
         (
-            [
-                "replay",
-                "--local",
-                "--target",
-                "Nope",
-                "--since",
-                "2026-11-25",
-                "--until",
-                "2026-11-26",
-            ],
+            replay_argv("Nope", "2026-11-25", "2026-11-26"),
             "no function 'Nope'",
         ),
         (
-            [
-                "replay",
-                "--local",
-                "--target",
-                "S3ArchiverFunction",
-                "--since",
-                "later",
-                "--until",
-                "2026-11-26",
-            ],
+            replay_argv("S3ArchiverFunction", "later", "2026-11-26"),
             "ISO 8601",
         ),
         (
-            [
-                "replay",
-                "--local",
-                "--target",
-                "S3ArchiverFunction",
-                "--since",
-                "2026-11-26",
-                "--until",
-                "2026-11-25",
-            ],
+            replay_argv("S3ArchiverFunction", "2026-11-26", "2026-11-25"),
             "--until must come after",
         ),
         (["redrive", "--local", "--source", "failures", "--target", "Nope"], "no function 'Nope'"),
@@ -443,16 +383,7 @@ class Terminal(io.StringIO):
 
 def test_long_runs_show_a_progress_bar_on_a_terminal_only(place: Place) -> None:
     archive(place, sample_order_records(12, partitions=1))
-    argv = [
-        "replay",
-        "--local",
-        "--target",
-        "S3ArchiverFunction",
-        "--since",
-        "2026-11-25T14:00Z",
-        "--until",
-        "2026-11-25T15:00Z",
-    ]
+    argv = replay_argv("S3ArchiverFunction", "2026-11-25T14:00Z", "2026-11-25T15:00Z")
     terminal = Terminal()
     assert cli.main(argv, out=io.StringIO(), err=terminal, place_of=lambda args: place) == 0
     assert "5/12 records" in terminal.getvalue()
@@ -465,15 +396,7 @@ def test_long_runs_show_a_progress_bar_on_a_terminal_only(place: Place) -> None:
 def test_records_filed_at_the_archives_edge_are_replayed_by_their_own_time(place: Place) -> None:
     archive(place, [PlainRecord(b"k", b"{}", offset=4, timestamp=-1)])  # "no timestamp"
     code, out, _ = run(
-        place,
-        "replay",
-        "--local",
-        "--target",
-        "S3ArchiverFunction",
-        "--since",
-        "1969-12-31T00:00Z",
-        "--until",
-        "1970-01-01T00:00Z",
+        place, *replay_argv("S3ArchiverFunction", "1969-12-31T00:00Z", "1970-01-01T00:00Z")
     )
     assert code == 0, out
     assert place.lambda_client.records_sent() == [(0, 4)]
@@ -491,16 +414,7 @@ def test_poison_is_left_out_for_a_target_that_dead_letters_it_unless_asked(
     archive(
         place, [*records, PlainRecord(b"k", b"\x89 poison", offset=3, timestamp=START_MS + 3000)]
     )
-    argv = [
-        "replay",
-        "--local",
-        "--target",
-        "EmailNotifierFunction",
-        "--since",
-        "2026-11-25T14:00Z",
-        "--until",
-        "2026-11-25T15:00Z",
-    ]
+    argv = replay_argv("EmailNotifierFunction", "2026-11-25T14:00Z", "2026-11-25T15:00Z")
     code, out, _ = run(place, *argv)
     assert code == 0, out
     assert "poison       1 left out" in out
