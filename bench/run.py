@@ -545,7 +545,7 @@ class ArchiveWatch:
 
         self.s3 = aws.client("s3", endpoint)
         self.bucket = bucket
-        self.keys: set[str] = set()
+        self.etags: dict[str, str] = {}  # key -> the ETag last read (a merge grows an object)
         self.first_seen: dict[str, float] = {}
         self.positions: dict[tuple[int, int], str] = {}
         self.error: str | None = None
@@ -567,13 +567,13 @@ class ArchiveWatch:
         import gzip
 
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket)
-        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        listing = {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
         listed = time.time()
-        for key in keys:
-            if key in self.keys:
-                continue  # keys are deterministic: a redelivered batch rewrites the same bytes
+        for key, etag in listing.items():
+            if self.etags.get(key) == etag:
+                continue  # unchanged since read; a merge adding records changes the ETag
             body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-            self.keys.add(key)
+            self.etags[key] = etag
             lines = [json.loads(text) for text in gzip.decompress(body).splitlines()]
             with self._lock:
                 for line in lines:
