@@ -30,7 +30,7 @@ def lambda_event(
 
 
 def batches(
-    records: Sequence[dict[str, Any]], batch_size: int, max_bytes: int = MAX_PAYLOAD_BYTES
+    records: Iterable[dict[str, Any]], batch_size: int, max_bytes: int = MAX_PAYLOAD_BYTES
 ) -> Iterator[list[dict[str, Any]]]:
     """Consecutive batches of at most `batch_size` records and `max_bytes` of event; a record
     too big for any batch goes alone (Lambda would refuse it, and the summary says so)."""

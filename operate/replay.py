@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from operate.invoking import Tally, batches, invoke, lambda_event, spans
+from operate.invoking import Tally, batches, invoke, lambda_event
+from operate.where import Place, PlaceError
+from orderstream import settings
+from orderstream.archive import SUFFIX, TOPICS_DIR, Years, lambda_record, read_lines
 
 __all__ = [
     "RefusedError",
@@ -26,9 +29,6 @@ __all__ = [
     "plan",
     "run",
 ]
-from operate.where import Place, PlaceError
-from orderstream import settings
-from orderstream.archive import TOPICS_DIR, Years, lambda_record, read_lines
 
 ARCHIVE = "ArchiveBucket"
 ARCHIVER = "S3ArchiverFunction"
@@ -42,20 +42,66 @@ class RefusedError(RuntimeError):
 
 @dataclass
 class ReplayPlan:
-    objects: list[str]
-    records: list[dict[str, Any]]
+    """What a replay covers: the objects to read, hour by hour, and what they hold in range.
+
+    Records are not kept: a run reads the objects again and sends them as it goes, so memory
+    holds a batch and an object however long the range (the price: each object is read twice).
+    """
+
+    bucket: str
+    since_ms: int
+    until_ms: int
+    partition: int | None
+    include_poison: bool
+    hours: list[list[str]] = field(default_factory=list)  # object keys, by hour
+    records: int = 0
     poison_left_out: int = 0
+    oldest_ms: int | None = None
+    offsets: dict[str, list[int]] = field(default_factory=dict)  # name -> first, last, count
+
+    @property
+    def objects(self) -> list[str]:
+        return [key for keys in self.hours for key in keys]
 
     def describe(self) -> list[str]:
-        lines = [f"objects      {len(self.objects)}", f"records      {len(self.records)}"]
+        lines = [f"objects      {len(self.objects)}", f"records      {self.records}"]
         if self.poison_left_out:
             lines.append(
                 f"poison       {self.poison_left_out} left out: the target would dead-letter them "
                 "again (--include-poison sends them)"
             )
-        for name, (first, last, count) in spans(self.records).items():
+        for name, (first, last, count) in sorted(self.offsets.items()):
             lines.append(f"  {name}: offsets {first}..{last} ({count} records)")
         return lines
+
+    def chosen(self, body: bytes) -> tuple[list[dict[str, Any]], int]:
+        """An object's records in range, as Lambda delivered them, and its poison left out."""
+        records: list[dict[str, Any]] = []
+        poison = 0
+        for line in read_lines(body):
+            record = lambda_record(line)
+            if not self.since_ms <= record["timestamp"] < self.until_ms:
+                continue
+            if self.partition is not None and record["partition"] != self.partition:
+                continue
+            if not self.include_poison and is_poison(line):
+                poison += 1
+                continue
+            records.append(record)
+        return records, poison
+
+    def count(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            self.records += 1
+            stamp = record["timestamp"]
+            self.oldest_ms = stamp if self.oldest_ms is None else min(self.oldest_ms, stamp)
+            name = f"{record['topic']}-{record['partition']}"
+            first, last, count = self.offsets.get(name, [record["offset"], record["offset"], 0])
+            self.offsets[name] = [
+                min(first, record["offset"]),
+                max(last, record["offset"]),
+                count + 1,
+            ]
 
 
 def hours(since: datetime, until: datetime, years: Years) -> list[datetime]:
@@ -81,52 +127,46 @@ def plan(
     partition: int | None,
     include_poison: bool = True,
 ) -> ReplayPlan:
-    """The archived records of `topic` stamped in [since, until), in partition and offset
-    order; without `include_poison`, records the archive keeps as poison are counted, not sent."""
+    """The archived records of `topic` stamped in [since, until), surveyed: without
+    `include_poison`, records the archive keeps as poison are counted, not sent."""
     bucket = place.bucket(ARCHIVE)
     years = Years.parse(place.environment(ARCHIVER).get(settings.ARCHIVE_YEARS) or "")
-    since_ms, until_ms = _ms(since), _ms(until)
-    objects: list[str] = []
-    records: list[dict[str, Any]] = []
-    poison = 0
+    result = ReplayPlan(bucket, _ms(since), _ms(until), partition, include_poison)
     paginator = place.s3.get_paginator("list_objects_v2")
     for hour in hours(since, until, years):
         prefix = (
             f"{TOPICS_DIR}/{topic}/year={hour.year:04d}/month={hour.month:02d}"
             f"/day={hour.day:02d}/hour={hour.hour:02d}/"
         )
+        keys: list[str] = []
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for item in page.get("Contents", []):
                 key = item["Key"]
                 if partition is not None and f"{topic}+{partition}+" not in key.rsplit("/", 1)[-1]:
                     continue
-                body = place.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-                chosen = []
-                for line in read_lines(body):
-                    record = lambda_record(line)
-                    if not since_ms <= record["timestamp"] < until_ms:
-                        continue
-                    if partition is not None and record["partition"] != partition:
-                        continue
-                    if not include_poison and is_poison(line):
-                        poison += 1
-                        continue
-                    chosen.append(record)
-                if chosen:
-                    objects.append(key)
-                    records += chosen
-    records.sort(key=lambda r: (r["topic"], r["partition"], r["offset"]))
-    return ReplayPlan(objects, records, poison)
+                records, poison = result.chosen(_read(place, bucket, key))
+                result.poison_left_out += poison
+                if records:
+                    keys.append(key)
+                    result.count(records)
+        if keys:
+            result.hours.append(keys)
+    return result
+
+
+def _read(place: Place, bucket: str, key: str) -> bytes:
+    body: bytes = place.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return body
 
 
 def check_memory(place: Place, target: str, plan: ReplayPlan, now: datetime) -> None:
     """A target that remembers what it did only for a while (IDEMPOTENCY_EXPIRES_SECONDS: the
     email notifier's sent confirmations) would do again what it has forgotten."""
     raw = place.environment(target).get(settings.IDEMPOTENCY_EXPIRES_SECONDS)
-    if not raw or not plan.records:
+    if not raw or plan.oldest_ms is None:
         return
     window = timedelta(seconds=int(raw))
-    oldest = min(r["timestamp"] for r in plan.records)
+    oldest = plan.oldest_ms
     # A margin for the replay's own duration and producer clocks a little ahead.
     if oldest < _ms(now - window + MEMORY_MARGIN):
         stamped = datetime.fromtimestamp(oldest / 1000, UTC).isoformat()
@@ -154,14 +194,32 @@ def run(
     plan: ReplayPlan,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> Tally:
+    """The records in the mapping's batches, read object by object: memory holds one batch
+    and one object however long the range."""
     batch_size, source = target_mapping(place, target)
     tally = Tally()
     function = place.function(target)
-    for batch in batches(plan.records, batch_size):
+    for batch in batches(_stream(place, plan), batch_size):
         event = lambda_event(batch, source, place.bootstrap_servers)
         tally.add(batch, invoke(place.lambda_client, function, batch, event))
-        progress(tally.records, len(plan.records))
+        progress(tally.records, plan.records)
     return tally
+
+
+def _stream(place: Place, plan: ReplayPlan) -> Iterator[dict[str, Any]]:
+    """Hour by hour; in an hour, partition by partition in offset order (an object is one
+    partition's block of offsets). Across hours a partition's offsets follow its records'
+    timestamps, which a producer's clock may not keep in offset order: the consumers are
+    idempotent and do not depend on it."""
+    for keys in plan.hours:
+        for key in sorted(keys, key=_partition_and_block):
+            records = plan.chosen(_read(place, plan.bucket, key))[0]
+            yield from sorted(records, key=lambda r: r["offset"])
+
+
+def _partition_and_block(key: str) -> tuple[int, int]:
+    _, partition, block = key.rsplit("/", 1)[-1].removesuffix(SUFFIX).rsplit("+", 2)
+    return int(partition), int(block)
 
 
 def parse_time(text: str) -> datetime:
