@@ -5,8 +5,9 @@ Two sources in the dead-letter bucket:
   invocation (its `payload`, sent again exactly as Lambda first sent it) that exhausted its
   retries; it goes back to the function named in its `requestContext.functionArn`, or --target.
 - `dead-letters`: a consumer's poison records (`dead-letters/<consumer>/...`), each one record
-  it could not use; it goes back to that consumer (the mapped function whose
-  POWERTOOLS_SERVICE_NAME is the consumer's name), or to --target.
+  it could not use; they go back to that consumer (the mapped function whose
+  POWERTOOLS_SERVICE_NAME is the consumer's name), or to --target, in batches of its mapping's
+  size, each letter judged by its own record.
 
 An object is moved under `redriven/` only once the invocation succeeded for its records: no
 failure reported, and for a dead letter, no new version of it (a consumer that still cannot
@@ -20,13 +21,13 @@ is not taken for a new failure.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from operate.invoking import Answer, Tally, invoke, lambda_event, spans
+from operate.invoking import Tally, batches, invoke, lambda_event, spans
 from operate.where import Place, PlaceError
 from orderstream import dead_letter
 
@@ -156,36 +157,62 @@ def run(
     for key, why in plan.skipped:
         tally.errors.append(f"{key}: skipped: {why}")
         tally.failed += 1
-    for item in plan.items:
+    for item in [i for i in plan.items if i.finish_only]:
         try:
-            if item.finish_only:
-                _remove(place, bucket, item)
-                continue
-            answer = _redrive(place, bucket, plan.source, item)
-            tally.add(item.records, answer)
-            if answer.ok:
-                _move(place, bucket, item)
+            _remove(place, bucket, item)
         except (BotoCoreError, ClientError) as exc:
             tally.errors.append(f"{item.key}: {type(exc).__name__}: {exc}")
-            tally.failed += len(item.records) if not item.finish_only else 1
+            tally.failed += 1
+    for group in _invocations(place, [i for i in plan.items if not i.finish_only]):
+        _redrive(place, bucket, plan.source, group, tally)
         progress(tally.records, total)
     return tally
 
 
-def _redrive(place: Place, bucket: str, source: Source, item: Item) -> Answer:
+def _invocations(place: Place, items: list[Item]) -> Iterator[list[Item]]:
+    """An on-failure record is one invocation, as it failed; dead letters for one consumer go
+    together, in batches of its mapping's size under Lambda's payload cap."""
+    by_target: dict[str, list[Item]] = {}
+    for item in items:
+        if item.payload is not None:
+            yield [item]
+        else:
+            by_target.setdefault(item.target, []).append(item)
+    for target, letters in by_target.items():
+        mappings = place.mappings(target)
+        size = int(mappings[0].get("BatchSize") or 1) if mappings else 1
+        of_record = {id(item.records[0]): item for item in letters}
+        for batch in batches([item.records[0] for item in letters], size):
+            yield [of_record[id(record)] for record in batch]
+
+
+def _redrive(place: Place, bucket: str, source: Source, group: list[Item], tally: Tally) -> None:
+    """One invocation for the group; then each object moves if its records went through."""
+    target = group[0].target
+    records = [r for item in group for r in item.records]
     event: dict[str, Any] | str
-    if item.payload is not None:
-        event = item.payload
+    if group[0].payload is not None:
+        event = group[0].payload
     else:
-        mappings = place.mappings(item.target)
+        mappings = place.mappings(target)
         arn = str(mappings[0].get("EventSourceArn", "")) if mappings else ""
-        event = lambda_event(item.records, arn, place.bootstrap_servers)
-    answer = invoke(place.lambda_client, place.function(item.target), item.records, event)
-    if answer.ok and source == "dead-letters" and _rewritten(place, bucket, item):
-        answer.ok = False
-        answer.failed = [(f"{r['topic']}-{r['partition']}", r["offset"]) for r in item.records]
-        answer.error = f"{item.key}: the consumer dead-lettered it again"
-    return answer
+        event = lambda_event(records, arn, place.bootstrap_servers)
+    answer = invoke(place.lambda_client, place.function(target), records, event)
+    failed = set(answer.failed)
+    for item in group:
+        mine = [(f"{r['topic']}-{r['partition']}", r["offset"]) for r in item.records]
+        if any(ref in failed for ref in mine):
+            continue
+        try:
+            if source == "dead-letters" and _rewritten(place, bucket, item):
+                answer.failed += mine
+                tally.errors.append(f"{item.key}: the consumer dead-lettered it again")
+                continue
+            _move(place, bucket, item)
+        except (BotoCoreError, ClientError) as exc:
+            answer.failed += mine
+            tally.errors.append(f"{item.key}: {type(exc).__name__}: {exc}")
+    tally.add(records, answer)
 
 
 def _rewritten(place: Place, bucket: str, item: Item) -> bool:

@@ -314,13 +314,14 @@ def test_dead_letters_go_back_to_their_consumer_once_and_move_under_redriven(pla
     code, out, _ = run(place, "redrive", "--local", "--source", "dead-letters")
     assert code == 0, out
     fake: FakeLambda = place.lambda_client
-    assert [fn for fn, _ in fake.calls] == ["orderstream-test-email-notifier"] * 2
+    # One invocation for both: dead letters of one consumer go in batches of its mapping's size.
+    assert [fn for fn, _ in fake.calls] == ["orderstream-test-email-notifier"]
     assert fake.records_sent() == [(0, 7), (0, 8)]
     assert keys(place) == [f"redriven/{first}", f"redriven/{second}"]
     code, out, _ = run(place, "redrive", "--local", "--source", "dead-letters")
     assert code == 0
     assert "records      0" in out
-    assert len(fake.calls) == 2  # nothing redriven twice
+    assert len(fake.calls) == 1  # nothing redriven twice
 
 
 def test_a_dead_letter_the_consumer_writes_again_stays_and_counts_as_failed(place: Place) -> None:
@@ -492,3 +493,25 @@ def test_a_dead_letter_written_again_during_its_move_is_not_hidden(
     code, _, _ = run(place, "redrive", "--local", "--source", "dead-letters")
     assert code == 0
     assert keys(place) == sorted([key, f"redriven/{key}"])  # the new one stays, current
+
+
+def test_dead_letters_go_in_batches_and_each_moves_only_if_its_record_went_through(
+    place: Place,
+) -> None:
+    letters = [poison_letter(place, offset) for offset in range(20, 27)]  # batch size 3: 3+3+1
+
+    def fails_offset_24(function: str, event: dict[str, Any]) -> tuple[Any, bool]:
+        offsets = [r["offset"] for g in event["records"].values() for r in g]
+        if 24 in offsets:
+            failure = {"itemIdentifier": {"partition": "order-placed-0", "offset": 24}}
+            return {"batchItemFailures": [failure]}, False
+        return {"batchItemFailures": []}, False
+
+    place.lambda_client.answer = fails_offset_24
+    code, out, _ = run(place, "redrive", "--local", "--source", "dead-letters")
+    assert code == 1
+    assert [sum(map(len, e["records"].values())) for _, e in place.lambda_client.calls] == [3, 3, 1]
+    assert "invocations  3" in out
+    assert "failed       2" in out  # 24, and 25 after it in the same partition and batch
+    kept = {letters[4], letters[5]}
+    assert keys(place) == sorted(kept | {f"redriven/{k}" for k in letters if k not in kept})
