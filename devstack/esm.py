@@ -39,9 +39,8 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from devstack.functions import Invocation
-from devstack.msk_event import KafkaRecord, msk_event, msk_record
+from devstack.msk_event import MAX_PAYLOAD_BYTES, KafkaRecord, msk_event, msk_record
 
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
 DEFAULT_BATCHING_WINDOW_S = 0.5  # Lambda's default for Kafka sources
 # "When you configure both infinite retries and an on-failure destination, Lambda automatically
 # applies a maximum of 10 retry attempts." (Configuring error handling controls for Kafka...)

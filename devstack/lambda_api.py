@@ -25,11 +25,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from devstack.esm import MappingSpec
 from devstack.functions import FunctionSpec, Invocation
+from devstack.msk_event import MAX_PAYLOAD_BYTES
 from devstack.ports import LoopbackServer
 from devstack.template import ACCOUNT_ID, REGION, Resolver
 
 API_VERSION = "2015-03-31"
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # the synchronous invocation request limit
 LATEST = "$LATEST"
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 DEFAULT_MAX_ITEMS = 100  # ListEventSourceMappings' page size when MaxItems is not given

@@ -14,7 +14,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+# Lambda's synchronous invocation payload limit: what a mapping puts in one event, and what
+# Invoke takes.
+MAX_PAYLOAD_BYTES: Final = 6 * 1024 * 1024
 
 
 class KafkaRecord(Protocol):
@@ -115,9 +119,16 @@ def msk_record(record: KafkaRecord) -> dict[str, Any]:
 def msk_event(
     records: Iterable[KafkaRecord], event_source_arn: str, bootstrap_servers: str
 ) -> dict[str, Any]:
+    return lambda_event((msk_record(r) for r in records), event_source_arn, bootstrap_servers)
+
+
+def lambda_event(
+    records: Iterable[dict[str, Any]], event_source_arn: str, bootstrap_servers: str
+) -> dict[str, Any]:
+    """Lambda's MSK event for records already in the event's record shape."""
     grouped: dict[str, list[dict[str, Any]]] = {}
     for record in records:
-        grouped.setdefault(f"{record.topic}-{record.partition}", []).append(msk_record(record))
+        grouped.setdefault(f"{record['topic']}-{record['partition']}", []).append(record)
     return {
         "eventSource": "aws:kafka",
         "eventSourceArn": event_source_arn,

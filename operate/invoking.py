@@ -8,25 +8,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from devstack.esm import MAX_PAYLOAD_BYTES
+from devstack.msk_event import MAX_PAYLOAD_BYTES
 
 # Room for the event's envelope (eventSource, ARN, bootstrap servers, grouping keys).
 ENVELOPE_BYTES = 4096
-
-
-def lambda_event(
-    records: Iterable[dict[str, Any]], event_source_arn: str, bootstrap_servers: str
-) -> dict[str, Any]:
-    """Lambda's MSK event for `records` (each in the event's record shape)."""
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
-        grouped.setdefault(f"{record['topic']}-{record['partition']}", []).append(record)
-    return {
-        "eventSource": "aws:kafka",
-        "eventSourceArn": event_source_arn,
-        "bootstrapServers": bootstrap_servers,
-        "records": grouped,
-    }
 
 
 def batches(

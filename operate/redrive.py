@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from operate.invoking import Tally, batches, invoke, lambda_event, spans
+from devstack.msk_event import lambda_event
+from operate.invoking import Tally, batches, invoke, spans
 from operate.where import Place, PlaceError
 from orderstream import dead_letter
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from operate.invoking import Tally, batches, invoke, lambda_event
+from devstack.msk_event import lambda_event
+from operate.invoking import Tally, batches, invoke
 from operate.where import Place, PlaceError
 from orderstream import settings
 from orderstream.archive import SUFFIX, TOPICS_DIR, Years, lambda_record, read_lines

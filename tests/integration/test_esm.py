@@ -15,13 +15,13 @@ from kafka import KafkaAdminClient, KafkaProducer
 
 from devstack.broker import EmbeddedBroker
 from devstack.esm import (
-    MAX_PAYLOAD_BYTES,
     EventSourceMapping,
     MappingConfigError,
     MappingSpec,
     passes_filters,
 )
 from devstack.functions import Invocation
+from devstack.msk_event import MAX_PAYLOAD_BYTES
 from orderstream.topics import TopicSpec, reconcile_topics
 
 pytestmark = pytest.mark.integration
