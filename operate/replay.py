@@ -7,7 +7,6 @@ records go to the function in offset order, in batches of its mapping's size.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +17,14 @@ from devstack.msk_event import lambda_event
 from operate.invoking import Tally, batches, invoke
 from operate.where import Place, PlaceError
 from orderstream import settings
-from orderstream.archive import SUFFIX, TOPICS_DIR, Years, lambda_record, read_lines
+from orderstream.archive import (
+    Years,
+    hour_prefix,
+    lambda_record,
+    line_facts,
+    object_partition_and_block,
+    read_lines,
+)
 
 __all__ = [
     "RefusedError",
@@ -75,7 +81,7 @@ class ReplayPlan:
             lines.append(f"  {name}: offsets {first}..{last} ({count} records)")
         return lines
 
-    def chosen(self, body: bytes) -> tuple[list[dict[str, Any]], int]:
+    def chosen(self, key: str, body: bytes) -> tuple[list[dict[str, Any]], int]:
         """An object's records in range, as Lambda delivered them, and its poison left out."""
         records: list[dict[str, Any]] = []
         poison = 0
@@ -85,7 +91,7 @@ class ReplayPlan:
                 continue
             if self.partition is not None and record["partition"] != self.partition:
                 continue
-            if not self.include_poison and is_poison(line):
+            if not self.include_poison and line_facts(key, line)[1]:
                 poison += 1
                 continue
             records.append(record)
@@ -135,17 +141,13 @@ def plan(
     result = ReplayPlan(bucket, _ms(since), _ms(until), partition, include_poison)
     paginator = place.s3.get_paginator("list_objects_v2")
     for hour in hours(since, until, years):
-        prefix = (
-            f"{TOPICS_DIR}/{topic}/year={hour.year:04d}/month={hour.month:02d}"
-            f"/day={hour.day:02d}/hour={hour.hour:02d}/"
-        )
         keys: list[str] = []
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for page in paginator.paginate(Bucket=bucket, Prefix=hour_prefix(topic, hour)):
             for item in page.get("Contents", []):
                 key = item["Key"]
-                if partition is not None and f"{topic}+{partition}+" not in key.rsplit("/", 1)[-1]:
+                if partition is not None and object_partition_and_block(key)[0] != partition:
                     continue
-                records, poison = result.chosen(_read(place, bucket, key))
+                records, poison = result.chosen(key, _read(place, bucket, key))
                 result.poison_left_out += poison
                 if records:
                     keys.append(key)
@@ -213,14 +215,9 @@ def _stream(place: Place, plan: ReplayPlan) -> Iterator[dict[str, Any]]:
     timestamps, which a producer's clock may not keep in offset order: the consumers are
     idempotent and do not depend on it."""
     for keys in plan.hours:
-        for key in sorted(keys, key=_partition_and_block):
-            records = plan.chosen(_read(place, plan.bucket, key))[0]
+        for key in sorted(keys, key=object_partition_and_block):
+            records = plan.chosen(key, _read(place, plan.bucket, key))[0]
             yield from sorted(records, key=lambda r: r["offset"])
-
-
-def _partition_and_block(key: str) -> tuple[int, int]:
-    _, partition, block = key.rsplit("/", 1)[-1].removesuffix(SUFFIX).rsplit("+", 2)
-    return int(partition), int(block)
 
 
 def parse_time(text: str) -> datetime:
@@ -238,11 +235,6 @@ def _ms(moment: datetime) -> int:
 
 def now() -> datetime:
     return datetime.fromtimestamp(time.time(), UTC)
-
-
-def is_poison(line: bytes) -> bool:
-    """Whether the archive kept this record as poison (its line has an error)."""
-    return json.loads(line).get("error") is not None
 
 
 def dead_letters_poison(place: Place, target: str) -> bool:

@@ -281,10 +281,21 @@ class _Pending(NamedTuple):
 def object_key(topic: str, partition: int, offset: int, hour: datetime) -> str:
     """The name of the object that holds the record at `offset` stamped within `hour`."""
     block = offset - offset % OFFSETS_PER_OBJECT
+    return f"{hour_prefix(topic, hour)}{topic}+{partition}+{block:020d}{SUFFIX}"
+
+
+def hour_prefix(topic: str, hour: datetime) -> str:
+    """Where the objects of `topic` filed under `hour` are (a Glue partition's location)."""
     return (
         f"{TOPICS_DIR}/{topic}/year={hour.year:04d}/month={hour.month:02d}/day={hour.day:02d}"
-        f"/hour={hour.hour:02d}/{topic}+{partition}+{block:020d}{SUFFIX}"
+        f"/hour={hour.hour:02d}/"
     )
+
+
+def object_partition_and_block(key: str) -> tuple[int, int]:
+    """The partition and the first offset of the block an object named by `object_key` holds."""
+    _, partition, block = key.rsplit("/", 1)[-1].removesuffix(SUFFIX).rsplit("+", 2)
+    return int(partition), int(block)
 
 
 def archive_line(record: ArchivableRecord) -> ArchiveLine:
@@ -433,7 +444,7 @@ def _merge(
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise ForeignObjectError(f"{key}: not a gzip archive object ({exc})") from exc
         for data in existing:
-            offset, poison = _line_facts(key, data)
+            offset, poison = line_facts(key, data)
             merged[offset] = (data, poison)
     added = [line for offset, line in lines.items() if offset not in merged]
     if added:
@@ -443,8 +454,9 @@ def _merge(
     return merged, added
 
 
-def _line_facts(key: str, data: bytes) -> tuple[int, bool]:
-    """A stored line's offset and whether it is poison, from its head alone."""
+def line_facts(key: str, data: bytes) -> tuple[int, bool]:
+    """A stored line's offset and whether it is poison, from its head alone (its value is
+    never parsed); `key` names its object in the error for a line this module did not write."""
     head = _LINE_HEAD.match(data)
     error_at = data.find(_ERROR_FIELD)  # the head's own: no string holds an unescaped quote
     if head is None or error_at < 0 or not data.endswith(b"}"):
