@@ -180,8 +180,7 @@ def _invocations(place: Place, items: list[Item]) -> Iterator[list[Item]]:
         else:
             by_target.setdefault(item.target, []).append(item)
     for target, letters in by_target.items():
-        mappings = place.mappings(target)
-        size = int(mappings[0].get("BatchSize") or 1) if mappings else 1
+        size, _ = place.delivery(target) or (1, "")
         of_record = {id(item.records[0]): item for item in letters}
         for batch in batches([item.records[0] for item in letters], size):
             yield [of_record[id(record)] for record in batch]
@@ -195,8 +194,7 @@ def _redrive(place: Place, bucket: str, source: Source, group: list[Item], tally
     if group[0].payload is not None:
         event = group[0].payload
     else:
-        mappings = place.mappings(target)
-        arn = str(mappings[0].get("EventSourceArn", "")) if mappings else ""
+        _, arn = place.delivery(target) or (1, "")
         event = lambda_event(records, arn, place.bootstrap_servers)
     answer = invoke(place.lambda_client, place.function(target), records, event)
     failed = set(answer.failed)

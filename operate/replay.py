@@ -39,7 +39,6 @@ __all__ = [
 
 ARCHIVE = "ArchiveBucket"
 ARCHIVER = "S3ArchiverFunction"
-DEFAULT_BATCH_SIZE = 100  # a function without a mapping: Lambda's default for Kafka
 MEMORY_MARGIN = timedelta(hours=1)
 
 
@@ -182,13 +181,10 @@ def check_memory(place: Place, target: str, plan: ReplayPlan, now: datetime) -> 
 
 def target_mapping(place: Place, target: str) -> tuple[int, str]:
     """The target's mapping's batch size and event source: replays look like its deliveries."""
-    mappings = place.mappings(target)
-    if not mappings:
+    delivery = place.delivery(target)
+    if delivery is None:
         raise PlaceError(f"{target} has no event-source mapping: it does not read the topic")
-    mapping = mappings[0]
-    return int(mapping.get("BatchSize") or DEFAULT_BATCH_SIZE), str(
-        mapping.get("EventSourceArn", "")
-    )
+    return delivery
 
 
 def run(

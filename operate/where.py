@@ -24,6 +24,10 @@ LAMBDA_CONFIG = Config(
 )
 
 
+# Lambda's default BatchSize for Kafka, should a mapping not report its own.
+DEFAULT_BATCH_SIZE = 100
+
+
 class PlaceError(RuntimeError):
     """The stack cannot be found or read; the message says what to do."""
 
@@ -88,6 +92,15 @@ class Place:
                 found += page.get("EventSourceMappings", [])
             self._mappings[logical_id] = found
         return self._mappings[logical_id]
+
+    def delivery(self, logical_id: str) -> tuple[int, str] | None:
+        """How the function's mapping delivers: its batch size and event source ARN (None
+        without a mapping). Replays and redrives send what its deliveries would look like."""
+        mappings = self.mappings(logical_id)
+        if not mappings:
+            return None
+        size = int(mappings[0].get("BatchSize") or DEFAULT_BATCH_SIZE)
+        return size, str(mappings[0].get("EventSourceArn", ""))
 
     def consumers(self) -> list[str]:
         """The functions with an event-source mapping: the only ones a replay or a redrive
