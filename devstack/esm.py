@@ -39,7 +39,13 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from devstack.functions import Invocation
-from devstack.msk_event import MAX_PAYLOAD_BYTES, KafkaRecord, msk_event, msk_record
+from devstack.msk_event import (
+    MAX_PAYLOAD_BYTES,
+    KafkaRecord,
+    msk_event,
+    msk_record,
+    reported_failures,
+)
 
 DEFAULT_BATCHING_WINDOW_S = 0.5  # Lambda's default for Kafka sources
 # "When you configure both infinite retries and an on-failure destination, Lambda automatically
@@ -766,7 +772,9 @@ def failed_records(
         return records
     if not spec.report_batch_item_failures:
         return []
-    reported = reported_failures(result.payload, records)
+    reported = reported_failures(
+        result.payload, {(f"{r.topic}-{r.partition}", r.offset) for r in records}
+    )
     if reported is None:
         return records  # "treated as failure and entire batch will be retried"
     return [
@@ -775,36 +783,6 @@ def failed_records(
         if f"{r.topic}-{r.partition}" in reported
         and r.offset >= reported[f"{r.topic}-{r.partition}"]
     ]
-
-
-def reported_failures(payload: Any, records: list[KafkaRecord]) -> dict[str, int] | None:
-    """Each reported "<topic>-<partition>" with its lowest reported offset; None when the
-    response names a record the event did not hold, or cannot be read."""
-    if payload is None or not isinstance(payload, dict):
-        return {}  # "an empty valid JSON or null": the batch succeeded
-    failures = payload.get("batchItemFailures")
-    if failures is None:
-        return {}
-    if not isinstance(failures, list):
-        return None
-    present = {(f"{r.topic}-{r.partition}", r.offset) for r in records}
-    lowest: dict[str, int] = {}
-    for failure in failures:
-        item = failure.get("itemIdentifier") if isinstance(failure, dict) else None
-        if not isinstance(item, dict):
-            return None
-        # The guide's key and Powertools' disagree: either is read; both must then agree.
-        names = [item[key] for key in ("partition", "topic-partition") if key in item]
-        offset = item.get("offset")
-        if not names or not all(isinstance(name, str) for name in names):
-            return None
-        if len(set(names)) != 1 or isinstance(offset, bool) or not isinstance(offset, int):
-            return None
-        name = names[0]
-        if (name, offset) not in present:
-            return None
-        lowest[name] = min(offset, lowest.get(name, offset))
-    return lowest
 
 
 def _record_size(record: KafkaRecord) -> int:

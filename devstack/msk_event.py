@@ -135,3 +135,33 @@ def lambda_event(
         "bootstrapServers": bootstrap_servers,
         "records": grouped,
     }
+
+
+def reported_failures(payload: Any, present: set[tuple[str, int]]) -> dict[str, int] | None:
+    """A partial batch response read as Lambda reads it: each reported "<topic>-<partition>"
+    with its lowest reported offset; None when the response names a record the event did not
+    hold (`present`: each record's "<topic>-<partition>" and offset), or cannot be read."""
+    if payload is None or not isinstance(payload, dict):
+        return {}  # "an empty valid JSON or null": the batch succeeded
+    failures = payload.get("batchItemFailures")
+    if failures is None:
+        return {}
+    if not isinstance(failures, list):
+        return None
+    lowest: dict[str, int] = {}
+    for failure in failures:
+        item = failure.get("itemIdentifier") if isinstance(failure, dict) else None
+        if not isinstance(item, dict):
+            return None
+        # The guide's key and Powertools' disagree: either is read; both must then agree.
+        names = [item[key] for key in ("partition", "topic-partition") if key in item]
+        offset = item.get("offset")
+        if not names or not all(isinstance(name, str) for name in names):
+            return None
+        if len(set(names)) != 1 or isinstance(offset, bool) or not isinstance(offset, int):
+            return None
+        name = names[0]
+        if (name, offset) not in present:
+            return None
+        lowest[name] = min(offset, lowest.get(name, offset))
+    return lowest

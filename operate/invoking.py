@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from devstack.msk_event import MAX_PAYLOAD_BYTES
+from devstack.msk_event import MAX_PAYLOAD_BYTES, reported_failures
 
 # Room for the event's envelope (eventSource, ARN, bootstrap servers, grouping keys).
 ENVELOPE_BYTES = 4096
@@ -107,26 +107,19 @@ def invoke(
 
 def read_answer(payload: Any, records: Sequence[dict[str, Any]]) -> Answer:
     """A function's answer: a partial batch response names failed records (each reported
-    partition is retried from its lowest reported offset, as the mapping does); a summary
+    partition is retried from its lowest reported offset, and a response Lambda cannot read
+    fails them all, as the mapping does: `reported_failures`); a summary
     with `archived` and `added` (the archiver's) tells how many were already archived."""
     if not isinstance(payload, dict):
         return Answer(True, [])
     duplicates = None
     if isinstance(payload.get("archived"), int) and isinstance(payload.get("added"), int):
         duplicates = payload["archived"] - payload["added"]
-    failures = payload.get("batchItemFailures") or []
-    if not isinstance(failures, list):
-        return Answer(False, _all(records), "unreadable batchItemFailures", duplicates)
-    lowest: dict[str, int] = {}
-    for failure in failures:
-        item = failure.get("itemIdentifier") if isinstance(failure, dict) else None
-        if not isinstance(item, dict):
-            return Answer(False, _all(records), "unreadable batchItemFailures", duplicates)
-        name = item.get("partition", item.get("topic-partition"))
-        offset = item.get("offset")
-        if not isinstance(name, str) or not isinstance(offset, int):
-            return Answer(False, _all(records), "unreadable batchItemFailures", duplicates)
-        lowest[name] = min(offset, lowest.get(name, offset))
+    present = {(f"{r['topic']}-{r['partition']}", r["offset"]) for r in records}
+    lowest = reported_failures(payload, present)
+    if lowest is None:  # Lambda would take the whole batch as failed
+        reason = "unreadable batchItemFailures, or naming a record not in the event"
+        return Answer(False, _all(records), reason, duplicates)
     failed = [
         (name, record["offset"])
         for record in records

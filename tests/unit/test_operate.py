@@ -166,6 +166,9 @@ def test_a_partial_answer_fails_each_reported_partition_from_its_offset_on(key: 
     assert read_answer({"archived": 6, "added": 2}, records).duplicates == 4
     unreadable = read_answer({"batchItemFailures": ["t-1:6"]}, records)
     assert (unreadable.ok, len(unreadable.failed)) == (False, 6)
+    elsewhere = {"batchItemFailures": [{"itemIdentifier": {key: "t-1", "offset": 99}}]}
+    absent = read_answer(elsewhere, records)  # as the mapping reads it: the whole batch failed
+    assert (absent.ok, len(absent.failed)) == (False, 6)
 
 
 def test_a_dead_letter_gives_back_the_record_lambda_delivered() -> None:
