@@ -139,11 +139,13 @@ def plan(
                 )
             case "AWS::SES::Template":
                 resources.refs[logical_id] = naming.resolve(props["Template"]["TemplateName"])
-            case "AWS::MSK::ServerlessCluster":
+            case "AWS::MSK::ServerlessCluster" | "AWS::MSK::Cluster":
+                # Every ClusterType is the one embedded broker locally.
                 resources.refs[logical_id] = LOCAL_CLUSTER_ARN
             case "Custom::KafkaTopics" | "Custom::KafkaBootstrapBrokers":
                 resources.refs[logical_id] = logical_id
                 resources.attributes[f"{logical_id}.BootstrapServers"] = bootstrap_servers
+                resources.attributes[f"{logical_id}.ClusterArn"] = LOCAL_CLUSTER_ARN
             case _:
                 resources.refs[logical_id] = logical_id
                 resources.attributes[f"{logical_id}.Arn"] = (

@@ -1,8 +1,9 @@
 """Custom resource Custom::KafkaBootstrapBrokers: the cluster's IAM bootstrap string, for the stack.
 
-MSK Serverless has no CloudFormation attribute for it. This function runs outside the VPC, so the
-MSK API is reached over its public endpoint and nothing inside the VPC needs an MSK API endpoint.
-Properties: ClusterArn. Returns `BootstrapServers` (GetAtt).
+MSK has no CloudFormation attribute for it (Serverless or provisioned). This function runs outside
+the VPC, so the MSK API is reached over its public endpoint and nothing inside the VPC needs an
+MSK API endpoint. Properties: ClusterArn (created by the stack, or a cluster you run). Returns
+`BootstrapServers` and `ClusterArn` (GetAtt): the rest of the stack takes the ARN from here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ IAM_PROPAGATION_S = 60.0
 ACCESS_DENIED = {"AccessDeniedException", "AccessDenied", "ForbiddenException"}
 
 
+class ClusterUnusable(ValueError):
+    """A cluster the stack cannot use; the message says what to change."""
+
+
+def check_cluster_arn(cluster_arn: str, stack_id: str) -> None:
+    """Refuse, before any call, a cluster of another account or region: the event-source
+    mappings and the IAM statements name the cluster in the stack's own."""
+    cluster = cluster_arn.split(":")
+    stack = stack_id.split(":")
+    if len(cluster) != 6 or cluster[2] != "kafka" or not cluster[5].startswith("cluster/"):
+        raise ClusterUnusable(f"{cluster_arn!r} is not an MSK cluster ARN")
+    if cluster[3:5] != stack[3:5]:
+        raise ClusterUnusable(
+            f"cluster {cluster_arn} is in account {cluster[4]}, region {cluster[3]}; this stack "
+            f"is in account {stack[4]}, region {stack[3]}. Deploy the stack where the cluster is."
+        )
+
+
 def bootstrap_servers(cluster_arn: str, sleep: Callable[[float], None] = time.sleep) -> str:
     """The SASL/IAM bootstrap string (port 9098)."""
     waited, delay = 0.0, 1.0
@@ -49,7 +68,13 @@ def bootstrap_servers(cluster_arn: str, sleep: Callable[[float], None] = time.sl
             sleep(delay)
             waited, delay = waited + delay, min(delay * 2, 10.0)
             continue
-        brokers: str = response["BootstrapBrokerStringSaslIam"]
+        brokers: str | None = response.get("BootstrapBrokerStringSaslIam")
+        if not brokers:
+            # A cluster you run without IAM access control: the API answers, with other strings.
+            raise ClusterUnusable(
+                f"cluster {cluster_arn} has no IAM (SASL/IAM, port 9098) brokers: turn on IAM "
+                "client authentication (aws kafka update-security) or choose another cluster"
+            )
         return brokers
 
 
@@ -67,9 +92,14 @@ def look_up(request: CustomResourceRequest) -> Outcome:
         return Outcome(
             request.physical_resource_id or physical_id(cluster_arn), reason="nothing to delete"
         )
+    check_cluster_arn(cluster_arn, request.stack_id)
     servers = bootstrap_servers(cluster_arn)
     logger.info("bootstrap brokers found", extra={"bootstrap_servers": servers})
-    return Outcome(physical_id(cluster_arn), data={"BootstrapServers": servers}, reason=servers)
+    return Outcome(
+        physical_id(cluster_arn),
+        data={"BootstrapServers": servers, "ClusterArn": cluster_arn},
+        reason=servers,
+    )
 
 
 @logger.inject_lambda_context

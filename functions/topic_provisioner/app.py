@@ -1,9 +1,14 @@
-"""Custom resource Custom::KafkaTopics: topics on MSK Serverless, created from inside the VPC.
+"""Custom resource Custom::KafkaTopics: the topics, created from inside the VPC on any MSK cluster.
 
 Properties: ClusterArn, BootstrapServers (from Custom::KafkaBootstrapBrokers, which looks them up
 outside the VPC: this function calls no AWS API but CloudFormation's S3 response URL), OrderTopic,
-Partitions, DeleteTopicsOnDelete. Returns `BootstrapServers` (GetAtt) so the producer's
-environment depends on the topics existing, not only on the cluster.
+Partitions, ReplicationFactor, MinInsyncReplicas, DeleteTopicsOnDelete. Returns
+`BootstrapServers` (GetAtt) so the producer's environment depends on the topics existing, not
+only on the cluster.
+
+A topic that exists when the resource is created (a cluster you run) is adopted: the physical
+id says so, and the stack never alters or deletes it. A topic the stack created is grown with
+Partitions and deleted only when DeleteTopicsOnDelete says so.
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ from kafka.admin import KafkaAdminClient
 from orderstream import settings
 from orderstream.custom_resource import CustomResourceRequest, Outcome, respond
 from orderstream.settings import KafkaSettings
-from orderstream.topics import delete_topics, reconcile_topics, required_topics
+from orderstream.topics import (
+    delete_topics,
+    partition_counts,
+    reconcile_topics,
+    required_topics,
+)
 
 logger = Logger()
 tracer = Tracer()
@@ -29,6 +39,14 @@ def physical_id(cluster_arn: str, topic: str) -> str:
     # new one and deletes the old one (which keeps its data unless DeleteTopicsOnDelete).
     _, name, uuid = cluster_arn.rsplit(":", 1)[-1].split("/", 2)
     return f"kafka-topics/{name}/{uuid}/{topic}"
+
+
+ADOPTED = "/adopted"
+
+
+def adopted_id(cluster_arn: str, topic: str) -> str:
+    """The physical id of a topic the stack found rather than created."""
+    return physical_id(cluster_arn, topic) + ADOPTED
 
 
 def admin_for(servers: str) -> KafkaAdminClient:
@@ -47,8 +65,12 @@ def provision(request: CustomResourceRequest) -> Outcome:
     servers = str(props["BootstrapServers"])
     topic = str(props["OrderTopic"])
     resource_id = physical_id(cluster_arn, topic)
+    found_id = adopted_id(cluster_arn, topic)
+    data = {"BootstrapServers": servers, "OrderTopic": topic}
 
     if request.request_type == "Delete":
+        if request.physical_resource_id == found_id:
+            return Outcome(found_id, reason=f"{topic} kept: it existed before this stack")
         if request.physical_resource_id != resource_id:
             # A Create that failed before it made anything, or an id from a replaced resource.
             return Outcome(request.physical_resource_id or resource_id, reason="nothing to delete")
@@ -66,17 +88,30 @@ def provision(request: CustomResourceRequest) -> Outcome:
             return Outcome(resource_id, reason=f"topics not deleted: {exc}")
         return Outcome(resource_id, reason=f"deleted {deleted or 'nothing'}")
 
+    specs = required_topics(
+        topic,
+        int(props["Partitions"]),
+        int(props.get("ReplicationFactor", -1)),
+        int(props.get("MinInsyncReplicas", -1)),
+    )
+    # A new resource: a Create, or an Update to another cluster or topic (CloudFormation then
+    # deletes the old id). An existing one keeps the id it was created with.
+    new = request.physical_resource_id not in (resource_id, found_id)
     admin = admin_for(servers)
     try:
-        changes = reconcile_topics(admin, required_topics(topic, int(props["Partitions"])))
+        if request.physical_resource_id == found_id or (new and topic in admin.list_topics()):
+            count = partition_counts(admin, [topic]).get(topic, 0)
+            reason = (
+                f"{topic} adopted as it is ({count} partitions): it existed before this stack, "
+                "which never alters or deletes it"
+            )
+            logger.info("topic adopted", extra={"topic": topic, "partitions": count})
+            return Outcome(found_id, data=data, reason=reason)
+        changes = reconcile_topics(admin, specs)
     finally:
         admin.close()
     logger.info("topics reconciled", extra={"changes": changes.summary()})
-    return Outcome(
-        resource_id,
-        data={"BootstrapServers": servers, "OrderTopic": topic},
-        reason=changes.summary(),
-    )
+    return Outcome(resource_id, data=data, reason=changes.summary())
 
 
 @logger.inject_lambda_context

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
 
 from devstack.broker import EmbeddedBroker
 from functions.topic_provisioner import app
@@ -27,13 +28,21 @@ def cluster(kafka_broker: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def run(
-    _: None, broker: EmbeddedBroker, name: str, **props: Any
+    _: None,
+    broker: EmbeddedBroker,
+    name: str,
+    request_type: str | None = None,
+    physical_id: str | None = None,
+    **props: Any,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One CloudFormation request; an Update or Delete names the physical id (the Create's
+    answer), by default the id of a topic the stack created."""
     event = load_event(name)
+    event["RequestType"] = request_type or event["RequestType"]
     event["ResourceProperties"].update({"BootstrapServers": broker.bootstrap_servers, **props})
     arn = event["ResourceProperties"]["ClusterArn"]
-    if event["RequestType"] == "Delete":
-        event["PhysicalResourceId"] = app.physical_id(
+    if event["RequestType"] != "Create":
+        event["PhysicalResourceId"] = physical_id or app.physical_id(
             arn, event["ResourceProperties"]["OrderTopic"]
         )
     with recording_http_server() as (url, received):
@@ -65,13 +74,19 @@ def test_create_update_and_delete_a_topic(cluster: None, kafka_broker: EmbeddedB
     assert created["PhysicalResourceId"].endswith(f"/{topic}")
     assert partitions(kafka_broker, topic) == 6
 
-    # Create again (a retried invocation) and an Update with the same count change nothing.
-    _, again = run(cluster, kafka_broker, "cfn-topics-create.json", OrderTopic=topic)
+    # An Update with the same count changes nothing. (Growing is tested against a fake admin:
+    # the embedded broker does not implement CreatePartitions.)
+    _, again = run(cluster, kafka_broker, "cfn-topics-create.json", "Update", OrderTopic=topic)
     assert (again["Status"], again["Reason"]) == ("SUCCESS", "no change")
     assert again["PhysicalResourceId"] == created["PhysicalResourceId"]
 
     _, shrink = run(
-        cluster, kafka_broker, "cfn-topics-create.json", OrderTopic=topic, Partitions="2"
+        cluster,
+        kafka_broker,
+        "cfn-topics-create.json",
+        "Update",
+        OrderTopic=topic,
+        Partitions="2",
     )
     assert shrink["Status"] == "FAILED"
     assert "cannot shrink" in shrink["Reason"]
@@ -102,3 +117,109 @@ def test_a_failed_create_still_answers(cluster: None, kafka_broker: EmbeddedBrok
     body = json.loads(received[0].body)
     assert body["Status"] == "FAILED"
     assert "BootstrapServers" in body["Reason"]
+
+
+def replicas(broker: EmbeddedBroker, topic: str) -> set[int]:
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        [described] = admin.describe_topics([topic])
+        return {len(p["replica_nodes"]) for p in described["partitions"]}
+    finally:
+        admin.close()
+
+
+def test_a_topic_that_was_there_first_is_adopted_never_altered_never_deleted(
+    cluster: None, kafka_broker: EmbeddedBroker
+) -> None:
+    """ClusterType=existing: someone's cluster already holds order-placed, say with 3
+    partitions. The stack uses it as it is, and even DeleteTopicsOnStackDelete=true keeps it."""
+    topic = f"order-placed-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, 3, 1)])
+    finally:
+        admin.close()
+
+    _, created = run(
+        cluster,
+        kafka_broker,
+        "cfn-topics-create.json",
+        OrderTopic=topic,
+        DeleteTopicsOnDelete="true",
+    )
+    assert created["Status"] == "SUCCESS", created["Reason"]
+    arn = load_event("cfn-topics-create.json")["ResourceProperties"]["ClusterArn"]
+    found = created["PhysicalResourceId"]
+    assert found == app.adopted_id(arn, topic) != app.physical_id(arn, topic)
+    assert "adopted as it is (3 partitions)" in created["Reason"]
+    assert created["Data"]["OrderTopic"] == topic
+
+    _, updated = run(
+        cluster,
+        kafka_broker,
+        "cfn-topics-create.json",
+        "Update",
+        found,
+        OrderTopic=topic,
+        Partitions="12",
+        DeleteTopicsOnDelete="true",
+    )
+    assert (updated["Status"], updated["PhysicalResourceId"]) == ("SUCCESS", found)
+    assert partitions(kafka_broker, topic) == 3  # not ours to grow
+
+    _, deleted = run(
+        cluster,
+        kafka_broker,
+        "cfn-topics-delete.json",
+        physical_id=found,
+        OrderTopic=topic,
+        DeleteTopicsOnDelete="true",
+    )
+    assert deleted["Status"] == "SUCCESS"
+    assert "existed before this stack" in deleted["Reason"]
+    assert partitions(kafka_broker, topic) == 3
+
+
+def test_a_missing_topic_on_a_cluster_you_run_is_created_and_is_ours_to_delete(
+    cluster: None, kafka_broker: EmbeddedBroker
+) -> None:
+    topic = f"order-placed-{uuid.uuid4().hex[:8]}"
+    _, created = run(
+        cluster, kafka_broker, "cfn-topics-create.json", OrderTopic=topic, Partitions="2"
+    )
+    arn = load_event("cfn-topics-create.json")["ResourceProperties"]["ClusterArn"]
+    assert created["PhysicalResourceId"] == app.physical_id(arn, topic)
+    _, deleted = run(
+        cluster,
+        kafka_broker,
+        "cfn-topics-delete.json",
+        OrderTopic=topic,
+        DeleteTopicsOnDelete="true",
+    )
+    assert deleted["Reason"] == f"deleted {[topic]}"
+    assert partitions(kafka_broker, topic) is None
+
+
+def test_brokers_we_size_get_three_replicas(cluster: None, kafka_broker: EmbeddedBroker) -> None:
+    """ClusterType=provisioned sends ReplicationFactor 3 and MinInsyncReplicas 2 (template)."""
+    topic = f"order-placed-{uuid.uuid4().hex[:8]}"
+    _, created = run(
+        cluster,
+        kafka_broker,
+        "cfn-topics-create.json",
+        OrderTopic=topic,
+        ReplicationFactor="3",
+        MinInsyncReplicas="2",
+    )
+    assert created["Status"] == "SUCCESS", created["Reason"]
+    assert replicas(kafka_broker, topic) == {3}
+    _, impossible = run(
+        cluster,
+        kafka_broker,
+        "cfn-topics-create.json",
+        OrderTopic=f"{topic}-x",
+        ReplicationFactor="2",
+        MinInsyncReplicas="3",
+    )
+    assert impossible["Status"] == "FAILED"
+    assert "above replication factor" in impossible["Reason"]

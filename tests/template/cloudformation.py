@@ -87,7 +87,7 @@ class Stack:
         attributes = {
             f"{name}.{attribute}": f"{name}.{attribute}"
             for name in self.template["Resources"]
-            for attribute in ("Arn", "GroupId", "BootstrapServers", "Id")
+            for attribute in ("Arn", "GroupId", "BootstrapServers", "ClusterArn", "Id")
         }
         return Resolver(self.template, self.parameters, names, attributes)
 
@@ -213,11 +213,36 @@ class Stack:
                 served[name] = function
         return served
 
+    CLUSTER_TYPES = ("AWS::MSK::ServerlessCluster", "AWS::MSK::Cluster")
+    LOOKUP = "KafkaBootstrapBrokers"  # the custom resource that names the cluster
+
+    def cluster(self) -> str | None:
+        """The cluster resource this deployment uses, or None for a cluster the user runs."""
+        chosen = self.resolved(self.LOOKUP, "ClusterArn")
+        if chosen in self.resources:
+            assert self.resources[chosen]["Type"] in self.CLUSTER_TYPES, chosen
+            return str(chosen)
+        assert not self.of_type(*self.CLUSTER_TYPES), "a cluster is created but not used"
+        return None
+
+    def cluster_network(self) -> tuple[list[str], list[str]]:
+        """The created cluster's subnets and security groups (the pollers use them too); none
+        for a cluster the user runs (its network is theirs)."""
+        cluster = self.cluster()
+        if cluster is None:
+            return [], []
+        if self.resources[cluster]["Type"] == "AWS::MSK::ServerlessCluster":
+            config = self.resolved(cluster, "VpcConfigs")[0]
+            return config["SubnetIds"], config["SecurityGroups"]
+        brokers = self.resolved(cluster, "BrokerNodeGroupInfo")
+        return brokers["ClientSubnets"], brokers["SecurityGroups"]
+
     def kafka_mappings(self) -> dict[str, dict[str, Any]]:
+        sources = {f"{self.LOOKUP}.ClusterArn", *self.of_type(*self.CLUSTER_TYPES)}
         return {
             name: resource
             for name, resource in self.of_type("AWS::Lambda::EventSourceMapping").items()
-            if self.resolved(name, "EventSourceArn") in self.of_type("AWS::MSK::ServerlessCluster")
+            if self.resolved(name, "EventSourceArn") in sources
         }
 
     def route_to(self, service: str, subnets: list[str]) -> set[str]:
@@ -251,7 +276,11 @@ class Stack:
         return needed
 
     def kafka_port_rules(self, clients: list[str], cluster_groups: list[str]) -> set[str]:
-        """The stack's security-group rules that let these groups reach the cluster on 9098."""
+        """The stack's security-group rules that let these groups reach the cluster on 9098.
+        Empty when the stack owns none of the groups (a cluster the user runs: its rules are
+        the user's prerequisite); raises when it owns some and no rule joins them."""
+        if not set(clients + cluster_groups) & set(self.resources):
+            return set()
 
         def allows(
             rule: str, group_key: str, peer_key: str, own: list[str], peers: list[str]
@@ -283,12 +312,8 @@ class Stack:
         """(who, why, the resources that must be created before it and deleted after it) for
         every function in the VPC, every custom resource a VPC function serves, and every
         Kafka mapping (whose pollers run in the cluster's subnets with its security groups)."""
-        [cluster] = self.of_type("AWS::MSK::ServerlessCluster")
-        cluster_config = self.resolved(cluster, "VpcConfigs")[0]
-        cluster_subnets, cluster_groups = (
-            cluster_config["SubnetIds"],
-            cluster_config["SecurityGroups"],
-        )
+        cluster = self.cluster()
+        cluster_subnets, cluster_groups = self.cluster_network()
         served = self.custom_resources()
         for function in self.of_type("AWS::Lambda::Function"):
             if not self.in_vpc(function):
@@ -326,7 +351,9 @@ class Stack:
                 == "AWS::S3::Bucket"
             ):
                 needs |= self.route_to("s3", cluster_subnets)  # failed batches to the bucket
-            needs |= {cluster, str(destination).split(".")[0]} if destination else {cluster}
+            needs |= {self.LOOKUP, *([cluster] if cluster else [])}
+            if destination:
+                needs.add(str(destination).split(".")[0])
             [function] = self.references(props["FunctionName"])
             needs.add(function)
             yield mapping, f"{mapping} pollers (provisioned mode)", needs

@@ -1,7 +1,7 @@
 """Deploy and delete rehearsed offline: CloudFormation's ordering and replacement, replayed on
-the transformed template for every network mode and stage (see tests/template/cloudformation.py
-for what the model rests on). Each check also runs on a deliberately broken template, so a
-checker that cannot fail would show here."""
+the transformed template for every cluster type, network mode and stage (see
+tests/template/cloudformation.py for what the model rests on). Each check also runs on a
+deliberately broken template, so a checker that cannot fail would show here."""
 
 from __future__ import annotations
 
@@ -26,20 +26,20 @@ from tests.template.cloudformation import (
     replaced_by,
     value_changes,
 )
+from tests.template.modes import (
+    CLUSTER_OF,
+    CREATED_CLUSTER_MODES,
+    MODE_VALUES,
+    SENDER,
+)
 
-SENDER = "orders@shop.example"
-EXISTING = {"ExistingVpcId": "vpc-0123456789abcdef0", "ExistingSubnetIds": "subnet-0a,subnet-0b"}
-MODE_VALUES: dict[str, dict[str, str]] = {
-    "created-vpc": {"CreateVpc": "true"},
-    "existing-vpc": {"CreateVpc": "false", **EXISTING},
-}
-MODES = [pytest.param(values, id=name) for name, values in MODE_VALUES.items()]
 STAGES = ["dev", "prod"]
 
 # What makes a resource's physical identity, where the template may choose it. A replacement
 # that keeps these values collides with the resource it replaces.
 IDENTITY: dict[str, tuple[tuple[str, ...], ...]] = {
     "AWS::MSK::ServerlessCluster": (("ClusterName",),),
+    "AWS::MSK::Cluster": (("ClusterName",),),
     "AWS::Lambda::Function": (("FunctionName",),),
     "AWS::Logs::LogGroup": (("LogGroupName",),),
     "AWS::DynamoDB::Table": (("TableName",),),
@@ -155,17 +155,22 @@ def test_a_deletion_replayed_removes_everything_once_dependents_first(stack: Sta
 
 def test_what_a_deletion_keeps_can_still_exist(stack: Stack) -> None:
     assert stranded(stack) == []
-    if stack.parameters["Stage"] == "prod":
-        assert "KafkaCluster" in stack.kept()
+    cluster = CLUSTER_OF.get(stack.parameters["ClusterType"])
+    assert stack.cluster() == cluster
+    if stack.parameters["Stage"] == "prod" and cluster:
+        assert cluster in stack.kept()
+    if cluster is None:  # a cluster you run: nothing of Kafka's is created, so nothing kept
+        assert not stack.of_type("AWS::EC2::SecurityGroup", *Stack.CLUSTER_TYPES)
 
 
-def test_the_rehearsal_catches_a_kept_cluster_in_a_deleted_network() -> None:
+@pytest.mark.parametrize("kind", list(CLUSTER_OF))
+def test_the_rehearsal_catches_a_kept_cluster_in_a_deleted_network(kind: str) -> None:
     def network_deleted(template: dict[str, Any]) -> None:
         group = template["Resources"]["KafkaSecurityGroup"]
         del group["DeletionPolicy"], group["UpdateReplacePolicy"]
 
-    broken = stack_of({"CreateVpc": "true"}, "prod", edit=network_deleted)
-    assert stranded(broken) == ["KafkaCluster keeps using KafkaSecurityGroup"]
+    broken = stack_of({"ClusterType": kind, "CreateVpc": "true"}, "prod", edit=network_deleted)
+    assert stranded(broken) == [f"{CLUSTER_OF[kind]} keeps using KafkaSecurityGroup"]
 
 
 def test_every_runtime_reaches_what_it_calls_for_its_whole_life(stack: Stack) -> None:
@@ -183,7 +188,12 @@ def test_every_runtime_reaches_what_it_calls_for_its_whole_life(stack: Stack) ->
         assert {"S3GatewayEndpoint", "PrivateSubnet1Routes"} <= needs["KafkaTopics"][1]
         assert "DynamoDbGatewayEndpoint" in needs["OrderApiFunction"][1]
         assert "S3GatewayEndpoint" in needs["EmailNotifierFunctionOrderPlaced"][1]
-    assert "KafkaSecurityGroupIngressSelf" in needs["KafkaTopics"][1]
+    cluster = stack.cluster()
+    if cluster is not None:
+        assert "KafkaSecurityGroupIngressSelf" in needs["KafkaTopics"][1]
+        assert cluster in needs["S3ArchiverFunctionOrderPlaced"][1]
+    else:  # their cluster's rules and routes are the user's prerequisite (README)
+        assert needs["KafkaTopics"][1] == set()
     assert violations(stack) == []
 
 
@@ -209,7 +219,7 @@ def _drop_network_ready(template: dict[str, Any]) -> None:
 
 
 def _drop_rule_dependency(template: dict[str, Any]) -> None:
-    del template["Resources"]["KafkaTopics"]["DependsOn"]
+    del template["Resources"]["KafkaTopics"]["Properties"]["ClusterRules"]
 
 
 def test_the_rehearsal_catches_an_answer_that_cannot_reach_cloudformation() -> None:
@@ -220,7 +230,7 @@ def test_the_rehearsal_catches_an_answer_that_cannot_reach_cloudformation() -> N
     assert any("OrderApiFunction" in v and "DynamoDbGatewayEndpoint" in v for v in found), found
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", CREATED_CLUSTER_MODES)
 def test_the_rehearsal_catches_a_provisioner_racing_its_security_group_rules(
     mode: dict[str, str],
 ) -> None:
@@ -286,33 +296,43 @@ def test_no_parameter_update_replaces_a_named_resource_under_its_name(stack: Sta
 
 
 def test_only_the_network_and_the_stage_replace_the_cluster(stack: Stack) -> None:
-    by = {p for p in stack.template["Parameters"] if "KafkaCluster" in replaced_by(stack, p)}
+    cluster = stack.cluster()
+    by = {p for p in stack.template["Parameters"] if cluster in replaced_by(stack, p)}
     created_vpc = "Vpc" in stack.resources
-    assert by == CLUSTER_IDENTITY - ({"VpcCidr"} if not created_vpc else set())
+    if cluster is None:
+        assert by == set()
+    else:
+        assert by == CLUSTER_IDENTITY - ({"VpcCidr"} if not created_vpc else set())
     for parameter in stack.template["Parameters"]:
         assert not replaced_by(stack, parameter) & KEPT, parameter
 
 
-def test_the_rehearsal_catches_a_cluster_name_that_ignores_the_network() -> None:
+@pytest.mark.parametrize("kind", list(CLUSTER_OF))
+def test_the_rehearsal_catches_a_cluster_name_that_ignores_the_network(kind: str) -> None:
     """Today's defect: `orderstream-${Stage}` stays the same when the subnets change."""
 
     def fixed_name(template: dict[str, Any]) -> None:
-        cluster = template["Resources"]["KafkaCluster"]["Properties"]
+        cluster = template["Resources"][CLUSTER_OF[kind]]["Properties"]
         cluster["ClusterName"] = {"Fn::Sub": "orderstream-${Stage}"}
 
-    broken = stack_of({"CreateVpc": "true"}, edit=fixed_name)
+    broken = stack_of({"ClusterType": kind, "CreateVpc": "true"}, edit=fixed_name)
     found = _collisions(broken)
-    assert "CreateVpc replaces KafkaCluster under the same name" in found
-    assert "ExistingSubnetIds replaces KafkaCluster under the same name" in found
+    assert f"CreateVpc replaces {CLUSTER_OF[kind]} under the same name" in found
+    assert f"ExistingSubnetIds replaces {CLUSTER_OF[kind]} under the same name" in found
 
 
 # ---------------------------------------------------------------------------- deletion
 
 
+@pytest.mark.parametrize("kind", list(CLUSTER_OF))
 @pytest.mark.parametrize(("stage", "policy"), [("prod", "Retain"), ("dev", "Delete")])
-def test_prod_keeps_its_cluster_and_other_stages_delete_theirs(stage: str, policy: str) -> None:
-    cluster = stack_of({"CreateVpc": "true"}, stage).resources["KafkaCluster"]
+def test_prod_keeps_its_cluster_and_other_stages_delete_theirs(
+    kind: str, stage: str, policy: str
+) -> None:
+    resources = stack_of({"ClusterType": kind, "CreateVpc": "true"}, stage).resources
+    cluster = resources[CLUSTER_OF[kind]]
     assert cluster["DeletionPolicy"] == cluster["UpdateReplacePolicy"] == policy
+    assert [c for c in CLUSTER_OF.values() if c in resources] == [CLUSTER_OF[kind]]
 
 
 def test_our_language_extensions_match_sam_clis() -> None:
@@ -357,14 +377,17 @@ def test_the_rehearsal_catches_a_retained_table_with_a_fixed_name() -> None:
         test_what_deletion_leaves_has_no_fixed_name(broken)
 
 
-def test_the_cluster_name_fits_msk_limits() -> None:
+@pytest.mark.parametrize(
+    ("cluster", "infix"), [("KafkaCluster", ""), ("ProvisionedKafkaCluster", "provisioned-")]
+)
+def test_the_cluster_name_fits_msk_limits(cluster: str, infix: str) -> None:
     """The longest stage and a security group id give a name MSK accepts (1-64 characters of
-    letters, digits and hyphens, starting with a letter)."""
+    letters, digits and hyphens, starting with a letter); the two types never share a name."""
     from devstack.template import Resolver
 
     source = load_template()
     values = parameters({"CreateVpc": "true"}, "a" * 16)
     resolver = Resolver(source, values, {}, {"KafkaSecurityGroup.GroupId": "sg-0123456789abcdef0"})
-    name = resolver.resolve(source["Resources"]["KafkaCluster"]["Properties"]["ClusterName"])
-    assert name == f"orderstream-{'a' * 16}-0123456789abcdef0"
+    name = resolver.resolve(source["Resources"][cluster]["Properties"]["ClusterName"])
+    assert name == f"orderstream-{'a' * 16}-{infix}0123456789abcdef0"
     assert re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]{0,63}", name)

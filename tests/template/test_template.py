@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +12,18 @@ from typing import Any
 
 import pytest
 
-from devstack.template import ACCOUNT_ID, REGION, ROOT, Resolver, load_template, transform
+from devstack.template import (
+    ACCOUNT_ID,
+    REGION,
+    ROOT,
+    Resolver,
+    load_template,
+    parameter_errors,
+    transform,
+)
 from orderstream import settings
+from orderstream.topics import required_topics
+from tests.template.modes import CLUSTER_OF, MODE_VALUES, MODES
 
 PARAMETERS = {"Stage": "dev", "SenderEmail": "orders@shop.example"}
 CLUSTER_ARN = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:cluster/orderstream-dev/0a1b2c3d-uuid-s1"
@@ -41,6 +52,8 @@ def resolve(cfn: dict[str, Any]) -> Resolver:
     attributes = {
         f"{name}.Arn": f"arn:aws:test:{REGION}:{ACCOUNT_ID}:{name}" for name in cfn["Resources"]
     }
+    # The lookup echoes the cluster it was given (tests/unit/test_bootstrap_brokers.py).
+    attributes["KafkaBootstrapBrokers.ClusterArn"] = CLUSTER_ARN
     attributes["KafkaTopics.BootstrapServers"] = "boot-x.kafka-serverless:9098"
     attributes["KafkaBootstrapBrokers.BootstrapServers"] = "boot-x.kafka-serverless:9098"
     attributes["KafkaSecurityGroup.GroupId"] = "sg-0123456789abcdef0"
@@ -528,3 +541,185 @@ def test_the_dead_letter_alarm_counts_arrivals_but_not_redrives(
     [total] = [m for m in alarm["Metrics"] if m.get("ReturnData")]
     assert total["Expression"] == " + ".join(f"FILL({i}, 0)" for i in stats)
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+
+
+# ---------------------------------------------------------------------------- cluster types
+
+CLUSTER_ARNS = {
+    "KafkaCluster": CLUSTER_ARN,
+    "ProvisionedKafkaCluster": (
+        f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:cluster/orderstream-dev-provisioned-0a1/9f8e-uuid-3"
+    ),
+}
+CLUSTER_RESOURCES = {"AWS::MSK::ServerlessCluster", "AWS::MSK::Cluster"}
+
+
+def mode_parameters(mode: dict[str, str]) -> dict[str, str]:
+    return {**PARAMETERS, **mode}
+
+
+def used_cluster(mode: dict[str, str]) -> str:
+    """The ARN a deployment of this mode uses: the cluster it creates, or the user's."""
+    created = CLUSTER_OF.get(mode["ClusterType"])
+    return CLUSTER_ARNS[created] if created else mode["ExistingClusterArn"]
+
+
+def resolver_for(cfn: dict[str, Any], mode: dict[str, str]) -> Resolver:
+    values = mode_parameters(mode)
+    refs = {name: f"{name}-physical" for name in cfn["Resources"]} | CLUSTER_ARNS
+    attributes = {
+        f"{name}.Arn": f"arn:aws:test:{REGION}:{ACCOUNT_ID}:{name}" for name in cfn["Resources"]
+    }
+    attributes["KafkaSecurityGroup.GroupId"] = "sg-0123456789abcdef0"
+    attributes["KafkaBootstrapBrokers.ClusterArn"] = used_cluster(mode)
+    attributes["KafkaBootstrapBrokers.BootstrapServers"] = "b-1.x:9098,b-2.x:9098"
+    attributes["KafkaTopics.BootstrapServers"] = "b-1.x:9098,b-2.x:9098"
+    return Resolver(cfn, values, refs, attributes)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_cluster_type_creates_exactly_its_cluster(
+    source: dict[str, Any], mode: dict[str, str]
+) -> None:
+    cfn = transform(source, mode_parameters(mode))
+    resolve = Resolver(cfn, mode_parameters(mode))
+    created = {
+        name
+        for name, resource in cfn["Resources"].items()
+        if resource["Type"] in CLUSTER_RESOURCES
+        and resolve.condition(resource.get("Condition", "CreateCluster"))
+    }
+    expected = CLUSTER_OF.get(mode["ClusterType"])
+    assert created == ({expected} if expected else set())
+    groups = {
+        n
+        for n, r in of_type(cfn, "AWS::EC2::SecurityGroup").items()
+        if resolve.condition(r["Condition"])
+    }
+    assert groups == ({"KafkaSecurityGroup"} if expected else set())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_place_chooses_the_cluster_and_every_statement_names_it(
+    source: dict[str, Any], mode: dict[str, str]
+) -> None:
+    """The lookup's ClusterArn and its function's policy are the only places that name a
+    cluster; every mapping, statement and output takes the lookup's answer, so each type's
+    statements name its own cluster, topic and groups (in the stack's account and region:
+    the lookup refuses a cluster elsewhere)."""
+    cfn = transform(source, mode_parameters(mode))
+    resolve = resolver_for(cfn, mode)
+    arn = used_cluster(mode)
+    name, uuid = arn.split("/")[1:3]
+    lookup = resolve.resolve(cfn["Resources"]["KafkaBootstrapBrokers"]["Properties"]["ClusterArn"])
+    assert lookup == arn
+    [brokers_statement] = statements(cfn, resolve, "BootstrapBrokersFunctionRole")
+    assert resources(brokers_statement) == [arn]
+
+    chosen_directly = [
+        logical_id
+        for logical_id, resource in cfn["Resources"].items()
+        if re.search(
+            r'"Ref": "(KafkaCluster|ProvisionedKafkaCluster|ExistingClusterArn)"',
+            json.dumps(resource.get("Properties", {})),
+        )
+    ]
+    assert sorted(chosen_directly) == ["BootstrapBrokersFunctionRole", "KafkaBootstrapBrokers"]
+
+    topic_arn = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:topic/{name}/{uuid}/order-placed"
+    for function in [*CONSUMERS, *KAFKA_CLIENTS]:
+        for statement in statements(cfn, resolve, f"{function}Role"):
+            kafka = [a for a in actions(statement) if a.startswith(("kafka:", "kafka-cluster:"))]
+            if not kafka:
+                continue
+            for target in resources(statement):
+                group = f"arn:aws:kafka:{REGION}:{ACCOUNT_ID}:group/{name}/{uuid}/"
+                assert target in (arn, topic_arn) or target.startswith(group), (function, target)
+    for mapping in of_type(cfn, "AWS::Lambda::EventSourceMapping").values():
+        assert resolve.resolve(mapping["Properties"]["EventSourceArn"]) == arn
+    assert resolve.resolve(cfn["Outputs"]["ClusterArn"]["Value"]) == arn
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_functions_in_the_vpc_join_the_group_the_cluster_admits(
+    source: dict[str, Any], mode: dict[str, str]
+) -> None:
+    cfn = transform(source, mode_parameters(mode))
+    resolve = resolver_for(cfn, mode)
+    expected = (
+        ["sg-0fedcba9876543210"]
+        if mode["ClusterType"] == "existing"
+        else ["KafkaSecurityGroup-physical"]
+    )
+    for function in KAFKA_CLIENTS:
+        vpc = resolve.resolve(cfn["Resources"][function]["Properties"]["VpcConfig"])
+        assert vpc["SecurityGroupIds"] == expected, function
+    cluster = CLUSTER_OF.get(mode["ClusterType"])
+    if cluster == "ProvisionedKafkaCluster":
+        brokers = resolve.resolve(cfn["Resources"][cluster]["Properties"]["BrokerNodeGroupInfo"])
+        assert brokers["SecurityGroups"] == expected
+        subnets = resolve.resolve(
+            cfn["Resources"]["OrderApiFunction"]["Properties"]["VpcConfig"]["SubnetIds"]
+        )
+        assert brokers["ClientSubnets"] == subnets
+
+
+def test_a_provisioned_cluster_survives_a_broker_and_speaks_only_iam_over_tls(
+    source: dict[str, Any],
+) -> None:
+    mode = {"ClusterType": "provisioned", "CreateVpc": "true"}
+    cfn = transform(source, mode_parameters(mode))
+    resolve = resolver_for(cfn, mode)
+    cluster = resolve.resolve(cfn["Resources"]["ProvisionedKafkaCluster"]["Properties"])
+    subnets = cluster["BrokerNodeGroupInfo"]["ClientSubnets"]
+    assert cluster["NumberOfBrokerNodes"] == len(subnets) == 3  # one broker per subnet
+    assert cluster["ClientAuthentication"] == {
+        "Sasl": {"Iam": {"Enabled": True}},
+        "Unauthenticated": {"Enabled": False},
+    }
+    assert cluster["EncryptionInfo"]["EncryptionInTransit"] == {
+        "ClientBroker": "TLS",
+        "InCluster": True,
+    }
+    assert cluster["BrokerNodeGroupInfo"]["InstanceType"] == "kafka.t3.small"
+    assert cluster["KafkaVersion"] == source["Parameters"]["KafkaVersion"]["Default"]
+    logs = cluster["LoggingInfo"]["BrokerLogs"]["CloudWatchLogs"]
+    assert logs == {"Enabled": True, "LogGroup": "KafkaBrokerLogs-physical"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "replication"),
+    [
+        ({"ClusterType": "serverless", "CreateVpc": "true"}, (-1, -1)),
+        ({"ClusterType": "provisioned", "CreateVpc": "true"}, (3, 2)),
+        (MODE_VALUES["existing-cluster"], (-1, -1)),
+    ],
+    ids=["serverless", "provisioned", "existing"],
+)
+def test_the_topic_gets_the_replication_its_cluster_needs(
+    source: dict[str, Any], mode: dict[str, str], replication: tuple[int, int]
+) -> None:
+    cfn = transform(source, mode_parameters(mode))
+    topics = resolver_for(cfn, mode).resolve(cfn["Resources"]["KafkaTopics"]["Properties"])
+    assert (topics["ReplicationFactor"], topics["MinInsyncReplicas"]) == replication
+    # What the provisioner makes of it is tested against the real broker.
+    assert required_topics("order-placed", 6, *replication)
+
+
+@pytest.mark.parametrize(
+    ("missing", "refusal"),
+    [
+        ("ExistingClusterArn", "needs ExistingClusterArn"),
+        ("ExistingClientSecurityGroupId", "needs ExistingClientSecurityGroupId"),
+    ],
+)
+def test_an_existing_cluster_needs_its_arn_and_a_client_group(
+    source: dict[str, Any], missing: str, refusal: str
+) -> None:
+    values = mode_parameters(MODE_VALUES["existing-cluster"]) | {missing: ""}
+    [error] = parameter_errors(source, values)
+    assert "ExistingClusterIsNamed" in error
+    assert refusal in error
+    created_vpc = mode_parameters(MODE_VALUES["existing-cluster"]) | {"CreateVpc": "true"}
+    assert any("CreateVpc=false" in e for e in parameter_errors(source, created_vpc))
+    assert parameter_errors(source, mode_parameters(MODE_VALUES["existing-cluster"])) == []

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from devstack.template import REGION, ROOT, load_template
+from tests.template.modes import ONE_PER_TYPE, SENDER
 
 TEMPLATE = ROOT / "template.yaml"
 VENV_BIN = Path(sys.executable).parent
@@ -38,13 +39,38 @@ def run(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.Complete
     )
 
 
+def deployment(mode: dict[str, str]) -> dict[str, str]:
+    return {"Stage": "dev", "SenderEmail": SENDER, **mode}
+
+
 def test_cfn_lint_is_clean() -> None:
     result = run(tool("cfn-lint"), str(TEMPLATE))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_sam_validate_lint_is_clean() -> None:
-    result = run(tool("sam"), "validate", "--lint", "--template-file", str(TEMPLATE))
+@pytest.mark.parametrize("mode", ONE_PER_TYPE)
+def test_cfn_lint_is_clean_for_each_cluster_type(mode: dict[str, str]) -> None:
+    values = [f"{k}={v}" for k, v in deployment(mode).items()]
+    result = run(tool("cfn-lint"), str(TEMPLATE), "--parameters", *values)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mode", ONE_PER_TYPE)
+def test_sam_validate_lint_is_clean_for_each_cluster_type(
+    mode: dict[str, str], tmp_path: Path
+) -> None:
+    """sam validate takes no parameter values: each type's values become the defaults of a
+    copy (its code folders made absolute), so its translation and lint see that type."""
+    template = load_template()
+    for name, value in deployment(mode).items():
+        template["Parameters"][name]["Default"] = value
+    for resource in template["Resources"].values():
+        for key in ("CodeUri", "ContentUri"):
+            if key in resource.get("Properties", {}):
+                resource["Properties"][key] = str(ROOT / resource["Properties"][key])
+    copy = tmp_path / "template.json"
+    copy.write_text(json.dumps(template))
+    result = run(tool("sam"), "validate", "--lint", "--template-file", str(copy))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "is a valid SAM Template" in result.stdout + result.stderr
 

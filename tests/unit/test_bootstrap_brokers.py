@@ -45,7 +45,7 @@ def test_create_answers_the_iam_bootstrap_string(msk: Stubber) -> None:
     result, body = invoke(event)
     assert result == {"Status": "SUCCESS"}
     assert body["Status"] == "SUCCESS"
-    assert body["Data"] == {"BootstrapServers": BOOT}
+    assert body["Data"] == {"BootstrapServers": BOOT, "ClusterArn": arn}
     assert body["PhysicalResourceId"] == app.physical_id(arn)
     assert body["LogicalResourceId"] == "KafkaBootstrapBrokers"
 
@@ -58,6 +58,58 @@ def test_a_cluster_the_api_does_not_know_fails_the_create(msk: Stubber) -> None:
     assert result == {"Status": "FAILED"}
     assert body["Status"] == "FAILED"
     assert "NotFoundException" in body["Reason"]
+
+
+PROVISIONED = (
+    "arn:aws:kafka:eu-west-1:123456789012:cluster/theirs/6357e0b2-0e6a-4b86-a0b4-70df934c2e31-5"
+)
+PROVISIONED_BOOT = ",".join(
+    f"b-{n}.theirs.abc123.c5.kafka.eu-west-1.amazonaws.com:9098" for n in (1, 2, 3)
+)
+
+
+def test_a_provisioned_cluster_you_run_is_looked_up_the_same_way(msk: Stubber) -> None:
+    event = load_event("cfn-bootstrap-brokers-create.json")
+    event["ResourceProperties"]["ClusterArn"] = PROVISIONED
+    msk.add_response(
+        "get_bootstrap_brokers",
+        {"BootstrapBrokerStringSaslIam": PROVISIONED_BOOT, "BootstrapBrokerStringTls": "x:9094"},
+        {"ClusterArn": PROVISIONED},
+    )
+    _, body = invoke(event)
+    assert body["Status"] == "SUCCESS", body["Reason"]
+    assert body["Data"] == {"BootstrapServers": PROVISIONED_BOOT, "ClusterArn": PROVISIONED}
+
+
+def test_a_cluster_without_iam_authentication_is_refused_with_the_fix(msk: Stubber) -> None:
+    event = load_event("cfn-bootstrap-brokers-create.json")
+    event["ResourceProperties"]["ClusterArn"] = PROVISIONED
+    msk.add_response(
+        "get_bootstrap_brokers",
+        {"BootstrapBrokerStringTls": "b-1.theirs:9094,b-2.theirs:9094"},
+        {"ClusterArn": PROVISIONED},
+    )
+    _, body = invoke(event)
+    assert body["Status"] == "FAILED"
+    assert "no IAM" in body["Reason"] and "update-security" in body["Reason"]
+
+
+@pytest.mark.parametrize(
+    ("arn", "why"),
+    [
+        (PROVISIONED.replace("123456789012", "210987654321"), "account 210987654321"),
+        (PROVISIONED.replace("eu-west-1", "us-east-1"), "region us-east-1"),
+        ("arn:aws:kafka:eu-west-1:123456789012:topic/theirs/uuid/order-placed", "not an MSK"),
+    ],
+)
+def test_a_cluster_elsewhere_is_refused_before_any_call(
+    msk: Stubber, arn: str, why: str
+) -> None:
+    event = load_event("cfn-bootstrap-brokers-create.json")
+    event["ResourceProperties"]["ClusterArn"] = arn
+    _, body = invoke(event)  # the Stubber fails on any call it was not given
+    assert body["Status"] == "FAILED"
+    assert why in body["Reason"]
 
 
 def test_delete_calls_nothing_and_keeps_the_id(msk: Stubber) -> None:

@@ -86,3 +86,36 @@ def test_delete_only_touches_existing_topics() -> None:
 def test_required_topics_rejects_nonsense_counts() -> None:
     with pytest.raises(ValueError, match="at least one partition"):
         required_topics("order-placed", 0)
+
+
+def test_brokers_we_size_get_three_replicas_and_two_in_sync() -> None:
+    admin = FakeAdmin()
+    reconcile_topics(admin, required_topics("order-placed", 6, 3, 2))
+    [(kind, spec)] = admin.calls
+    assert kind == "create"
+    assert spec["order-placed"] == {
+        "num_partitions": 6,
+        "replication_factor": 3,
+        "configs": {"min.insync.replicas": "2"},
+    }
+
+
+def test_the_cluster_decides_replication_unless_told() -> None:
+    [spec] = required_topics("order-placed", 6)
+    assert (spec.replication_factor, spec.configs) == (-1, {})
+
+
+@pytest.mark.parametrize(
+    ("factor", "in_sync", "why"),
+    [
+        (0, -1, "replication factor 0"),
+        (-2, -1, "replication factor -2"),
+        (3, 0, "min.insync.replicas 0"),
+        (2, 3, "above replication factor"),
+    ],
+)
+def test_replication_that_could_never_take_a_write_is_refused(
+    factor: int, in_sync: int, why: str
+) -> None:
+    with pytest.raises(ValueError, match=why):
+        required_topics("order-placed", 6, factor, in_sync)

@@ -22,7 +22,8 @@ class TopicShrinkError(ValueError):
 class TopicSpec:
     name: str
     partitions: int
-    replication_factor: int = -1  # broker default; MSK Serverless manages replication itself
+    # -1: the cluster's default (MSK Serverless manages replication itself).
+    replication_factor: int = -1
     configs: dict[str, str] = field(default_factory=dict)
 
 
@@ -37,14 +38,31 @@ class TopicChanges:
         return "; ".join(p for p in parts if p) or "no change"
 
 
-def required_topics(order_topic: str, partitions: int) -> list[TopicSpec]:
-    """The topics orderstream needs. Poison records go to S3, so there is no dead-letter topic."""
+def required_topics(
+    order_topic: str, partitions: int, replication_factor: int = -1, min_insync_replicas: int = -1
+) -> list[TopicSpec]:
+    """The topics orderstream needs. Poison records go to S3, so there is no dead-letter topic.
+
+    -1 leaves replication and min.insync.replicas to the cluster; brokers we size ourselves get
+    3 and 2, so that acks=all writes survive one broker's loss.
+    """
     if partitions < 1:
         raise ValueError(f"a topic needs at least one partition, not {partitions}")
-    return [TopicSpec(order_topic, partitions)]
+    if replication_factor == 0 or replication_factor < -1:
+        raise ValueError(f"replication factor {replication_factor}: give -1 or at least 1")
+    if min_insync_replicas == 0 or min_insync_replicas < -1:
+        raise ValueError(f"min.insync.replicas {min_insync_replicas}: give -1 or at least 1")
+    if replication_factor > 0 and min_insync_replicas > replication_factor:
+        raise ValueError(
+            f"min.insync.replicas {min_insync_replicas} above replication factor "
+            f"{replication_factor}: no acks=all write could ever succeed"
+        )
+    configs = {"min.insync.replicas": str(min_insync_replicas)} if min_insync_replicas > 0 else {}
+    return [TopicSpec(order_topic, partitions, replication_factor, configs)]
 
 
-def _partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+def partition_counts(admin: KafkaAdminClient, names: list[str]) -> dict[str, int]:
+    """Partitions of each named topic that exists (absent topics are left out)."""
     described: list[dict[str, Any]] = admin.describe_topics(names)
     return {
         topic["name"]: len(topic["partitions"])
@@ -60,7 +78,7 @@ def reconcile_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> TopicCh
     topic has is refused with `TopicShrinkError` before anything is changed.
     """
     existing = set(admin.list_topics())
-    counts = _partition_counts(admin, [s.name for s in specs if s.name in existing])
+    counts = partition_counts(admin, [s.name for s in specs if s.name in existing])
     for spec in specs:
         if counts.get(spec.name, 0) > spec.partitions:
             raise TopicShrinkError(
