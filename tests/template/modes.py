@@ -26,7 +26,11 @@ MODE_VALUES: dict[str, dict[str, str]] = {
     "existing-cluster": {**THEIR_CLUSTER, "CreateVpc": "false", **EXISTING},
 }
 MODES = [pytest.param(values, id=name) for name, values in MODE_VALUES.items()]
-CREATED_CLUSTER_MODES = [m for m in MODES if m.values[0]["ClusterType"] != "existing"]
+CREATED_CLUSTER_MODES = [
+    pytest.param(values, id=name)
+    for name, values in MODE_VALUES.items()
+    if values["ClusterType"] != "existing"
+]
 # One deployment per ClusterType, for the slower judges (cfn-lint, sam validate).
 ONE_PER_TYPE = [
     pytest.param(MODE_VALUES[name], id=name.split("-")[0])

@@ -91,7 +91,8 @@ def test_a_cluster_without_iam_authentication_is_refused_with_the_fix(msk: Stubb
     )
     _, body = invoke(event)
     assert body["Status"] == "FAILED"
-    assert "no IAM" in body["Reason"] and "update-security" in body["Reason"]
+    assert "no IAM" in body["Reason"]
+    assert "update-security" in body["Reason"]
 
 
 @pytest.mark.parametrize(
@@ -102,9 +103,7 @@ def test_a_cluster_without_iam_authentication_is_refused_with_the_fix(msk: Stubb
         ("arn:aws:kafka:eu-west-1:123456789012:topic/theirs/uuid/order-placed", "not an MSK"),
     ],
 )
-def test_a_cluster_elsewhere_is_refused_before_any_call(
-    msk: Stubber, arn: str, why: str
-) -> None:
+def test_a_cluster_elsewhere_is_refused_before_any_call(msk: Stubber, arn: str, why: str) -> None:
     event = load_event("cfn-bootstrap-brokers-create.json")
     event["ResourceProperties"]["ClusterArn"] = arn
     _, body = invoke(event)  # the Stubber fails on any call it was not given
