@@ -303,9 +303,14 @@ class LocalStack:
         props = self.template["Resources"]["KafkaTopics"]["Properties"]
         topic = self.resolver.resolve(props["OrderTopic"])
         partitions = int(self.resolver.resolve(props["Partitions"]))
+        # Every ClusterType runs on the one embedded broker, with the type's topic settings.
+        replication = (
+            int(self.resolver.resolve(props[key]))
+            for key in ("ReplicationFactor", "MinInsyncReplicas")
+        )
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="devstack")
         try:
-            changes = reconcile_topics(admin, required_topics(topic, partitions))
+            changes = reconcile_topics(admin, required_topics(topic, partitions, *replication))
         finally:
             admin.close()
         self.log(f"topics    {topic} ({partitions} partitions): {changes.summary()}")
