@@ -3,6 +3,7 @@ parameter named, read the way SAM CLI reads it."""
 
 from __future__ import annotations
 
+import re
 import tomllib
 from typing import Any
 
@@ -10,7 +11,11 @@ import pytest
 
 from devstack.template import ROOT, load_template, parameter_errors
 
-ENVIRONMENTS = ["default", "dev", "prod"]
+ENVIRONMENTS = ["default", "dev", "prod", "provisioned", "existing"]
+CLUSTER_TYPES = {"default": "serverless", "dev": "serverless", "prod": "serverless"} | {
+    "provisioned": "provisioned",
+    "existing": "existing",
+}
 SAMPLE_SENDER = "orders@example.com"
 
 
@@ -58,11 +63,27 @@ def test_only_the_sample_sender_stands_between_the_file_and_a_deploy(
     a real identity; with the sample, the template's rule refuses the deploy before it starts."""
     template = load_template()
     named = overrides(config[env]["deploy"]["parameters"])
+    assert named["ClusterType"] == CLUSTER_TYPES[env]
     if named["SenderEmail"] == SAMPLE_SENDER:  # as checked in; a user's own copy passes
-        [refused] = parameter_errors(template, named)
-        assert "SenderIsNotTheSample" in refused
+        refused = parameter_errors(template, named)
+        assert any("SenderIsNotTheSample" in r for r in refused), refused
+        if env == "existing":  # and the four values only the user knows, each refused by name
+            needs = ["ExistingClusterArn", "ExistingClientSecurityGroupId", "ExistingVpcId"]
+            assert all(any(n in r for r in refused) for n in needs), refused
+            assert len(refused) == 5, refused
+        else:
+            assert len(refused) == 1, refused
         named["SenderEmail"] = "orders@shop.example"
+        named |= commented_examples(env)
     assert parameter_errors(template, named) == []
+
+
+def commented_examples(env: str) -> dict[str, str]:
+    """The `# "Name=value"` examples written above an environment's empty values."""
+    text = (ROOT / "samconfig.toml").read_text()
+    section = text[text.index(f"[{env}.deploy.parameters]") :]
+    section = section[: section.index("\ntags")]
+    return dict(re.findall(r'#.*?"(Existing\w+)=([^"]+)"', section))
 
 
 def test_prod_is_separate_and_confirms_changesets(config: dict[str, Any]) -> None:
@@ -72,11 +93,16 @@ def test_prod_is_separate_and_confirms_changesets(config: dict[str, Any]) -> Non
     assert named["Stage"] == "prod"
     assert named["EmailRedirectTo"] == ""  # production mails real customers
     names = {config[e]["global"]["parameters"]["stack_name"] for e in ENVIRONMENTS}
-    assert names == {"orderstream-dev", "orderstream-prod"}
+    assert names == {
+        "orderstream-dev",
+        "orderstream-prod",
+        "orderstream-dev-provisioned",
+        "orderstream-dev-existing",
+    }
     # Two stacks of one account and region must not both own its API Gateway logging role.
     owners = [
         e
-        for e in ("dev", "prod")
+        for e in ENVIRONMENTS[1:]
         if overrides(config[e]["deploy"]["parameters"])["ApiGatewayLogging"]
         == "create-account-role"
     ]

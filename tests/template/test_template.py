@@ -121,6 +121,12 @@ def test_every_msk_mapping_reads_order_placed_in_its_own_group(
         assert props["MaximumBatchingWindowInSeconds"] >= 1
         assert 0 <= props["MaximumRetryAttempts"] <= 10_000
     assert len(groups) == len(CONSUMERS), "each consumer needs its own group"
+    # One poller group for both: they share event poller units (billed per EPU-hour).
+    poller_groups = {
+        resolve.resolve(m["Properties"])["ProvisionedPollerConfig"]["PollerGroupName"]
+        for m in mappings.values()
+    }
+    assert poller_groups == {"orderstream-dev"}
 
 
 def test_kafka_permissions_name_exact_arns(cfn: dict[str, Any], resolve: Resolver) -> None:
