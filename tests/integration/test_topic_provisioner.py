@@ -167,6 +167,14 @@ def test_a_topic_that_was_there_first_is_adopted_never_altered_never_deleted(
     assert (updated["Status"], updated["PhysicalResourceId"]) == ("SUCCESS", found)
     assert partitions(kafka_broker, topic) == 3  # not ours to grow
 
+    # Re-pointed from another cluster (ExistingClusterArn changed): a new resource, which finds
+    # the topic there and adopts it too; CloudFormation then deletes the old id.
+    old_cluster = app.physical_id(arn.replace("/orderstream/", "/previous/"), topic)
+    _, moved = run(
+        cluster, kafka_broker, "cfn-topics-create.json", "Update", old_cluster, OrderTopic=topic
+    )
+    assert moved["PhysicalResourceId"] == found
+
     _, deleted = run(
         cluster,
         kafka_broker,
