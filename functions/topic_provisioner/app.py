@@ -2,13 +2,17 @@
 
 Properties: ClusterArn, BootstrapServers (from Custom::KafkaBootstrapBrokers, which looks them up
 outside the VPC: this function calls no AWS API but CloudFormation's S3 response URL), OrderTopic,
-Partitions, ReplicationFactor, MinInsyncReplicas, DeleteTopicsOnDelete. Returns
+Partitions, ReplicationFactor, MinInsyncReplicas, DeleteTopicsOnDelete, ConsumerGroups,
+ExistingTopicRecords. Returns
 `BootstrapServers` (GetAtt) so the producer's environment depends on the topics existing, not
 only on the cluster.
 
 A topic that exists when the resource is created (a cluster you run) is adopted: the physical
-id says so, and the stack never alters or deletes it. A topic the stack created is grown with
-Partitions and deleted only when DeleteTopicsOnDelete says so.
+id says so, and the stack never alters or deletes it. It is refused instead while it holds
+records our consumer groups have not read (unless ExistingTopicRecords=process): taking it over
+would mail a confirmation for every order among them.
+A topic the stack created is grown with Partitions and deleted only when DeleteTopicsOnDelete
+says so.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from orderstream import settings
 from orderstream.custom_resource import CustomResourceRequest, Outcome, respond
 from orderstream.settings import KafkaSettings
 from orderstream.topics import (
+    adoption_refusals,
     delete_topics,
     partition_counts,
     reconcile_topics,
@@ -42,6 +47,10 @@ def physical_id(cluster_arn: str, topic: str) -> str:
 
 
 ADOPTED = "/adopted"
+
+
+class AdoptionRefused(RuntimeError):
+    """The topic exists, but taking it over as it is would lose or repeat work."""
 
 
 def adopted_id(cluster_arn: str, topic: str) -> str:
@@ -100,6 +109,12 @@ def provision(request: CustomResourceRequest) -> Outcome:
     admin = admin_for(servers)
     try:
         if request.physical_resource_id == found_id or (new and topic in admin.list_topics()):
+            if new:
+                groups = [str(g) for g in props.get("ConsumerGroups", [])]
+                process = str(props.get("ExistingTopicRecords", "refuse")) == "process"
+                refusals = adoption_refusals(admin, topic, groups, process)
+                if refusals:
+                    raise AdoptionRefused("; ".join(refusals))
             count = partition_counts(admin, [topic]).get(topic, 0)
             reason = (
                 f"{topic} adopted as it is ({count} partitions): it existed before this stack, "

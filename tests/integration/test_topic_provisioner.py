@@ -10,8 +10,9 @@ import uuid
 from typing import Any
 
 import pytest
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic, OffsetSpec
+from kafka.structs import OffsetAndMetadata
 
 from devstack.broker import EmbeddedBroker
 from functions.topic_provisioner import app
@@ -231,3 +232,86 @@ def test_brokers_we_size_get_three_replicas(cluster: None, kafka_broker: Embedde
     )
     assert impossible["Status"] == "FAILED"
     assert "above replication factor" in impossible["Reason"]
+
+
+def produce(broker: EmbeddedBroker, topic: str, count: int) -> None:
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        for n in range(count):
+            producer.send(topic, key=f"k{n}".encode(), value=b'{"order_id": "someone else"}')
+            # One record per batch: the embedded broker's latest offset counts a batch of
+            # several records as one (Kafka counts records).
+            producer.flush()
+    finally:
+        producer.close()
+
+
+def existing_topic(broker: EmbeddedBroker, records: int = 0) -> str:
+    topic = f"order-placed-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, 2, 1)])
+    finally:
+        admin.close()
+    produce(broker, topic, records)
+    return topic
+
+
+def groups() -> list[str]:
+    suffix = uuid.uuid4().hex[:8]
+    return [f"order-email-notifier-{suffix}", f"order-s3-archiver-{suffix}"]
+
+
+def test_a_found_topic_with_unread_records_is_refused_unless_told_to_process_them(
+    cluster: None, kafka_broker: EmbeddedBroker
+) -> None:
+    """Adopting it would mail a confirmation for every order in it: the deploy stops first."""
+    topic = existing_topic(kafka_broker, records=3)
+    readers = groups()
+    _, refused = run(
+        cluster, kafka_broker, "cfn-topics-create.json", OrderTopic=topic, ConsumerGroups=readers
+    )
+    assert refused["Status"] == "FAILED"
+    assert "AdoptionRefused" in refused["Reason"]
+    assert f"3 for {readers[0]}" in refused["Reason"]
+    assert "ExistingTopicRecords=process" in refused["Reason"]
+    assert not refused["PhysicalResourceId"].endswith("/adopted")
+
+    _, adopted = run(
+        cluster,
+        kafka_broker,
+        "cfn-topics-create.json",
+        OrderTopic=topic,
+        ConsumerGroups=readers,
+        ExistingTopicRecords="process",
+    )
+    assert adopted["Status"] == "SUCCESS", adopted["Reason"]
+    assert adopted["PhysicalResourceId"].endswith("/adopted")
+
+
+def test_records_our_groups_have_read_do_not_stop_an_adoption(
+    cluster: None, kafka_broker: EmbeddedBroker
+) -> None:
+    """A stack re-created on the cluster it used before: its groups committed every record."""
+    topic = existing_topic(kafka_broker, records=4)
+    readers = groups()
+    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(2)]
+        latest = admin.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.LATEST))
+        assert sum(o.offset for o in latest.values()) == 4
+        for group in readers:  # as the old stack's pollers left them: everything committed
+            done = {p: OffsetAndMetadata(latest[p].offset, None, -1) for p in partitions}
+            admin.alter_group_offsets(group, done)
+    finally:
+        admin.close()
+    _, adopted = run(
+        cluster, kafka_broker, "cfn-topics-create.json", OrderTopic=topic, ConsumerGroups=readers
+    )
+    assert adopted["Status"] == "SUCCESS", adopted["Reason"]
+
+    produce(kafka_broker, topic, 1)  # one they have not read: refused again
+    _, refused = run(
+        cluster, kafka_broker, "cfn-topics-create.json", OrderTopic=topic, ConsumerGroups=readers
+    )
+    assert f"1 for {readers[0]}" in refused["Reason"]

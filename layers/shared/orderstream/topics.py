@@ -10,8 +10,9 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka.admin import KafkaAdminClient
+from kafka.admin import KafkaAdminClient, OffsetSpec
 from kafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
+from kafka.structs import TopicPartition
 
 
 class TopicShrinkError(ValueError):
@@ -117,3 +118,41 @@ def delete_topics(admin: KafkaAdminClient, names: list[str]) -> list[str]:
         with contextlib.suppress(UnknownTopicOrPartitionError):  # deleted meanwhile
             admin.delete_topics(present)
     return present
+
+
+def unread_records(admin: KafkaAdminClient, topic: str, groups: list[str]) -> dict[str, int]:
+    """Records of the topic each consumer group would still read: from its committed offset,
+    or from the oldest retained record where it has none (TRIM_HORIZON)."""
+    count = partition_counts(admin, [topic]).get(topic, 0)
+    partitions = [TopicPartition(topic, p) for p in range(count)]
+    if not partitions:
+        return dict.fromkeys(groups, 0)
+    earliest = admin.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.EARLIEST))
+    latest = admin.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.LATEST))
+    unread: dict[str, int] = {}
+    for group in groups:
+        committed = admin.list_group_offsets({group: partitions}).get(group, {})
+        total = 0
+        for p in partitions:
+            done = committed.get(p)
+            start = max(earliest[p].offset, done.offset if done and done.offset >= 0 else 0)
+            total += max(0, latest[p].offset - start)
+        unread[group] = total
+    return unread
+
+
+def adoption_refusals(
+    admin: KafkaAdminClient, topic: str, groups: list[str], process_records: bool
+) -> list[str]:
+    """Why a topic found on a cluster someone else runs must not be taken over as it is:
+    records our consumer groups have not read would all be processed, a confirmation mailed
+    for every order among them."""
+    unread = {g: n for g, n in unread_records(admin, topic, groups).items() if n}
+    if not unread or process_records:
+        return []
+    counts = ", ".join(f"{n} for {g}" for g, n in sorted(unread.items()))
+    return [
+        f"{topic} already holds records our consumer groups have not read ({counts}): they "
+        "would all be processed, a confirmation mailed for every order among them. Empty the "
+        "topic, or deploy with ExistingTopicRecords=process"
+    ]
