@@ -18,7 +18,13 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
-from orderstream.custom_resource import CustomResourceRequest, Outcome, respond
+from orderstream import custom_resource
+from orderstream.custom_resource import (
+    CustomResourceRequest,
+    Outcome,
+    respond,
+    while_iam_propagates,
+)
 from orderstream.redaction import masked_log_line
 
 logger = Logger(json_serializer=masked_log_line)
@@ -30,9 +36,7 @@ def _kafka_api() -> Any:
     return boto3.client("kafka")
 
 
-# This function runs seconds after CloudFormation created its role, and IAM is eventually
-# consistent: an AccessDenied then is a role not yet in force, worth a minute of retries.
-IAM_PROPAGATION_S = 60.0
+IAM_PROPAGATION_S = custom_resource.IAM_PROPAGATION_S  # tests shorten it
 ACCESS_DENIED = {"AccessDeniedException", "AccessDenied", "ForbiddenException"}
 
 
@@ -54,28 +58,29 @@ def check_cluster_arn(cluster_arn: str, stack_id: str) -> None:
         )
 
 
+def _access_denied(error: Exception) -> bool:
+    return (
+        isinstance(error, ClientError)
+        and error.response.get("Error", {}).get("Code") in ACCESS_DENIED
+    )
+
+
 def bootstrap_servers(cluster_arn: str, sleep: Callable[[float], None] = time.sleep) -> str:
     """The SASL/IAM bootstrap string (port 9098)."""
-    waited, delay = 0.0, 1.0
-    while True:
-        try:
-            response = _kafka_api().get_bootstrap_brokers(ClusterArn=cluster_arn)
-        except ClientError as error:
-            denied = error.response.get("Error", {}).get("Code") in ACCESS_DENIED
-            if not denied or waited + delay > IAM_PROPAGATION_S:
-                raise
-            logger.warning("access denied, retrying while IAM propagates", extra={"delay_s": delay})
-            sleep(delay)
-            waited, delay = waited + delay, min(delay * 2, 10.0)
-            continue
-        brokers: str | None = response.get("BootstrapBrokerStringSaslIam")
-        if not brokers:
-            # A cluster you run without IAM access control: the API answers, with other strings.
-            raise ClusterUnusable(
-                f"cluster {cluster_arn} has no IAM (SASL/IAM, port 9098) brokers: turn on IAM "
-                "client authentication (aws kafka update-security) or choose another cluster"
-            )
-        return brokers
+    response = while_iam_propagates(
+        lambda: _kafka_api().get_bootstrap_brokers(ClusterArn=cluster_arn),
+        _access_denied,
+        sleep,
+        IAM_PROPAGATION_S,
+    )
+    brokers: str | None = response.get("BootstrapBrokerStringSaslIam")
+    if not brokers:
+        # A cluster you run without IAM access control: the API answers, with other strings.
+        raise ClusterUnusable(
+            f"cluster {cluster_arn} has no IAM (SASL/IAM, port 9098) brokers: turn on IAM "
+            "client authentication (aws kafka update-security) or choose another cluster"
+        )
+    return brokers
 
 
 def physical_id(cluster_arn: str) -> str:

@@ -23,9 +23,15 @@ from typing import Any
 from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from kafka.admin import KafkaAdminClient
+from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
 
 from orderstream import settings
-from orderstream.custom_resource import CustomResourceRequest, Outcome, respond
+from orderstream.custom_resource import (
+    CustomResourceRequest,
+    Outcome,
+    respond,
+    while_iam_propagates,
+)
 from orderstream.settings import KafkaSettings
 from orderstream.topics import (
     adoption_refusals,
@@ -106,27 +112,38 @@ def provision(request: CustomResourceRequest) -> Outcome:
     # A new resource: a Create, or an Update to another cluster or topic (CloudFormation then
     # deletes the old id). An existing one keeps the id it was created with.
     new = request.physical_resource_id not in (resource_id, found_id)
-    admin = admin_for(servers)
-    try:
-        if request.physical_resource_id == found_id or (new and topic in admin.list_topics()):
-            if new:
-                groups = [str(g) for g in props.get("ConsumerGroups", [])]
-                process = str(props.get("ExistingTopicRecords", "refuse")) == "process"
-                refusals = adoption_refusals(admin, topic, groups, process)
-                if refusals:
-                    raise AdoptionRefused("; ".join(refusals))
-            count = partition_counts(admin, [topic]).get(topic, 0)
-            reason = (
-                f"{topic} adopted as it is ({count} partitions): it existed before this stack, "
-                "which never alters or deletes it"
-            )
-            logger.info("topic adopted", extra={"topic": topic, "partitions": count})
-            return Outcome(found_id, data=data, reason=reason)
-        changes = reconcile_topics(admin, specs)
-    finally:
-        admin.close()
-    logger.info("topics reconciled", extra={"changes": changes.summary()})
-    return Outcome(resource_id, data=data, reason=changes.summary())
+
+    def work() -> Outcome:
+        admin = admin_for(servers)
+        try:
+            if request.physical_resource_id == found_id or (new and topic in admin.list_topics()):
+                if new:
+                    groups = [str(g) for g in props.get("ConsumerGroups", [])]
+                    process = str(props.get("ExistingTopicRecords", "refuse")) == "process"
+                    refusals = adoption_refusals(admin, topic, groups, process)
+                    if refusals:
+                        raise AdoptionRefused("; ".join(refusals))
+                count = partition_counts(admin, [topic]).get(topic, 0)
+                logger.info("topic adopted", extra={"topic": topic, "partitions": count})
+                return Outcome(
+                    found_id,
+                    data=data,
+                    reason=f"{topic} adopted as it is ({count} partitions): it existed before "
+                    "this stack, which never alters or deletes it",
+                )
+            changes = reconcile_topics(admin, specs)
+        finally:
+            admin.close()
+        logger.info("topics reconciled", extra={"changes": changes.summary()})
+        return Outcome(resource_id, data=data, reason=changes.summary())
+
+    # The role may have changed a moment ago (a new cluster's ARN): MSK refuses until it holds.
+    return while_iam_propagates(work, kafka_denied)
+
+
+def kafka_denied(error: Exception) -> bool:
+    """MSK's answer to an IAM policy that does not (yet) allow the call."""
+    return isinstance(error, AuthorizationError | SaslAuthenticationFailedError)
 
 
 @logger.inject_lambda_context

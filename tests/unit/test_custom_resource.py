@@ -15,6 +15,7 @@ from orderstream.custom_resource import (
     Outcome,
     answer,
     put_response,
+    while_iam_propagates,
 )
 from tests.fakes import recording_http_server
 from tests.samples import load_event
@@ -118,3 +119,44 @@ def test_unparseable_requests_are_refused() -> None:
         CustomResourceRequest.model_validate(
             {**load_event("cfn-topics-create.json"), "RequestType": "Upsert"}
         )
+
+
+def test_a_policy_not_yet_in_force_is_waited_for_a_minute_at_most() -> None:
+    """The topic provisioner after its role changed (a new cluster's ARN): MSK refuses the
+    Kafka calls until IAM has propagated, then they pass."""
+    from kafka.errors import SaslAuthenticationFailedError, TopicAuthorizationFailedError
+
+    from functions.topic_provisioner.app import kafka_denied
+
+    answers: list[Exception | str] = [
+        SaslAuthenticationFailedError("not yet"),
+        TopicAuthorizationFailedError("not yet"),
+        "created",
+    ]
+
+    def call() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    slept: list[float] = []
+    assert while_iam_propagates(call, kafka_denied, slept.append) == "created"
+    assert slept == [1.0, 2.0]
+
+    # A denial that outlasts the window is raised; anything else at once.
+    def denied() -> str:
+        raise TopicAuthorizationFailedError("still")
+
+    slept.clear()
+    with pytest.raises(TopicAuthorizationFailedError):
+        while_iam_propagates(denied, kafka_denied, slept.append, window_s=30)
+    assert slept == [1.0, 2.0, 4.0, 8.0, 10.0]  # 25 s waited; another 10 would pass 30
+
+    def broken() -> str:
+        raise ValueError("not a denial")
+
+    slept.clear()
+    with pytest.raises(ValueError, match="not a denial"):
+        while_iam_propagates(broken, kafka_denied, slept.append)
+    assert slept == []

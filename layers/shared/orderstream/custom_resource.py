@@ -23,6 +23,29 @@ logger = logging.getLogger(__name__)
 # Answer this long before the function's own timeout, so the PUT itself has time to finish.
 SAFETY_MARGIN_MS = 10_000
 MAX_REASON = 3_000  # CloudFormation truncates the response body at 4 KiB
+# A custom resource runs seconds after CloudFormation created or changed its function's role,
+# and IAM is eventually consistent: a denial then is a policy not yet in force.
+IAM_PROPAGATION_S = 60.0
+
+
+def while_iam_propagates[T](
+    call: Callable[[], T],
+    denied: Callable[[Exception], bool],
+    sleep: Callable[[float], None] = time.sleep,
+    window_s: float = IAM_PROPAGATION_S,
+) -> T:
+    """`call()`, again after 1, 2, 4... (at most 10) seconds while it is `denied`, until a wait
+    would end past `window_s`; then the denial is raised."""
+    waited, delay = 0.0, 1.0
+    while True:
+        try:
+            return call()
+        except Exception as error:
+            if not denied(error) or waited + delay > window_s:
+                raise
+            logger.warning("denied, retrying while IAM propagates", extra={"delay_s": delay})
+            sleep(delay)
+            waited, delay = waited + delay, min(delay * 2, 10.0)
 
 
 class CustomResourceRequest(BaseModel):
