@@ -134,13 +134,7 @@ def test_a_topic_that_was_there_first_is_adopted_never_altered_never_deleted(
 ) -> None:
     """ClusterType=existing: someone's cluster already holds order-placed, say with 3
     partitions. The stack uses it as it is, and even DeleteTopicsOnStackDelete=true keeps it."""
-    topic = f"order-placed-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=kafka_broker.bootstrap_servers)
-    try:
-        admin.create_topics([NewTopic(topic, 3, 1)])
-    finally:
-        admin.close()
-
+    topic = existing_topic(kafka_broker, partitions=3)
     _, created = run(
         cluster,
         kafka_broker,
@@ -246,11 +240,12 @@ def produce(broker: EmbeddedBroker, topic: str, count: int) -> None:
         producer.close()
 
 
-def existing_topic(broker: EmbeddedBroker, records: int = 0) -> str:
+def existing_topic(broker: EmbeddedBroker, records: int = 0, partitions: int = 2) -> str:
+    """A topic someone else made before the stack came."""
     topic = f"order-placed-{uuid.uuid4().hex[:8]}"
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
     try:
-        admin.create_topics([NewTopic(topic, 2, 1)])
+        admin.create_topics([NewTopic(topic, partitions, 1)])
     finally:
         admin.close()
     produce(broker, topic, records)
