@@ -15,7 +15,7 @@ SITE := $(VENV)/lib/python$(PYTHON_VERSION)/site-packages
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export AWS_DEFAULT_REGION ?= eu-west-1
 
-.PHONY: help venv test lint typecheck pytest build run status bench schemas clean
+.PHONY: help venv test unit lint typecheck pytest build run status bench schemas clean
 
 help:
 	@echo "make test       lint, type-check and run every test (creates .venv on first use)"
@@ -65,6 +65,11 @@ typecheck: $(STAMP)
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 pytest: $(STAMP) $(CHECKOV_STAMP)
 	$(PY) -m pytest
+
+# The inner loop: the fast tests only (no broker, no stack, no template tools, nothing marked
+# slow), under a minute; `make test` runs them all.
+unit: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests/unit
 
 build: $(STAMP)
 	sam build --cached --parallel

@@ -29,12 +29,13 @@ from orderstream.archive import (
     archive_batch,
 )
 from orderstream.events import ORDER_EVENTS
+from orderstream.redaction import masked_log_line
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
     from mypy_boto3_s3 import S3Client
 
-logger = Logger()
+logger = Logger(json_serializer=masked_log_line)
 tracer = Tracer()
 metrics = Metrics()
 

@@ -32,6 +32,7 @@ from orderstream.custom_resource import (
     respond,
     while_iam_propagates,
 )
+from orderstream.redaction import masked_log_line
 from orderstream.settings import KafkaSettings
 from orderstream.topics import (
     adoption_refusals,
@@ -41,7 +42,7 @@ from orderstream.topics import (
     required_topics,
 )
 
-logger = Logger()
+logger = Logger(json_serializer=masked_log_line)
 tracer = Tracer()
 
 
