@@ -19,7 +19,7 @@ from typing import IO, Any, Self
 
 import boto3
 
-from devstack.ports import LOOPBACK, free_port, port_in_use, stop_process, wait_for_port
+from devstack.ports import LOOPBACK, free_port, leashed, port_in_use, stop_process, wait_for_port
 from devstack.template import ACCOUNT_ID, REGION, Resolver
 
 CREATED_LOCALLY = {"AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SES::Template"}
@@ -53,7 +53,9 @@ class MotoServer:
         self._log = tempfile.TemporaryFile(prefix="moto-")  # noqa: SIM115 -- lives with the server
         # moto_server itself, with S3's conditional writes made atomic (devstack/moto_strict.py).
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "devstack.moto_strict", "-H", LOOPBACK, "-p", str(self.port)],
+            leashed(
+                [sys.executable, "-m", "devstack.moto_strict", "-H", LOOPBACK, "-p", str(self.port)]
+            ),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

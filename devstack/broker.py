@@ -14,7 +14,7 @@ import time
 from types import TracebackType
 from typing import IO, Self
 
-from devstack.ports import LOOPBACK, free_port, port_in_use, stop_process, wait_for_port
+from devstack.ports import LOOPBACK, free_port, leashed, port_in_use, stop_process, wait_for_port
 
 
 class BrokerError(RuntimeError):
@@ -74,16 +74,18 @@ class EmbeddedBroker:
         self._log = tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 -- lives as long as the broker
         env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "STORAGE_ENGINE"}}
         self._process = subprocess.Popen(
-            [
-                broker_binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                f"tcp://{self.bootstrap_servers}",
-                "--storage-engine",
-                self.storage,
-            ],
+            leashed(
+                [
+                    broker_binary(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    f"tcp://{self.bootstrap_servers}",
+                    "--storage-engine",
+                    self.storage,
+                ]
+            ),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -67,6 +67,9 @@ class MappingConfigError(ValueError):
     """A mapping Lambda would refuse to create; the message names the property."""
 
 
+POLL_SLICE_MS = 200  # how long a poller waits for records before it looks at its stop flag
+
+
 @dataclass(frozen=True)
 class MappingSpec:
     """One `Type: MSK` event of a function, resolved."""
@@ -646,11 +649,14 @@ class _Poller:
             with self._lock:
                 if self._pending is not None:
                     break  # reassigned: deliver what is in hand, then take the new partitions
-            wait_ms = (
-                200
+            # At most POLL_SLICE_MS at a time, whatever the window (the archiver's is 60 s): a
+            # stop is seen within a slice, not at the window's end.
+            left_ms = (
+                POLL_SLICE_MS
                 if opened is None
                 else max(1, int((self.spec.batching_window_s - (time.monotonic() - opened)) * 1000))
             )
+            wait_ms = min(POLL_SLICE_MS, left_ms)
             fetched = self._consumer.poll(
                 timeout_ms=wait_ms, max_records=self.spec.batch_size - len(batch)
             )

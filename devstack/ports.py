@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +34,14 @@ def wait_for_port(port: int, timeout_s: float, host: str = LOOPBACK) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def leashed(command: list[str]) -> list[str]:
+    """`command`, made to die with this process even when it is SIGKILLed (devstack/leash.py).
+    Start leashed processes from the main thread: Linux ties the leash to the starting thread."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-m", "devstack.leash", str(os.getpid()), *command]
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, grace_s: float) -> None:
@@ -66,7 +76,10 @@ class LoopbackServer:
 
     def start(self) -> Self:
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=self.thread_name, daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},  # shutdown() waits up to one interval
+            name=self.thread_name,
+            daemon=True,
         )
         self._thread.start()
         return self
