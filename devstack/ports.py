@@ -6,10 +6,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Self
+from types import TracebackType
+from typing import IO, Self
 
 LOOPBACK = "127.0.0.1"
 
@@ -54,6 +56,74 @@ def stop_process(process: subprocess.Popen[bytes] | None, grace_s: float) -> Non
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(grace_s)
+
+
+class ServerProcess:
+    """A server we run as a child process on one loopback port (the broker, moto_server): its
+    own session, so a terminal's Ctrl-C reaches us and we stop it in order; on a leash, so it
+    dies with us; its output in a temporary file for errors; stopped on `stop()` or leaving a
+    `with` block."""
+
+    stop_grace_s = 5.0  # SIGTERM, then SIGKILL after this long
+
+    def __init__(self, port: int | None = None) -> None:
+        self._requested_port = port
+        self.port = port or 0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _claim_port(self, error: type[Exception]) -> None:
+        """Refuse a requested port that is taken; else take it, or a free one."""
+        if self._requested_port and port_in_use(self._requested_port):
+            raise error(
+                f"port {self._requested_port} on {LOOPBACK} is already in use: stop what holds it "
+                "or choose another port"
+            )
+        self.port = self._requested_port or free_port()
+
+    def _launch(
+        self, command: list[str], log_prefix: str, env: dict[str, str] | None = None
+    ) -> None:
+        self._log = tempfile.TemporaryFile(prefix=log_prefix)  # noqa: SIM115 -- lives with the server
+        self._process = subprocess.Popen(
+            leashed(command),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+    def log_tail(self, limit: int = 2000) -> str:
+        if self._log is None:
+            return "(no log)"
+        self._log.seek(0)
+        return self._log.read().decode(errors="replace")[-limit:]
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        process, self._process = self._process, None
+        stop_process(process, self.stop_grace_s if timeout_s is None else timeout_s)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class LoopbackServer:
