@@ -66,8 +66,9 @@ from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from pydantic import ValidationError
 
-from orderstream.dead_letter import DeadLetterSource
+from orderstream.dead_letter import DeadLetterSource, original_value
 from orderstream.events import EVENT_TYPE, OrderPlaced, describe
+from orderstream.text import clip
 
 TOPICS_DIR: Final = "topics"
 SUFFIX: Final = ".jsonl.gz"
@@ -301,7 +302,7 @@ def object_partition_and_block(key: str) -> tuple[int, int]:
 def archive_line(record: ArchivableRecord) -> ArchiveLine:
     """The record as one deterministic JSON line; never raises for any key, value or headers."""
     key, key_encoding, key_error = _key(record.original_key)
-    value = _value(_original_value(record))
+    value = _value(original_value(record))
     error = _join(value.error, key_error)
     head = {
         "topic": record.topic,
@@ -514,7 +515,7 @@ def _key(original: str | None) -> tuple[str | None, Encoding | None, str | None]
         raw = base64.b64decode(original, validate=True)
     except (binascii.Error, ValueError) as exc:
         # Lambda always sends base64; keep what came so nothing is lost, and say so.
-        return original, "base64", _clip(f"key is not valid base64: {exc}")
+        return original, "base64", clip(f"key is not valid base64: {exc}", MAX_ERROR_CHARS)
     text, encoding = _text_or_base64(raw)
     return text, encoding, None
 
@@ -531,7 +532,7 @@ def _value(original: str | None) -> _Value:
     try:
         raw = base64.b64decode(original, validate=True)
     except (binascii.Error, ValueError) as exc:
-        return _Value(None, original, _clip(f"value is not valid base64: {exc}"))
+        return _Value(None, original, clip(f"value is not valid base64: {exc}", MAX_ERROR_CHARS))
     # Parsed here rather than by Powertools' JSON deserializer: that one keeps the last of a
     # repeated key and reads NaN, and the archive must keep such a value raw instead.
     try:
@@ -543,11 +544,10 @@ def _value(original: str | None) -> _Value:
             parse_float=_finite_float,
         )
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return _Value(
-            None, original, _clip(f"value is not UTF-8 JSON: {type(exc).__name__}: {exc}")
-        )
+        reason = f"value is not UTF-8 JSON: {type(exc).__name__}: {exc}"
+        return _Value(None, original, clip(reason, MAX_ERROR_CHARS))
     except ValueError as exc:  # ours, or Python's cap on an integer's digits
-        return _Value(None, original, _clip(f"value is not portable JSON: {exc}"))
+        return _Value(None, original, clip(f"value is not portable JSON: {exc}", MAX_ERROR_CHARS))
     except RecursionError:
         return _Value(None, original, "value is not portable JSON: nested too deeply")
     if not isinstance(parsed, dict):
@@ -557,7 +557,7 @@ def _value(original: str | None) -> _Value:
         OrderPlaced.model_validate(parsed)
     except ValidationError as exc:
         reason = f"value is not a valid {EVENT_TYPE} event: {describe(exc)}"
-        return _Value(None, original, _clip(reason))
+        return _Value(None, original, clip(reason, MAX_ERROR_CHARS))
     if _LINE_BREAKS.search(text):
         # A JSON line cannot hold a line break between tokens: embed the object re-serialised
         # (ASCII, so lone surrogates stay valid) and keep the bytes beside it.
@@ -590,15 +590,6 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def _original_value(record: ArchivableRecord) -> str | None:
-    # Lambda sends a tombstone's value as null or leaves the field out; Powertools' accessor
-    # answers the second with KeyError.
-    try:
-        return record.original_value
-    except KeyError:
-        return None
-
-
 def _headers(
     original: Sequence[Mapping[str, Sequence[int] | None]],
 ) -> list[dict[str, str | None]]:
@@ -628,7 +619,3 @@ def _text_or_base64(raw: bytes) -> tuple[str, Encoding]:
 def _join(*errors: str | None) -> str | None:
     present = [e for e in errors if e]
     return "; ".join(present) if present else None
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."

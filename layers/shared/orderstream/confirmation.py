@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
 
 from orderstream.dead_letter import DeadLetter, dead_letter
 from orderstream.events import InvalidEventError, OrderPlaced, from_record
+from orderstream.text import clip
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecordRecords
@@ -198,7 +199,7 @@ def deliveries(statuses: Sequence[Mapping[str, Any]]) -> list[Delivery]:
         if code == "Success" or (code is None and message_id):
             answers.append(Delivery(message_id=message_id or ""))
         else:
-            error = _clip(f"{code or 'no status'}: {status.get('Error') or 'no detail'}")
+            error = _cut(f"{code or 'no status'}: {status.get('Error') or 'no detail'}")
             answers.append(Delivery(error=error, retryable=code not in PERMANENT_SES_STATUSES))
     return answers
 
@@ -508,7 +509,7 @@ def _decode(record: ConsumerRecordRecords) -> OrderPlaced:
     except KeyError as exc:  # Powertools' accessors when Lambda left a field out
         raise InvalidEventError(f"record has no {exc.args[0]!s} field (a tombstone?)") from exc
     except Exception as exc:  # a record must never stop the batch, whatever it holds
-        raise InvalidEventError(_clip(f"undecodable record: {type(exc).__name__}: {exc}")) from exc
+        raise InvalidEventError(_cut(f"undecodable record: {type(exc).__name__}: {exc}")) from exc
 
 
 @dataclass
@@ -558,7 +559,7 @@ class _Run:
         held: list[_Order] = []
         for order, claim in zip(chunk, claims, strict=True):
             if isinstance(claim, LedgerError):
-                self.outcome._fail(Problem("ledger", _clip(str(claim)), order.refs, order.order_id))
+                self.outcome._fail(Problem("ledger", _cut(str(claim)), order.refs, order.order_id))
             elif claim is Claim.SENT:
                 self.outcome.duplicates += len(order.records)
             elif claim is Claim.CONFLICT:
@@ -653,7 +654,7 @@ class _Run:
             if outcome.permanent and self._blames([order], outcome) is not False:
                 self._reject(order, "ses-rejected", f"SES refused the confirmation: {outcome}")
             else:
-                self.outcome._fail(Problem("ses", _clip(str(outcome)), order.refs, order.order_id))
+                self.outcome._fail(Problem("ses", _cut(str(outcome)), order.refs, order.order_id))
 
     def _settle(self, claimed: Sequence[_Order], answers: Sequence[Delivery]) -> None:
         delivered = [(o, a) for o, a in zip(claimed, answers, strict=True) if a.sent]
@@ -702,7 +703,7 @@ class _Run:
             self.outcome.problems.append(
                 Problem(
                     "ledger",
-                    f"sent, but not recorded as sent: {_clip(str(error))}",
+                    f"sent, but not recorded as sent: {_cut(str(error))}",
                     order.refs,
                     order.order_id,
                     retried=False,
@@ -711,7 +712,7 @@ class _Run:
 
     def _reject(self, order: _Order, stage: str, reason: str) -> None:
         self.outcome.problems.append(
-            Problem(stage, _clip(reason), order.refs, order.order_id, retried=False)
+            Problem(stage, _cut(reason), order.refs, order.order_id, retried=False)
         )
         self.rejected.append((order, reason))
 
@@ -729,7 +730,7 @@ class _Run:
                 self.outcome.problems.append(
                     Problem(
                         "ledger",
-                        f"claim not released: {_clip(str(error))}",
+                        f"claim not released: {_cut(str(error))}",
                         order.refs,
                         order.order_id,
                         retried=True,
@@ -749,11 +750,11 @@ def _bury(
         dead_letters.put(letter)
     except DeadLetterError as exc:
         # Not stored means not lost only if the mapping delivers the record again.
-        detail = f"dead letter not stored ({_clip(str(exc))}) for: {letter.reason}"
+        detail = f"dead letter not stored ({_cut(str(exc))}) for: {letter.reason}"
         outcome._fail(Problem("dead-letter", detail, (RecordRef.of(record),)))
         return
     outcome.dead_letters.append(letter)
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_DETAIL_CHARS else text[: MAX_DETAIL_CHARS - 3] + "..."
+def _cut(text: str) -> str:
+    return clip(text, MAX_DETAIL_CHARS)

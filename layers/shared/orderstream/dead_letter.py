@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 from urllib.parse import quote
 
+from orderstream.text import clip
+
 PREFIX: Final = "dead-letters"
 VERSION: Final = 1
 CONTENT_TYPE: Final = "application/json"
@@ -91,7 +93,7 @@ def dead_letter_key(consumer: str, topic: str, partition: int, offset: int) -> s
 
 def dead_letter(record: DeadLetterSource, *, reason: str, consumer: str) -> DeadLetter:
     """The record's dead letter; never raises for any key, value or headers Lambda can send."""
-    reason = _clip(reason.strip() or "no reason given")
+    reason = clip(reason.strip() or "no reason given", MAX_REASON_CHARS)
     document: dict[str, Any] = {
         "version": VERSION,
         "consumer": consumer,
@@ -102,7 +104,7 @@ def dead_letter(record: DeadLetterSource, *, reason: str, consumer: str) -> Dead
         "timestamp": record.timestamp,
         "timestamp_type": record.timestamp_type,
         "key": record.original_key,
-        "value": _original_value(record),
+        "value": original_value(record),
         "headers": _raw_headers(record.original_headers),
     }
     body = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
@@ -132,7 +134,8 @@ def lambda_record(document: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
-def _original_value(record: DeadLetterSource) -> str | None:
+def original_value(record: DeadLetterSource) -> str | None:
+    """The record's value as Lambda sent it (base64), None for a tombstone however sent."""
     try:
         return record.original_value
     except KeyError:  # Powertools' accessor when Lambda left a tombstone's value out
@@ -147,7 +150,3 @@ def _raw_headers(
         for chunk in original
         for name, octets in chunk.items()
     ]
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 3] + "..."
