@@ -10,7 +10,6 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 from devstack.context import LambdaContext
 from orderstream.archive import StoredObject, WriteConflict
@@ -115,14 +114,21 @@ def recording_http_server() -> Iterator[tuple[str, list[Recorded]]]:
         server.server_close()
 
 
-def emitted_metrics(stdout: str) -> dict[str, Any]:
-    """Metric values from the CloudWatch EMF blob(s) Powertools printed."""
-    values: dict[str, Any] = {}
-    for text in stdout.splitlines():
-        if text.startswith("{") and '"_aws"' in text:
-            blob = json.loads(text)
+def emitted_metric_values(stdout: str) -> dict[str, list[float]]:
+    """Metric name -> every value, from the CloudWatch EMF blobs Powertools printed."""
+    found: dict[str, list[float]] = {}
+    for line in stdout.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            blob = json.loads(line)
             for directive in blob["_aws"]["CloudWatchMetrics"]:
                 for metric in directive["Metrics"]:
-                    value = blob[metric["Name"]]
-                    values[metric["Name"]] = value[0] if isinstance(value, list) else value
-    return values
+                    values = blob[metric["Name"]]
+                    found.setdefault(metric["Name"], []).extend(
+                        values if isinstance(values, list) else [values]
+                    )
+    return found
+
+
+def emitted_metrics(stdout: str) -> dict[str, float]:
+    """Metric name -> its value, for handlers that emit each metric once."""
+    return {name: values[-1] for name, values in emitted_metric_values(stdout).items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 import boto3
 import pytest
@@ -44,11 +45,8 @@ def handlers(
     from functions.email_notifier import app as notifier
     from functions.s3_archiver import app as archiver
 
-    s3 = boto3.client("s3")
     for bucket in (ARCHIVE_BUCKET, DEAD_LETTER_BUCKET):
-        s3.create_bucket(
-            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
-        )
+        s3_with_bucket(bucket)
     ses = boto3.client("ses")
     ses.verify_email_identity(EmailAddress=SENDER)
     ses.create_template(Template=TEMPLATE)
@@ -65,6 +63,13 @@ def handlers(
     yield archiver, notifier
     archiver.archive_store.cache_clear()
     notifier.notifier.cache_clear()
+
+
+def s3_with_bucket(bucket: str) -> Any:
+    """An S3 client (moto) and the bucket, created in the template's region."""
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    return s3
 
 
 def objects(bucket: str) -> dict[str, bytes]:

@@ -45,7 +45,7 @@ from orderstream.events import OrderPlaced
 from orderstream.models import LineItem
 from tests.fakes import LambdaContext, emitted_metrics
 from tests.samples import load_event
-from tests.unit.conftest import SENDER, TEMPLATE
+from tests.unit.conftest import SENDER, TEMPLATE, s3_with_bucket
 from tests.unit.test_confirmation import (
     kafka_records,
     msk_batch,
@@ -66,11 +66,7 @@ def ses(aws: None) -> Any:
 
 @pytest.fixture
 def s3(aws: None) -> Any:
-    client = boto3.client("s3")
-    client.create_bucket(
-        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
-    )
-    return client
+    return s3_with_bucket(BUCKET)
 
 
 @pytest.fixture

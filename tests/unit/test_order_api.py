@@ -27,7 +27,7 @@ from orderstream import events, kafka_client, publishing, settings
 from orderstream.models import OrderRequest
 from orderstream.publishing import OrderInProgressError
 from orderstream.redaction import mask_emails
-from tests.fakes import LambdaContext
+from tests.fakes import LambdaContext, emitted_metric_values
 from tests.samples import load_event
 
 SAMPLE = load_event("api-post-order.json")
@@ -159,21 +159,6 @@ def log_text() -> Iterator[io.StringIO]:
         handler.setStream(previous)
 
 
-def emitted_metrics(output: str) -> dict[str, list[float]]:
-    """Metric name -> values, from the EMF blobs Powertools prints."""
-    found: dict[str, list[float]] = {}
-    for line in output.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            blob = json.loads(line)
-            for directive in blob["_aws"]["CloudWatchMetrics"]:
-                for metric in directive["Metrics"]:
-                    values = blob[metric["Name"]]
-                    found.setdefault(metric["Name"], []).extend(
-                        values if isinstance(values, list) else [values]
-                    )
-    return found
-
-
 # --- accepted ------------------------------------------------------------------------------
 
 
@@ -202,7 +187,7 @@ def test_sample_event_is_accepted_and_published_with_key_headers_and_value(
     assert event.correlation_id == SAMPLE_REQUEST_ID
     assert str(event.order.total) == "52.40"
     assert event.order == OrderRequest.model_validate(SAMPLE_BODY).to_order()
-    metrics = emitted_metrics(capsys.readouterr().out)
+    metrics = emitted_metric_values(capsys.readouterr().out)
     assert metrics["OrdersAccepted"] == [1.0]
     assert len(metrics["PublishLatency"]) == 1
 
@@ -261,7 +246,7 @@ def test_the_same_order_again_replays_the_answer_and_publishes_nothing(
     assert first.status == replay.status == 202
     assert replay.body == first.body
     assert len(producer.sent) == 1
-    metrics = emitted_metrics(capsys.readouterr().out)
+    metrics = emitted_metric_values(capsys.readouterr().out)
     assert metrics["OrdersAccepted"] == [1.0]
     assert metrics["OrdersDuplicate"] == [1.0]
 
@@ -295,7 +280,7 @@ def test_a_failed_publish_leaves_no_record_behind(
     retried = invoke(api_event(order_body()))
     assert retried.status == 202
     assert len(producer.sent) == 1
-    metrics = emitted_metrics(capsys.readouterr().out)
+    metrics = emitted_metric_values(capsys.readouterr().out)
     assert metrics["PublishFailures"] == [1.0]
     assert metrics["OrdersAccepted"] == [1.0]
 
@@ -421,7 +406,7 @@ def test_invalid_sample_is_422_with_a_reason_per_field(
     assert all(reasons.values())
     assert "greater than or equal to 1" in reasons["items.0.quantity"]
     assert producer.sent == []
-    assert emitted_metrics(capsys.readouterr().out)["OrdersRejected"] == [1.0]
+    assert emitted_metric_values(capsys.readouterr().out)["OrdersRejected"] == [1.0]
 
 
 def test_an_address_ses_cannot_take_is_422_on_its_field(producer: FakeProducer) -> None:

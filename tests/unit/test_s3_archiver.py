@@ -23,6 +23,7 @@ from orderstream.archive import WriteConflict
 from orderstream.events import ORDER_EVENTS
 from tests.fakes import emitted_metrics
 from tests.samples import load_event, template_archive_years
+from tests.unit.conftest import s3_with_bucket
 
 BUCKET = "orderstream-archive-test"
 HOUR_14 = "topics/order-placed/year=2026/month=11/day=25/hour=14"
@@ -36,11 +37,7 @@ CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/6f1a2b3c
 
 @pytest.fixture
 def s3(aws: None) -> Any:
-    client = boto3.client("s3")
-    client.create_bucket(
-        Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"}
-    )
-    return client
+    return s3_with_bucket(BUCKET)
 
 
 @pytest.fixture
