@@ -1,7 +1,7 @@
 """What bench/run.py's parts share: result rows, percentiles, a Lambda context, the machine.
 
-Only standard-library modules that never import `email` are imported here: bench/email.py
-would shadow that package for a script run from this folder.
+Only standard-library modules are imported here, and no module of this folder may be named after
+one (the email benchmark is emails.py): a script run from here would import ours instead.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Lambda's MSK event, built from records read by a plain Kafka consumer.
 
-The shape is the one Lambda's event-source mapping sends (see DESIGN.md): records grouped under
+The shape is the one Lambda's event-source mapping sends (Lambda guide, MSK event): records under
 "<topic>-<partition>", key and value base64 (key absent when null, value null for a tombstone),
 headers as a list of one-entry dicts of byte lists (null for a null header value). The Lambda
 guide's own sample event is events/msk-guide-sample.json; tests hold these events to its shape.
