@@ -144,7 +144,7 @@ def bulk(
 def one_call_per_order(records: list[PlainRecord], template: str) -> tuple[Counter[str], float]:
     import boto3
 
-    from orderstream.confirmation import confirmation_for
+    from orderstream.email_content import confirmation_for
     from orderstream.events import from_bytes
 
     client = boto3.client("ses")

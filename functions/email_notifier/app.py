@@ -46,25 +46,27 @@ from botocore.exceptions import BotoCoreError, ClientError
 from orderstream import settings
 from orderstream.confirmation import (
     FINGERPRINT_VERSION,
-    PERMANENT_SES_STATUSES,
     Claim,
-    Confirmation,
     ConfirmationOutcome,
     DeadLetterError,
-    Delivery,
     KafkaBatchResponse,
     LedgerError,
     MailerError,
     Problem,
     TimeBudget,
-    bulk_request,
     confirm_batch,
-    deliveries,
 )
 from orderstream.dead_letter import CONTENT_TYPE as DEAD_LETTER_CONTENT_TYPE
 from orderstream.dead_letter import DeadLetter
+from orderstream.email_content import Confirmation
 from orderstream.events import ORDER_EVENTS
 from orderstream.redaction import masked_log_line
+from orderstream.ses_bulk import (
+    PERMANENT_SES_STATUSES,
+    Delivery,
+    bulk_request,
+    deliveries,
+)
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import BasePersistenceLayer

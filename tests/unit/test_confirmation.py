@@ -27,28 +27,32 @@ from hypothesis import given
 
 from devstack.msk_event import PlainRecord, msk_event
 from orderstream.confirmation import (
-    ESCAPED_BY_RENDERERS,
-    MAX_DESTINATIONS_PER_CALL,
     MAX_SETTLE_ATTEMPTS,
     Claim,
-    Confirmation,
     ConfirmationOutcome,
     DeadLetterError,
-    Delivery,
     LedgerError,
     MailerError,
     RecordRef,
     TimeBudget,
-    bulk_request,
     confirm_batch,
+)
+from orderstream.dead_letter import DeadLetter
+from orderstream.email_content import (
+    ESCAPED_BY_RENDERERS,
+    Confirmation,
     confirmation_for,
-    deliveries,
     inert,
     template_data,
 )
-from orderstream.dead_letter import DeadLetter
 from orderstream.events import ORDER_EVENTS, OrderPlaced, to_message
 from orderstream.models import Customer, LineItem, Order, compute_total
+from orderstream.ses_bulk import (
+    MAX_DESTINATIONS_PER_CALL,
+    Delivery,
+    bulk_request,
+    deliveries,
+)
 from tests.strategies import text
 
 CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/6f1a2b3c-s1"

@@ -34,15 +34,17 @@ from devstack.msk_event import PlainRecord
 from devstack.template import ROOT, load_template
 from orderstream import settings
 from orderstream.confirmation import (
-    MAX_DESTINATIONS_PER_CALL,
     Claim,
     LedgerError,
     MailerError,
+)
+from orderstream.email_content import (
     confirmation_for,
     template_data,
 )
 from orderstream.events import OrderPlaced
 from orderstream.models import LineItem
+from orderstream.ses_bulk import MAX_DESTINATIONS_PER_CALL
 from tests.fakes import LambdaContext, emitted_metrics
 from tests.samples import load_event
 from tests.unit.conftest import SENDER, TEMPLATE, s3_with_bucket

@@ -1,6 +1,7 @@
-"""Order confirmations: what each email says, and one email per order whatever Kafka redelivers.
+"""Order confirmations: one email per order whatever Kafka redelivers, as claim -> send -> settle.
 
-Nothing here calls AWS. `confirm_batch` drives three ports the email notifier implements:
+What each email says is orderstream.email_content's; SES's request and answers are
+orderstream.ses_bulk's. Nothing here calls AWS. `confirm_batch` drives three ports the email notifier implements:
 a `Ledger` (Powertools idempotency records in DynamoDB), a `Mailer` (SES bulk sends) and a
 `DeadLetterStore` (S3); tests drive it with in-memory fakes.
 
@@ -37,90 +38,22 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
 
 from orderstream.dead_letter import DeadLetter, dead_letter
+from orderstream.email_content import Confirmation, confirmation_for
 from orderstream.events import InvalidEventError, OrderPlaced, from_record
+from orderstream.ses_bulk import MAX_DESTINATIONS_PER_CALL, Delivery
 from orderstream.text import clip
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecordRecords
 
-#: SendBulkTemplatedEmail's limit of destinations per call.
-MAX_DESTINATIONS_PER_CALL: Final = 50
-
-# Per-destination statuses that a retry cannot fix: the record goes to the dead letters instead
-# of blocking its partition. Every other status (throttling, paused sending, a missing template,
-# "Failed") is about the account or the moment, so the order is retried.
-PERMANENT_SES_STATUSES: Final = frozenset({"MessageRejected", "InvalidParameterValue"})
-
 MAX_DETAIL_CHARS: Final = 300
 _ADDRESS: Final = re.compile(r"[^\s@:;,<>()\[\]\"']+@[^\s@:;,<>()\[\]\"']+")
-
-# ------------------------------------------------------------------------------ the content
-
-# Customer text goes into the template data made *inert*: the characters any HTML-escaping
-# renderer would change (Handlebars escapes & < > " ' ` =) are replaced by look-alikes, and
-# bidirectional overrides (which can make text display reversed) are dropped. Why not rely on
-# the renderer: SES's Handlebars escapes `{{x}}` in every part, so the plain-text part would
-# show "O&#x27;Brien"; its raw `{{{x}}}` form is not understood by moto's renderer, which
-# escapes nothing. With inert data both renderers produce the same bytes, safe in HTML and
-# readable as text, and the tests can check the very output SES would send.
-_INERT: Final = str.maketrans(
-    {
-        "&": "\uff06",  # FULLWIDTH AMPERSAND
-        "<": "\uff1c",  # FULLWIDTH LESS-THAN SIGN
-        ">": "\uff1e",  # FULLWIDTH GREATER-THAN SIGN
-        '"': "\uff02",  # FULLWIDTH QUOTATION MARK
-        "'": "\u2019",  # RIGHT SINGLE QUOTATION MARK, the typographic apostrophe
-        "`": "\uff40",  # FULLWIDTH GRAVE ACCENT
-        "=": "\uff1d",  # FULLWIDTH EQUALS SIGN
-        **dict.fromkeys(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)])),
-    }
-)
-#: What no value in the template data contains.
-ESCAPED_BY_RENDERERS: Final = frozenset("&<>\"'`=")
-
-
-def inert(text: str) -> str:
-    """`text` with nothing a renderer would escape or a mail client would act on."""
-    return text.translate(_INERT)
-
-
-def money(amount: Decimal) -> str:
-    return f"{amount:.2f}"
-
-
-def template_data(event: OrderPlaced) -> dict[str, Any]:
-    """The data of OrderConfirmationTemplate (template.yaml): every leaf a string.
-
-    Strings only: moto's renderer fails on anything else, and SES prints numbers as given.
-    Each item repeats the currency because inside `{{#each items}}` only the item's own fields
-    resolve in both renderers.
-    """
-    order = event.order
-    return {
-        "customer_name": inert(order.customer.name),
-        "order_id": str(order.order_id),
-        "currency": order.currency,
-        "total": money(order.total),
-        "items": [
-            {
-                "name": inert(item.name),
-                "sku": inert(item.sku),
-                "quantity": str(item.quantity),
-                "unit_price": money(item.unit_price),
-                "line_total": money(item.line_total),
-                "currency": order.currency,
-            }
-            for item in order.items
-        ],
-    }
-
 
 #: Runs `call` on every item, returning the results in the items' order.
 FanOut = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
@@ -128,80 +61,6 @@ FanOut = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
 
 def one_by_one[In, Out](call: Callable[[In], Out], items: Sequence[In], /) -> list[Out]:
     return [call(item) for item in items]
-
-
-@dataclass(frozen=True, slots=True)
-class Confirmation:
-    """One email: to whom, for which order, with which template data."""
-
-    order_id: str
-    recipient: str
-    data: Mapping[str, Any]
-
-
-def confirmation_for(event: OrderPlaced, redirect_to: str | None = None) -> Confirmation:
-    """The customer's confirmation, addressed to `redirect_to` instead when it is set.
-
-    The recipient is the bare address, never "Name <address>": customer text stays out of
-    every header, so no name can inject one.
-    """
-    return Confirmation(
-        order_id=event.order_id,
-        recipient=redirect_to or str(event.order.customer.email),
-        data=template_data(event),
-    )
-
-
-def bulk_request(
-    confirmations: Sequence[Confirmation], *, sender: str, template: str
-) -> dict[str, Any]:
-    """SendBulkTemplatedEmail's arguments: one destination per confirmation, in order."""
-    if not 1 <= len(confirmations) <= MAX_DESTINATIONS_PER_CALL:
-        raise ValueError(
-            f"a bulk send takes 1 to {MAX_DESTINATIONS_PER_CALL} destinations, "
-            f"not {len(confirmations)}"
-        )
-    return {
-        "Source": sender,
-        "Template": template,
-        # Required by the API; every destination brings all of its own data.
-        "DefaultTemplateData": "{}",
-        "Destinations": [
-            {
-                "Destination": {"ToAddresses": [c.recipient]},
-                "ReplacementTemplateData": json.dumps(c.data, separators=(",", ":")),
-            }
-            for c in confirmations
-        ],
-    }
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """SES's answer for one destination of a bulk call."""
-
-    message_id: str | None = None
-    error: str | None = None
-    retryable: bool = True
-
-    @property
-    def sent(self) -> bool:
-        return self.error is None
-
-
-def deliveries(statuses: Sequence[Mapping[str, Any]]) -> list[Delivery]:
-    """SendBulkTemplatedEmail's `Status` list, one entry per destination in request order."""
-    answers = []
-    for status in statuses:
-        code = status.get("Status")
-        message_id = status.get("MessageId")
-        # SES always says "Success"; moto only gives the MessageId. Either means accepted.
-        if code == "Success" or (code is None and message_id):
-            answers.append(Delivery(message_id=message_id or ""))
-        else:
-            error = _cut(f"{code or 'no status'}: {status.get('Error') or 'no detail'}")
-            answers.append(Delivery(error=error, retryable=code not in PERMANENT_SES_STATUSES))
-    return answers
 
 
 # ------------------------------------------------------------------------------ the ports
