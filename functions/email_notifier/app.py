@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -99,11 +99,7 @@ SES_CONFIG: Final = Config(
 # side by side, all at once, they take one round trip's time instead of fifty, and a chunk's
 # ledger phase is bounded by one call's worst case.
 LEDGER_CONCURRENCY: Final = 50
-_ledger_pool = ThreadPoolExecutor(max_workers=LEDGER_CONCURRENCY, thread_name_prefix="ledger")
-
-
-def ledger_fan_out[In, Out](call: Callable[[In], Out], items: Sequence[In], /) -> list[Out]:
-    return list(_ledger_pool.map(call, items))
+LEDGER_CALLS = ThreadPoolExecutor(max_workers=LEDGER_CONCURRENCY, thread_name_prefix="ledger")
 
 
 # Short timeouts: a slow table must fail the claim (and retry the record), not eat the time
@@ -370,7 +366,7 @@ def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> KafkaBatch
         redirect_to=wired.redirect_to,
         time_left_ms=context.get_remaining_time_in_millis,
         budget=BUDGET,
-        fan_out=ledger_fan_out,
+        ledger_calls=LEDGER_CALLS,
     )
     report(outcome, redirected=wired.redirect_to is not None)
     return outcome.response(wired.item_keys)

@@ -7,9 +7,11 @@ each rule, fast, with fakes whose behaviour is obvious.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -929,3 +931,35 @@ def test_the_response_can_name_failed_records_under_one_key(
 ) -> None:
     outcome = ConfirmationOutcome(failed={RecordRef("order-placed", 1, 100)})
     assert outcome.response(keys) == {"batchItemFailures": [{"itemIdentifier": identifier}]}
+
+
+class MeetingLedger(MemoryLedger):
+    """Each claim waits until `count` claims are in flight together: it passes only when the
+    chunk's claims run side by side, and fails (BrokenBarrierError) when they run in turn."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self.together = threading.Barrier(count, timeout=10)
+        self.lock = threading.Lock()
+
+    def claim(self, order_id: str, fingerprint: str) -> Claim:
+        self.together.wait()
+        with self.lock:
+            return super().claim(order_id, fingerprint)
+
+
+def test_a_chunks_ledger_calls_run_side_by_side_on_the_executor_given() -> None:
+    ports = Ports(ledger=MeetingLedger(count=5))
+    batch = msk_batch(kafka_records([order_placed(n) for n in range(5)]))
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        outcome = ports.deliver(batch, ledger_calls=pool)
+    assert outcome.failed == set()
+    assert ports.emails_per_order() == Counter(str(uuid.UUID(int=n)) for n in range(5))
+
+
+def test_without_an_executor_the_ledger_calls_run_one_after_the_other() -> None:
+    ledger = MeetingLedger(count=2)
+    ledger.together = threading.Barrier(2, timeout=0.2)  # the first claim waits alone
+    ports = Ports(ledger=ledger)
+    with pytest.raises(threading.BrokenBarrierError):
+        ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(2)])))

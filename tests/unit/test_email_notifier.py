@@ -589,8 +589,8 @@ def test_ledger_calls_of_a_chunk_run_side_by_side_in_order() -> None:
         together.wait()
         return n * 2
 
-    assert notifier_app.ledger_fan_out(meet, [1, 2, 3, 4, 5]) == [2, 4, 6, 8, 10]
-    names = notifier_app.ledger_fan_out(lambda _: threading.current_thread().name, range(3))
+    assert list(notifier_app.LEDGER_CALLS.map(meet, [1, 2, 3, 4, 5])) == [2, 4, 6, 8, 10]
+    names = notifier_app.LEDGER_CALLS.map(lambda _: threading.current_thread().name, range(3))
     assert all(name.startswith("ledger") for name in names)
 
 

@@ -1,9 +1,9 @@
 """Order confirmations: one email per order whatever Kafka redelivers, as claim -> send -> settle.
 
 What each email says is orderstream.email_content's; SES's request and answers are
-orderstream.ses_bulk's. Nothing here calls AWS. `confirm_batch` drives three ports the email notifier implements:
-a `Ledger` (Powertools idempotency records in DynamoDB), a `Mailer` (SES bulk sends) and a
-`DeadLetterStore` (S3); tests drive it with in-memory fakes.
+orderstream.ses_bulk's. Nothing here calls AWS. `confirm_batch` drives three ports the email
+notifier implements: a `Ledger` (Powertools idempotency records in DynamoDB), a `Mailer` (SES
+bulk sends) and a `DeadLetterStore` (S3); tests drive it with in-memory fakes.
 
 One email per order_id, with sends batched. SES's SendBulkTemplatedEmail takes up to 50
 destinations, and each destination succeeds or fails on its own, so every order goes through
@@ -39,9 +39,10 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypedDict
+from typing import TYPE_CHECKING, Final, Protocol, TypedDict
 
 from orderstream.dead_letter import DeadLetter, dead_letter
 from orderstream.email_content import Confirmation, confirmation_for
@@ -54,13 +55,6 @@ if TYPE_CHECKING:
 
 MAX_DETAIL_CHARS: Final = 300
 _ADDRESS: Final = re.compile(r"[^\s@:;,<>()\[\]\"']+@[^\s@:;,<>()\[\]\"']+")
-
-#: Runs `call` on every item, returning the results in the items' order.
-FanOut = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
-
-
-def one_by_one[In, Out](call: Callable[[In], Out], items: Sequence[In], /) -> list[Out]:
-    return [call(item) for item in items]
 
 
 # ------------------------------------------------------------------------------ the ports
@@ -303,7 +297,7 @@ def confirm_batch(
     budget: TimeBudget = UNLIMITED,
     sleep: Callable[[float], None] = time.sleep,
     chunk_size: int = MAX_DESTINATIONS_PER_CALL,
-    fan_out: FanOut = one_by_one,
+    ledger_calls: Executor | None = None,
 ) -> ConfirmationOutcome:
     """Send one confirmation per order_id of the batch, unless it was sent before.
 
@@ -311,8 +305,9 @@ def confirm_batch(
     `outcome.failed` for the mapping to redeliver; poison, orders SES refuses for good and
     reused order_ids are dead-lettered with the reason. Every AWS call is started only when
     its worst case (`budget`) fits in the time left, so the invocation is never killed holding
-    claims it could have released or confirmations it could have recorded. `fan_out` runs the
-    per-order ledger calls of a chunk; the handler passes a thread pool.
+    claims it could have released or confirmations it could have recorded. `ledger_calls` runs
+    the per-order ledger calls of a chunk side by side (the handler passes a thread pool); one
+    after the other without it.
     """
     if not 1 <= chunk_size <= MAX_DESTINATIONS_PER_CALL:
         raise ValueError(f"chunk_size must be 1 to {MAX_DESTINATIONS_PER_CALL}")
@@ -340,7 +335,7 @@ def confirm_batch(
             _bury(record, reason, dead_letters, consumer, outcome)
 
     clock = _Clock(time_left_ms, sleep)
-    run = _Run(ledger, mailer, redirect_to, outcome, fan_out, budget, clock)
+    run = _Run(ledger, mailer, redirect_to, outcome, ledger_calls, budget, clock)
     waiting = run.chunks(list(orders.values()), chunk_size)
     # Orders another invocation holds: re-claim them until this invocation has run for
     # `wait_for_claims_ms`, so each mapping retry of them costs at least that much time.
@@ -379,7 +374,7 @@ class _Run:
     mailer: Mailer
     redirect_to: str | None
     outcome: ConfirmationOutcome
-    fan_out: FanOut
+    ledger_calls: Executor | None
     budget: TimeBudget
     clock: _Clock
     #: Orders to dead-letter, with why: SES refuses them for good, or their order_id is reused.
@@ -410,7 +405,9 @@ class _Run:
             except LedgerError as exc:
                 return exc
 
-        return self.fan_out(attempt, orders)
+        if self.ledger_calls is None:
+            return [attempt(order) for order in orders]
+        return list(self.ledger_calls.map(attempt, orders))
 
     def _claim(self, chunk: Sequence[_Order]) -> tuple[list[_Order], list[_Order]]:
         claims = self._each(lambda o: self.ledger.claim(o.order_id, o.fingerprint), chunk)
