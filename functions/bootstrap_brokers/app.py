@@ -20,8 +20,8 @@ from botocore.exceptions import ClientError
 
 from orderstream import custom_resource
 from orderstream.custom_resource import (
+    Answer,
     CustomResourceRequest,
-    Outcome,
     respond,
     while_iam_propagates,
 )
@@ -90,17 +90,17 @@ def physical_id(cluster_arn: str) -> str:
     return f"bootstrap-brokers/{name}/{uuid}"
 
 
-def look_up(request: CustomResourceRequest) -> Outcome:
+def look_up(request: CustomResourceRequest) -> Answer:
     cluster_arn = str(request.properties["ClusterArn"])
     if request.request_type == "Delete":
         # Nothing was created; never block a stack deletion on the MSK API.
-        return Outcome(
+        return Answer(
             request.physical_resource_id or physical_id(cluster_arn), reason="nothing to delete"
         )
     check_cluster_arn(cluster_arn, request.stack_id)
     servers = bootstrap_servers(cluster_arn)
     logger.info("bootstrap brokers found", extra={"bootstrap_servers": servers})
-    return Outcome(
+    return Answer(
         physical_id(cluster_arn),
         data={"BootstrapServers": servers, "ClusterArn": cluster_arn},
         reason=servers,

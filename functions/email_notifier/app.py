@@ -47,7 +47,7 @@ from orderstream import settings
 from orderstream.confirmation import (
     FINGERPRINT_VERSION,
     Claim,
-    ConfirmationOutcome,
+    ConfirmationReport,
     DeadLetterError,
     KafkaBatchResponse,
     LedgerError,
@@ -352,24 +352,24 @@ def _looks_like_address(text: str) -> bool:
 @metrics.log_metrics(capture_cold_start_metric=True)
 @kafka_consumer(schema_config=ORDER_EVENTS)
 def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> KafkaBatchResponse:
-    wired = notifier()
-    wired.ledger.register_lambda_context(context)
+    ports = notifier()
+    ports.ledger.register_lambda_context(context)
     # Which records this invocation holds: after a partial failure, the next invocation's line
     # shows which partial-batch key the mapping honoured (docs/deploy.md).
     logger.info("Batch received", records=record_spans(event.records))
     outcome = confirm_batch(
         event.records,
-        ledger=wired.ledger,
-        mailer=wired.mailer,
-        dead_letters=wired.dead_letters,
+        ledger=ports.ledger,
+        mailer=ports.mailer,
+        dead_letters=ports.dead_letters,
         consumer=CONSUMER,
-        redirect_to=wired.redirect_to,
+        redirect_to=ports.redirect_to,
         time_left_ms=context.get_remaining_time_in_millis,
         budget=BUDGET,
         ledger_calls=LEDGER_CALLS,
     )
-    report(outcome, redirected=wired.redirect_to is not None)
-    return outcome.response(wired.item_keys)
+    report(outcome, redirected=ports.redirect_to is not None)
+    return outcome.response(ports.item_keys)
 
 
 def record_spans(records: Iterable[ConsumerRecordRecords]) -> dict[str, str]:
@@ -383,7 +383,7 @@ def record_spans(records: Iterable[ConsumerRecordRecords]) -> dict[str, str]:
     }
 
 
-def report(outcome: ConfirmationOutcome, *, redirected: bool) -> None:
+def report(outcome: ConfirmationReport, *, redirected: bool) -> None:
     metrics.add_metric(name="EmailsSent", unit=MetricUnit.Count, value=len(outcome.sent))
     metrics.add_metric(
         name="EmailsSkippedDuplicate", unit=MetricUnit.Count, value=outcome.duplicates

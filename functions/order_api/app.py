@@ -43,10 +43,10 @@ from orderstream.publishing import (
     Accepted,
     BrokerUnavailableError,
     IdempotencyStoreUnavailableError,
+    IntakeResult,
     OrderIdConflictError,
     OrderInProgressError,
     OrderIntake,
-    Outcome,
     idempotency_expiry,
 )
 from orderstream.redaction import masked_log_line
@@ -425,7 +425,7 @@ def _unexpected(exc: Exception) -> Response[Any]:
     )
 
 
-def _problem(description: str, *, retry_after: bool = False) -> OpenAPIResponse:
+def _error_response(description: str, *, retry_after: bool = False) -> OpenAPIResponse:
     answer: OpenAPIResponse = {
         "description": description,
         "content": {"application/json": {"model": ErrorBody}},
@@ -446,17 +446,17 @@ RESPONSES: Final[dict[int, OpenAPIResponse]] = {
         "in-sync replicas). A replay of the same order returns the same answer.",
         "content": {"application/json": {"model": Accepted}},
     },
-    400: _problem("The body is empty, not UTF-8, or not valid JSON."),
-    409: _problem(
+    400: _error_response("The body is empty, not UTF-8, or not valid JSON."),
+    409: _error_response(
         "order_id_conflict: the order_id was used for a different order; order_in_progress: "
         "the same order is being processed right now (see Retry-After).",
         retry_after=True,
     ),
-    413: _problem(f"The body is larger than {MAX_BODY_BYTES} bytes."),
-    415: _problem("The Content-Type is not application/json."),
-    422: _problem("The order is invalid; errors lists each field and why."),
-    500: _problem("An unexpected error; retrying with the same order_id is safe."),
-    503: _problem(
+    413: _error_response(f"The body is larger than {MAX_BODY_BYTES} bytes."),
+    415: _error_response("The Content-Type is not application/json."),
+    422: _error_response("The order is invalid; errors lists each field and why."),
+    500: _error_response("An unexpected error; retrying with the same order_id is safe."),
+    503: _error_response(
         "The broker or the idempotency store is unavailable; nothing was accepted. Resend the "
         "same order after Retry-After seconds.",
         retry_after=True,
@@ -511,7 +511,7 @@ def place_order(
 
 
 @tracer.capture_method(capture_response=False)  # the response holds nothing worth a trace
-def _accept(order: OrderRequest) -> Outcome:
+def _accept(order: OrderRequest) -> IntakeResult:
     return order_intake().accept(
         order,
         correlation_id=str(app.context["correlation_id"]),

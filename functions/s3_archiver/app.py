@@ -22,7 +22,7 @@ from orderstream import settings
 from orderstream.archive import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
-    ArchiveOutcome,
+    ArchivedBatch,
     StoredObject,
     WriteConflict,
     Years,
@@ -133,7 +133,7 @@ def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> dict[str, 
     return outcome.summary()
 
 
-def record_metrics(outcome: ArchiveOutcome) -> None:
+def record_metrics(outcome: ArchivedBatch) -> None:
     metrics.add_metric(name="RecordsArchived", unit=MetricUnit.Count, value=outcome.archived)
     metrics.add_metric(name="RecordsAdded", unit=MetricUnit.Count, value=outcome.added)
     metrics.add_metric(name="ObjectsWritten", unit=MetricUnit.Count, value=len(outcome.written))

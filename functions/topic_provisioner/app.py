@@ -27,8 +27,8 @@ from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
 
 from orderstream import settings
 from orderstream.custom_resource import (
+    Answer,
     CustomResourceRequest,
-    Outcome,
     respond,
     while_iam_propagates,
 )
@@ -75,7 +75,7 @@ def admin_for(servers: str) -> KafkaAdminClient:
     )
 
 
-def provision(request: CustomResourceRequest) -> Outcome:
+def provision(request: CustomResourceRequest) -> Answer:
     props = request.properties
     cluster_arn = str(props["ClusterArn"])
     servers = str(props["BootstrapServers"])
@@ -86,12 +86,12 @@ def provision(request: CustomResourceRequest) -> Outcome:
 
     if request.request_type == "Delete":
         if request.physical_resource_id == found_id:
-            return Outcome(found_id, reason=f"{topic} kept: it existed before this stack")
+            return Answer(found_id, reason=f"{topic} kept: it existed before this stack")
         if request.physical_resource_id != resource_id:
             # A Create that failed before it made anything, or an id from a replaced resource.
-            return Outcome(request.physical_resource_id or resource_id, reason="nothing to delete")
+            return Answer(request.physical_resource_id or resource_id, reason="nothing to delete")
         if str(props.get("DeleteTopicsOnDelete", "false")).lower() != "true":
-            return Outcome(resource_id, reason="topics kept (DeleteTopicsOnDelete=false)")
+            return Answer(resource_id, reason="topics kept (DeleteTopicsOnDelete=false)")
         try:
             admin = admin_for(servers)
             try:
@@ -101,8 +101,8 @@ def provision(request: CustomResourceRequest) -> Outcome:
         except Exception as exc:
             # Never block a stack deletion: the cluster may already be gone with its topics.
             logger.warning("topic deletion skipped", extra={"error": repr(exc)})
-            return Outcome(resource_id, reason=f"topics not deleted: {exc}")
-        return Outcome(resource_id, reason=f"deleted {deleted or 'nothing'}")
+            return Answer(resource_id, reason=f"topics not deleted: {exc}")
+        return Answer(resource_id, reason=f"deleted {deleted or 'nothing'}")
 
     specs = required_topics(
         topic,
@@ -114,7 +114,7 @@ def provision(request: CustomResourceRequest) -> Outcome:
     # deletes the old id). An existing one keeps the id it was created with.
     new = request.physical_resource_id not in (resource_id, found_id)
 
-    def work() -> Outcome:
+    def work() -> Answer:
         admin = admin_for(servers)
         try:
             if request.physical_resource_id == found_id or (new and topic in admin.list_topics()):
@@ -126,7 +126,7 @@ def provision(request: CustomResourceRequest) -> Outcome:
                         raise AdoptionRefused("; ".join(refusals))
                 count = partition_counts(admin, [topic]).get(topic, 0)
                 logger.info("topic adopted", extra={"topic": topic, "partitions": count})
-                return Outcome(
+                return Answer(
                     found_id,
                     data=data,
                     reason=f"{topic} adopted as it is ({count} partitions): it existed before "
@@ -136,7 +136,7 @@ def provision(request: CustomResourceRequest) -> Outcome:
         finally:
             admin.close()
         logger.info("topics reconciled", extra={"changes": changes.summary()})
-        return Outcome(resource_id, data=data, reason=changes.summary())
+        return Answer(resource_id, data=data, reason=changes.summary())
 
     # The role may have changed a moment ago (a new cluster's ARN): MSK refuses until it holds.
     return while_iam_propagates(work, kafka_denied)

@@ -21,7 +21,7 @@ from devstack.ports import free_port
 from functions.order_api import app
 from orderstream import events, kafka_client, settings
 from orderstream.models import OrderRequest
-from orderstream.publishing import OrderInProgressError, Outcome
+from orderstream.publishing import IntakeResult, OrderInProgressError
 from orderstream.topics import TopicSpec, reconcile_topics
 from tests.fakes import LambdaContext
 from tests.unit.test_order_api import SAMPLE_BODY, Answer, api_event, invoke, order_body
@@ -234,7 +234,7 @@ def test_the_same_order_racing_itself_is_published_once(
     order = OrderRequest.model_validate({**SAMPLE_BODY, "order_id": str(uuid.uuid4())})
     intake = app.order_intake()
 
-    def attempt(_: int) -> Outcome | Exception:
+    def attempt(_: int) -> IntakeResult | Exception:
         try:
             return intake.accept(order, correlation_id="race", lambda_context=context())
         except Exception as exc:
@@ -243,11 +243,11 @@ def test_the_same_order_racing_itself_is_published_once(
     with ThreadPoolExecutor(max_workers=5) as pool:
         results = list(pool.map(attempt, range(5)))
 
-    published = [r for r in results if isinstance(r, Outcome) and not r.replayed]
+    published = [r for r in results if isinstance(r, IntakeResult) and not r.replayed]
     assert len(published) == 1
     others = [r for r in results if r not in published]
     assert all(
-        (isinstance(r, Outcome) and r.accepted == published[0].accepted)
+        (isinstance(r, IntakeResult) and r.accepted == published[0].accepted)
         or isinstance(r, OrderInProgressError)
         for r in others
     )

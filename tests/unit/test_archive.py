@@ -27,7 +27,7 @@ from orderstream.archive import (
     OFFSETS_PER_OBJECT,
     ArchivableRecord,
     ArchiveConflictError,
-    ArchiveOutcome,
+    ArchivedBatch,
     ArchiveStore,
     ForeignObjectError,
     WriteConflict,
@@ -61,7 +61,7 @@ def archive_batch(
     store: ArchiveStore,
     years: Years,
     pause: Callable[[float], None] = lambda seconds: None,  # no real waits between rounds
-) -> ArchiveOutcome:
+) -> ArchivedBatch:
     return archive.archive_batch(records, store=store, years=years, pause=pause)
 
 
@@ -307,7 +307,7 @@ def test_null_key_is_kept_as_null() -> None:
 def test_empty_batch_reads_and_writes_nothing() -> None:
     store = ConditionalStore()
     outcome = archive_batch([], store=store, years=YEARS)
-    assert outcome == ArchiveOutcome(())
+    assert outcome == ArchivedBatch(())
     assert outcome.summary() == {
         "archived": 0,
         "added": 0,

@@ -31,7 +31,7 @@ from devstack.msk_event import PlainRecord, msk_event
 from orderstream.confirmation import (
     MAX_SETTLE_ATTEMPTS,
     Claim,
-    ConfirmationOutcome,
+    ConfirmationReport,
     DeadLetterError,
     LedgerError,
     MailerError,
@@ -218,7 +218,7 @@ class Ports:
 
     slept: list[float] = field(default_factory=list)
 
-    def deliver(self, batch: dict[str, Any], **options: Any) -> ConfirmationOutcome:
+    def deliver(self, batch: dict[str, Any], **options: Any) -> ConfirmationReport:
         return confirm_batch(
             consumer_records(batch),
             ledger=self.ledger,
@@ -232,7 +232,7 @@ class Ports:
         return Counter(c.order_id for c in self.mailer.inbox)
 
 
-def failed_offsets(outcome: ConfirmationOutcome) -> set[tuple[int, int]]:
+def failed_offsets(outcome: ConfirmationReport) -> set[tuple[int, int]]:
     return {(ref.partition, ref.offset) for ref in outcome.failed}
 
 
@@ -570,7 +570,7 @@ def test_the_response_names_failed_records_under_both_keys_aws_sources_use() -> 
     records = kafka_records([order_placed(n) for n in range(6)])
     batch = msk_batch(records)
     failed = {RecordRef("order-placed", 1, 100), RecordRef("order-placed", 2, 101)}
-    ours = ConfirmationOutcome(failed=failed).response()
+    ours = ConfirmationReport(failed=failed).response()
 
     def handler(record: Any) -> None:
         if RecordRef(record.topic, record.partition, record.offset) in failed:
@@ -606,7 +606,7 @@ def test_the_response_names_failed_records_under_both_keys_aws_sources_use() -> 
 
 
 def test_an_empty_outcome_reports_no_failures() -> None:
-    assert ConfirmationOutcome().response() == {"batchItemFailures": []}
+    assert ConfirmationReport().response() == {"batchItemFailures": []}
     assert Ports().deliver(msk_batch([])).summary()["sent"] == 0
 
 
@@ -929,7 +929,7 @@ def test_the_wait_for_held_orders_ends_without_a_time_source() -> None:
 def test_the_response_can_name_failed_records_under_one_key(
     keys: tuple[str, ...], identifier: dict[str, Any]
 ) -> None:
-    outcome = ConfirmationOutcome(failed={RecordRef("order-placed", 1, 100)})
+    outcome = ConfirmationReport(failed={RecordRef("order-placed", 1, 100)})
     assert outcome.response(keys) == {"batchItemFailures": [{"itemIdentifier": identifier}]}
 
 

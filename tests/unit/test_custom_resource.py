@@ -11,8 +11,8 @@ import pytest
 
 from orderstream.custom_resource import (
     SAFETY_MARGIN_MS,
+    Answer,
     CustomResourceRequest,
-    Outcome,
     answer,
     put_response,
     while_iam_propagates,
@@ -38,7 +38,7 @@ def request(name: str = "cfn-topics-create.json") -> CustomResourceRequest:
 def test_success_reports_data_and_the_physical_id() -> None:
     sent = Sent()
     status = answer(
-        request(), lambda r: Outcome("pid-1", {"BootstrapServers": "b:9098"}), lambda: 60_000, sent
+        request(), lambda r: Answer("pid-1", {"BootstrapServers": "b:9098"}), lambda: 60_000, sent
     )
     assert status == "SUCCESS"
     [body] = sent.bodies
@@ -50,7 +50,7 @@ def test_success_reports_data_and_the_physical_id() -> None:
 
 
 def test_an_exception_becomes_failed_with_the_reason() -> None:
-    def boom(_: CustomResourceRequest) -> Outcome:
+    def boom(_: CustomResourceRequest) -> Answer:
         raise RuntimeError("cluster unreachable")
 
     sent = Sent()
@@ -64,9 +64,9 @@ def test_an_exception_becomes_failed_with_the_reason() -> None:
 def test_work_that_outlives_the_function_is_answered_failed_once() -> None:
     release = threading.Event()
 
-    def hangs(_: CustomResourceRequest) -> Outcome:
+    def hangs(_: CustomResourceRequest) -> Answer:
         release.wait(5)
-        return Outcome("late")
+        return Answer("late")
 
     sent = Sent()
     worker = threading.Thread(
@@ -87,7 +87,7 @@ def test_delete_keeps_the_physical_id_cloudformation_sent() -> None:
     sent = Sent()
     delete = request("cfn-topics-delete.json")
 
-    def boom(_: CustomResourceRequest) -> Outcome:
+    def boom(_: CustomResourceRequest) -> Answer:
         raise RuntimeError("x")
 
     answer(delete, boom, lambda: 60_000, sent)
@@ -95,7 +95,7 @@ def test_delete_keeps_the_physical_id_cloudformation_sent() -> None:
 
 
 def test_reason_is_truncated_to_fit_cloudformations_limit() -> None:
-    def verbose(_: CustomResourceRequest) -> Outcome:
+    def verbose(_: CustomResourceRequest) -> Answer:
         raise ValueError("x" * 10_000)
 
     sent = Sent()

@@ -205,7 +205,7 @@ class ArchivedObject:
 
 
 @dataclass(frozen=True, slots=True)
-class ArchiveOutcome:
+class ArchivedBatch:
     objects: tuple[ArchivedObject, ...]
 
     @property
@@ -250,7 +250,7 @@ def archive_batch(
     store: ArchiveStore,
     years: Years,
     pause: Callable[[float], None] = time.sleep,
-) -> ArchiveOutcome:
+) -> ArchivedBatch:
     """Merge the batch's records into their objects; raise if any write fails for good.
 
     Objects are settled one at a time in key order, so a failure is reproducible; a failed
@@ -267,7 +267,7 @@ def archive_batch(
         if pending is None:
             pending = objects[key] = _Pending(key, record.topic, record.partition, {})
         pending.lines.setdefault(line.offset, line)
-    return ArchiveOutcome(tuple(_settle(store, objects.pop(key), pause) for key in sorted(objects)))
+    return ArchivedBatch(tuple(_settle(store, objects.pop(key), pause) for key in sorted(objects)))
 
 
 class _Pending(NamedTuple):

@@ -205,7 +205,7 @@ class Problem:
 
 
 @dataclass
-class ConfirmationOutcome:
+class ConfirmationReport:
     sent: dict[str, str] = field(default_factory=dict)  # order_id -> SES message id
     duplicates: int = 0  # records skipped: their order was confirmed already
     poison: int = 0  # records dead-lettered because they are not a valid order-placed event
@@ -298,7 +298,7 @@ def confirm_batch(
     sleep: Callable[[float], None] = time.sleep,
     chunk_size: int = MAX_DESTINATIONS_PER_CALL,
     ledger_calls: Executor | None = None,
-) -> ConfirmationOutcome:
+) -> ConfirmationReport:
     """Send one confirmation per order_id of the batch, unless it was sent before.
 
     Never raises for a record, an order or a failed call: what could not be done now is in
@@ -311,13 +311,13 @@ def confirm_batch(
     """
     if not 1 <= chunk_size <= MAX_DESTINATIONS_PER_CALL:
         raise ValueError(f"chunk_size must be 1 to {MAX_DESTINATIONS_PER_CALL}")
-    outcome = ConfirmationOutcome()
+    outcome = ConfirmationReport()
     orders: dict[str, _Order] = {}  # first appearance first
     for record in records:
         try:
             event = _decode(record)
         except InvalidEventError as exc:
-            _bury(record, exc.reason, dead_letters, consumer, outcome)
+            _dead_letter_record(record, exc.reason, dead_letters, consumer, outcome)
             outcome.poison += 1
             continue
         fingerprint = order_fingerprint(event)
@@ -332,7 +332,7 @@ def confirm_batch(
             )
             refs = (RecordRef.of(record),)
             outcome.problems.append(Problem("conflict", reason, refs, event.order_id, False))
-            _bury(record, reason, dead_letters, consumer, outcome)
+            _dead_letter_record(record, reason, dead_letters, consumer, outcome)
 
     clock = _Clock(time_left_ms, sleep)
     run = _Run(ledger, mailer, redirect_to, outcome, ledger_calls, budget, clock)
@@ -351,7 +351,7 @@ def confirm_batch(
         outcome._fail(Problem("in-progress", detail, order.refs, order.order_id))
     for order, reason in run.rejected:
         for record in order.records:
-            _bury(record, reason, dead_letters, consumer, outcome)
+            _dead_letter_record(record, reason, dead_letters, consumer, outcome)
     return outcome
 
 
@@ -373,7 +373,7 @@ class _Run:
     ledger: Ledger
     mailer: Mailer
     redirect_to: str | None
-    outcome: ConfirmationOutcome
+    outcome: ConfirmationReport
     ledger_calls: Executor | None
     budget: TimeBudget
     clock: _Clock
@@ -594,12 +594,12 @@ class _Run:
                 )
 
 
-def _bury(
+def _dead_letter_record(
     record: ConsumerRecordRecords,
     reason: str,
     dead_letters: DeadLetterStore,
     consumer: str,
-    outcome: ConfirmationOutcome,
+    outcome: ConfirmationReport,
 ) -> None:
     letter = dead_letter(record, reason=reason, consumer=consumer)
     try:

@@ -62,7 +62,7 @@ class CustomResourceRequest(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class Answer:
     physical_resource_id: str
     data: Mapping[str, str] = field(default_factory=dict)
     reason: str = ""
@@ -110,7 +110,7 @@ def response_body(
 
 def answer(
     request: CustomResourceRequest,
-    work: Callable[[CustomResourceRequest], Outcome],
+    work: Callable[[CustomResourceRequest], Answer],
     remaining_ms: Callable[[], int],
     send: Sender = put_response,
 ) -> Literal["SUCCESS", "FAILED"]:
@@ -121,7 +121,7 @@ def answer(
     # so a failed Create followed by its rollback Delete refers to something we recognise.
     fallback_id = request.physical_resource_id or f"failed-{request.request_id}"
 
-    def reply(status: Literal["SUCCESS", "FAILED"], outcome: Outcome) -> bool:
+    def reply(status: Literal["SUCCESS", "FAILED"], outcome: Answer) -> bool:
         nonlocal answered
         with lock:
             if answered:
@@ -138,7 +138,7 @@ def answer(
     timer = threading.Timer(
         budget_s,
         reply,
-        args=("FAILED", Outcome(fallback_id, reason="timed out before the work finished")),
+        args=("FAILED", Answer(fallback_id, reason="timed out before the work finished")),
     )
     timer.daemon = True
     timer.start()
@@ -147,7 +147,7 @@ def answer(
         status: Literal["SUCCESS", "FAILED"] = "SUCCESS"
     except Exception as exc:
         logger.exception("custom resource work failed")
-        outcome = Outcome(fallback_id, reason=f"{type(exc).__name__}: {exc}")
+        outcome = Answer(fallback_id, reason=f"{type(exc).__name__}: {exc}")
         status = "FAILED"
     finally:
         timer.cancel()
@@ -157,7 +157,7 @@ def answer(
 
 def respond(
     event: Mapping[str, Any],
-    work: Callable[[CustomResourceRequest], Outcome],
+    work: Callable[[CustomResourceRequest], Answer],
     remaining_ms: Callable[[], int],
     log_keys: Callable[..., None],
 ) -> dict[str, str]:

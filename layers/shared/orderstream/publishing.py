@@ -63,7 +63,7 @@ class Accepted(BaseModel):
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class IntakeResult:
     accepted: Accepted
     #: True when answered from the idempotency record: nothing was published this time.
     replayed: bool = False
@@ -96,7 +96,7 @@ def idempotency_expiry(environ: Mapping[str, str] | None = None) -> int:
     return settings.idempotency_expiry(DEFAULT_IDEMPOTENCY_EXPIRES_SECONDS, 60, environ)
 
 
-def publish(event: OrderPlaced, *, topic: str, send_timeout_ms: int) -> Outcome:
+def publish(event: OrderPlaced, *, topic: str, send_timeout_ms: int) -> IntakeResult:
     """Send the event with acks=all and wait for the acknowledgement, never past the timeout.
 
     Any failure discards the container's producer: after a delivery timeout an idempotent
@@ -125,19 +125,19 @@ def publish(event: OrderPlaced, *, topic: str, send_timeout_ms: int) -> Outcome:
         partition=report.partition,
         offset=report.offset,
     )
-    return Outcome(accepted, publish_ms=(time.monotonic() - started) * 1000)
+    return IntakeResult(accepted, publish_ms=(time.monotonic() - started) * 1000)
 
 
 class _StoredAnswer(BaseIdempotencySerializer):
     """Keep only the 202 body in the idempotency record: no customer data at rest there."""
 
     def to_dict(self, data: Any) -> dict[str, Any]:
-        if not isinstance(data, Outcome):
-            raise TypeError(f"expected an Outcome, not {type(data).__name__}")
+        if not isinstance(data, IntakeResult):
+            raise TypeError(f"expected an IntakeResult, not {type(data).__name__}")
         return data.accepted.model_dump(mode="json")
 
-    def from_dict(self, data: dict[str, Any]) -> Outcome:
-        return Outcome(Accepted.model_validate(data), replayed=True)
+    def from_dict(self, data: dict[str, Any]) -> IntakeResult:
+        return IntakeResult(Accepted.model_validate(data), replayed=True)
 
 
 class OrderIntake:
@@ -182,7 +182,7 @@ class OrderIntake:
         *,
         correlation_id: str,
         lambda_context: LambdaContext | None = None,
-    ) -> Outcome:
+    ) -> IntakeResult:
         """Publish the order unless this order_id was accepted already.
 
         Without an order_id the order gets a fresh one and nothing can recognise a retry, so
@@ -193,9 +193,9 @@ class OrderIntake:
         if lambda_context is not None:
             # An in-progress record outlives a timed-out invocation only until its deadline.
             self._config.register_lambda_context(lambda_context)
-        published: list[Outcome] = []
+        published: list[IntakeResult] = []
         try:
-            outcome: Outcome = self._publish_once(
+            outcome: IntakeResult = self._publish_once(
                 order=order, correlation_id=correlation_id, published=published
             )
         except IdempotencyValidationError:
@@ -219,8 +219,8 @@ class OrderIntake:
         return outcome
 
     def _publish(
-        self, *, order: OrderRequest, correlation_id: str, published: list[Outcome]
-    ) -> Outcome:
+        self, *, order: OrderRequest, correlation_id: str, published: list[IntakeResult]
+    ) -> IntakeResult:
         event = OrderPlaced.new(order.to_order(), correlation_id)
         outcome = publish(event, topic=self.topic, send_timeout_ms=self.send_timeout_ms)
         published.append(outcome)
