@@ -24,6 +24,7 @@ from kafka.errors import KafkaTimeoutError
 
 from functions.order_api import app
 from orderstream import events, kafka_client, publishing, settings
+from orderstream.http_edge import correlation_id_for
 from orderstream.models import OrderRequest
 from orderstream.publishing import OrderInProgressError
 from orderstream.redaction import mask_emails
@@ -632,7 +633,7 @@ def test_without_a_request_id_the_lambda_request_id_is_used() -> None:
     event = api_event(order_body())
     del event["requestContext"]["requestId"]
     context = LambdaContext(aws_request_id="lambda-request-1")
-    assert app.correlation_id_for(event, context) == "lambda-request-1"  # type: ignore[arg-type]
+    assert correlation_id_for(event, context) == "lambda-request-1"
 
 
 def test_error_answers_carry_the_correlation_id_too(producer: FakeProducer) -> None:
