@@ -14,10 +14,9 @@ import functools
 import json
 import logging
 import os
-import threading
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, Final
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
@@ -95,14 +94,6 @@ app = APIGatewayRestResolver(
     debug=False,  # debug mode prints whole events, customer e-mails included
 )
 
-_Handler = TypeVar("_Handler", bound=Callable[..., Response[Any]])
-
-
-def handles(*exceptions: type[Exception]) -> Callable[[_Handler], _Handler]:
-    """`app.exception_handler`, with the type Powertools leaves out."""
-    register: Callable[[_Handler], _Handler] = app.exception_handler(list(exceptions))
-    return register
-
 
 @functools.cache
 def _intake(table: str, expires_after_s: int, topic: str, send_timeout_ms: int) -> OrderIntake:
@@ -177,11 +168,7 @@ def _body_precondition_failed() -> Response[Any] | None:
             f"The request body must not exceed {MAX_BODY_BYTES} bytes.",
         )
     if not is_json_media_type(event.headers.get("content-type")):
-        return _refuse(
-            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the order as JSON with the header Content-Type: application/json.",
-        )
+        return _unsupported_media_type()
     return None
 
 
@@ -206,10 +193,7 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
     return found
 
 
-@handles(RequestValidationError)
 def _invalid_order(exc: RequestValidationError) -> Response[Any]:
-    if (refusal := _body_precondition_failed()) is not None:
-        return refusal
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return _malformed("the body could not be parsed")
@@ -229,30 +213,15 @@ def _invalid_order(exc: RequestValidationError) -> Response[Any]:
     )
 
 
-@handles(RequestUnsupportedContentType)
-def _unsupported_content(_: RequestUnsupportedContentType) -> Response[Any]:
-    refusal = _body_precondition_failed()
-    if refusal is None:  # the resolver and we disagree about the type: still not ours to read
-        return _refuse(
-            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "Send the order as JSON with the header Content-Type: application/json.",
-        )
-    return refusal
+def _unsupported_media_type() -> Response[Any]:
+    return _refuse(
+        HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "Send the order as JSON with the header Content-Type: application/json.",
+    )
 
 
-@handles(BodyError)
-def _unreadable_body(exc: BodyError) -> Response[Any]:
-    return _body_precondition_failed() or _malformed(exc.reason)
-
-
-@handles(UnicodeDecodeError, binascii.Error)
-def _undecodable_body(_: ValueError) -> Response[Any]:
-    return _body_precondition_failed() or _malformed("the body is not UTF-8 text")
-
-
-@handles(BrokerUnavailableError, IdempotencyStoreUnavailableError)
-def _unavailable(exc: BrokerUnavailableError | IdempotencyStoreUnavailableError) -> Response[Any]:
+def _unavailable(exc: Exception) -> Response[Any]:
     cause = exc.__cause__
     logger.warning(
         "order not published",
@@ -267,13 +236,7 @@ def _unavailable(exc: BrokerUnavailableError | IdempotencyStoreUnavailableError)
     )
 
 
-@handles(OrderIdConflictError)
-def _conflict(exc: OrderIdConflictError) -> Response[Any]:
-    return _refuse(HTTPStatus.CONFLICT, "order_id_conflict", str(exc))
-
-
-@handles(OrderInProgressError)
-def _in_progress(exc: OrderInProgressError) -> Response[Any]:
+def _in_progress(exc: Exception) -> Response[Any]:
     return _refuse(
         HTTPStatus.CONFLICT,
         "order_in_progress",
@@ -281,6 +244,49 @@ def _in_progress(exc: OrderInProgressError) -> Response[Any]:
         headers={"Retry-After": str(RETRY_AFTER_IN_PROGRESS_S)},
         metric="OrdersDuplicate",
     )
+
+
+def _unexpected(exc: Exception) -> Response[Any]:
+    # The traceback goes to the log (e-mails masked), never to the client.
+    logger.exception("unexpected error", extra={"error_type": type(exc).__name__})
+    return _refuse(
+        HTTPStatus.INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "Something went wrong on our side. Retrying with the same order_id is safe; if it "
+        f"persists, report the {CORRELATION_HEADER} of this response.",
+        metric=None,
+    )
+
+
+#: Each error the resolver or the intake raises, and the refusal it becomes (the first entry
+#: along the error's class hierarchy; anything else is a 500).
+REFUSALS: Final[dict[type[Exception], Callable[[Any], Response[Any]]]] = {
+    RequestValidationError: _invalid_order,
+    # The resolver and we may disagree about a media type; either way it is not ours to read.
+    RequestUnsupportedContentType: lambda _: _unsupported_media_type(),
+    BodyError: lambda exc: _malformed(exc.reason),
+    UnicodeDecodeError: lambda _: _malformed("the body is not UTF-8 text"),
+    binascii.Error: lambda _: _malformed("the body is not UTF-8 text"),
+    BrokerUnavailableError: _unavailable,
+    IdempotencyStoreUnavailableError: _unavailable,
+    OrderIdConflictError: lambda exc: _refuse(HTTPStatus.CONFLICT, "order_id_conflict", str(exc)),
+    OrderInProgressError: _in_progress,
+}
+
+
+_ErrorAnswer = Callable[[Exception], Response[Any]]
+# Powertools' exception_handler returns an untyped decorator: typed here so mypy checks ours.
+_on_every_error: Callable[[_ErrorAnswer], _ErrorAnswer] = app.exception_handler(Exception)
+
+
+@_on_every_error
+def _refusal(exc: Exception) -> Response[Any]:
+    """Every error's answer. 413 and 415 come before any judgement of the content, whichever
+    step noticed first (the resolver's form and multipart parsers fail on bodies we refuse)."""
+    if (refusal := _body_precondition_failed()) is not None:
+        return refusal
+    refuse = next((REFUSALS[k] for k in type(exc).__mro__ if k in REFUSALS), _unexpected)
+    return refuse(exc)
 
 
 @app.not_found
@@ -297,22 +303,6 @@ def _no_route(_: NotFoundError) -> Response[Any]:
         HTTPStatus.NOT_FOUND,
         "not_found",
         f"There is no such resource; orders are placed with POST {ORDERS_PATH}.",
-        metric=None,
-    )
-
-
-@handles(Exception)
-def _unexpected(exc: Exception) -> Response[Any]:
-    # The resolver's form and multipart parsers can fail on bodies we refuse anyway.
-    if (refusal := _body_precondition_failed()) is not None:
-        return refusal
-    # The traceback goes to the log (e-mails masked), never to the client.
-    logger.exception("unexpected error", extra={"error_type": type(exc).__name__})
-    return _refuse(
-        HTTPStatus.INTERNAL_SERVER_ERROR,
-        "internal_error",
-        "Something went wrong on our side. Retrying with the same order_id is safe; if it "
-        f"persists, report the {CORRELATION_HEADER} of this response.",
         metric=None,
     )
 
@@ -411,21 +401,12 @@ def _accept(order: OrderRequest) -> IntakeResult:
     )
 
 
-# The resolver keeps the current request in class attributes. Lambda sends a container one
-# request at a time anyway; the lock keeps that true for local servers and tests with threads.
-_one_request_at_a_time = threading.Lock()
-
-
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    with _one_request_at_a_time:
-        response: dict[str, Any] = _handle(event, context)
-    return response
-
-
+# The resolver keeps the current request in class attributes: like Lambda, which sends a
+# container one request at a time, callers must not run this handler concurrently in a process.
 @logger.inject_lambda_context(log_event=False, clear_state=True)
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
-def _handle(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     correlation_id = correlation_id_for(event, context)
     logger.set_correlation_id(correlation_id)
     app.context["correlation_id"] = correlation_id  # read by every answer; cleared by resolve

@@ -7,6 +7,7 @@ group-less consumer (Tansu's end offsets are not reliable, and a group join cost
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -174,12 +175,22 @@ def test_a_broker_lost_after_connecting_is_a_503_and_a_new_producer_recovers(
     assert [r.key for r in records] == [body["order_id"].encode()]
 
 
+_one_request_at_a_time = threading.Lock()
+
+
+def invoke_in_turn(body: dict[str, Any]) -> Answer:
+    """The handler called from many client threads, one request at a time, as a container
+    takes them: it must not run concurrently in one process, which Lambda never does."""
+    with _one_request_at_a_time:
+        return invoke(api_event(body))
+
+
 def test_fifty_concurrent_orders_are_fifty_messages(
     kafka_broker: EmbeddedBroker, topic: str
 ) -> None:
     bodies = [new_order() for _ in range(50)]
     with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = list(pool.map(lambda b: invoke(api_event(b)), bodies))
+        answers = list(pool.map(invoke_in_turn, bodies))
 
     assert [a.status for a in answers] == [202] * 50
     records = read_all(kafka_broker.bootstrap_servers, topic, expected=50)
@@ -218,7 +229,7 @@ def test_the_same_order_sent_five_times_is_one_message(
 ) -> None:
     body = new_order()
     with ThreadPoolExecutor(max_workers=5) as pool:
-        answers: list[Answer] = list(pool.map(lambda _: invoke(api_event(body)), range(5)))
+        answers: list[Answer] = list(pool.map(lambda _: invoke_in_turn(body), range(5)))
 
     assert [a.status for a in answers] == [202] * 5
     assert all(a.body == answers[0].body for a in answers)

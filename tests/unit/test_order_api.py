@@ -89,7 +89,7 @@ class Answer:
 
 
 def invoke(event: dict[str, Any]) -> Answer:
-    response = app.lambda_handler(event, LambdaContext())  # type: ignore[arg-type]
+    response = app.lambda_handler(event, LambdaContext())
     headers = {k.lower(): v[-1] for k, v in response.get("multiValueHeaders", {}).items()}
     headers |= {k.lower(): v for k, v in (response.get("headers") or {}).items()}
     raw = response["body"]
