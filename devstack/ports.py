@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
@@ -71,6 +74,11 @@ class ServerProcess:
         self.port = port or 0
         self._process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self.command: list[str] = []  # as launched, without the leash
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:
@@ -89,6 +97,7 @@ class ServerProcess:
         self, command: list[str], log_prefix: str, env: dict[str, str] | None = None
     ) -> None:
         self._log = tempfile.TemporaryFile(prefix=log_prefix)  # noqa: SIM115 -- lives with the server
+        self.command = command
         self._process = subprocess.Popen(
             leashed(command),
             stdin=subprocess.DEVNULL,
@@ -157,3 +166,54 @@ class LoopbackServer:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+# ------------------------------------------------------------------ leftovers of a killed stack
+
+
+def record_servers(path: Path, servers: list[ServerProcess]) -> None:
+    """Write down the servers this process runs, so that the next start can stop them if this
+    process dies without stopping them (SIGKILL where the leash does not hold, on macOS)."""
+    running = [{"pid": s.pid, "command": s.command} for s in servers if s.running]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"owner": os.getpid(), "servers": running}))
+
+
+def clear_leftovers(path: Path) -> list[str]:
+    """Stop the servers a dead stack wrote down (each only if its pid still runs the very
+    command written down: a pid the system has reused is left alone); what was stopped."""
+    if not path.exists():
+        return []
+    written = json.loads(path.read_text())
+    owner = written.get("owner")
+    if isinstance(owner, int) and owner != os.getpid() and _alive(owner):
+        return []  # its stack is still running: not leftovers
+    cleared = []
+    for server in written.get("servers", []):
+        pid, command = server.get("pid"), server.get("command")
+        if isinstance(pid, int) and isinstance(command, list) and _runs(pid, command):
+            os.kill(pid, signal.SIGKILL)
+            cleared.append(f"{' '.join(command)[:80]} (pid {pid})")
+    path.unlink()
+    return cleared
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _runs(pid: int, command: list[str]) -> bool:
+    """Whether `pid` is running `command` (ps -ww: whole command lines, Linux and macOS)."""
+    result = subprocess.run(
+        ["ps", "-ww", "-o", "command=", "-p", str(pid)],  # noqa: S607 -- ps from PATH, as a shell would
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.returncode == 0 and result.stdout.strip() == " ".join(command)

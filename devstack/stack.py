@@ -25,7 +25,7 @@ from devstack.faults import HttpFaultProxy, TcpFaultProxy
 from devstack.functions import FunctionHost, FunctionPool, FunctionSpec, Invocation, load_functions
 from devstack.lambda_api import LambdaApiServer, template_properties
 from devstack.mail import sent_emails, write_outbox
-from devstack.ports import LOOPBACK, port_in_use
+from devstack.ports import LOOPBACK, clear_leftovers, port_in_use, record_servers
 from devstack.template import ROOT, Resolver, load_template
 from orderstream import settings
 from orderstream.topics import reconcile_topics, required_topics
@@ -127,6 +127,11 @@ class LocalStack:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def _servers_file(self) -> Path:
+        """The servers this stack runs, for the next start if it is killed (clear_leftovers)."""
+        return self.state_dir / "servers.json"
+
     def start(self) -> StackInfo:
         try:
             return self._start()
@@ -136,6 +141,8 @@ class LocalStack:
 
     def start_backing(self) -> tuple[str, str, Resolver]:
         """Broker, AWS emulator, resources and topics: what a function needs to run."""
+        for cleared in clear_leftovers(self._servers_file):
+            self.log(f"cleared   {cleared}, left by a stack that was killed")
         if self.external_bootstrap:
             bootstrap = self.external_bootstrap
             self.log(f"broker    {bootstrap} (yours, from {settings.KAFKA_BOOTSTRAP_SERVERS})")
@@ -151,6 +158,7 @@ class LocalStack:
             bootstrap = self.broker.bootstrap_servers
             self.log(f"broker    {bootstrap} (Tansu, in memory)")
         self.moto = aws.MotoServer(port=self.aws_port or None).start()
+        record_servers(self._servers_file, [s for s in (self.broker, self.moto) if s is not None])
         aws.wait_until_ready(self.moto.endpoint_url)
         self.function_endpoint = self.moto.endpoint_url
         if self.faults:
@@ -288,6 +296,9 @@ class LocalStack:
         if self.broker is not None:
             self.broker.stop()
             self.broker = None
+        servers = self._servers_file
+        if servers.exists() and json.loads(servers.read_text()).get("owner") == os.getpid():
+            servers.unlink()
         for log in self._logs:
             log.close()
         self._logs = []

@@ -1,5 +1,6 @@
 """A local stack that dies leaves nothing behind: after SIGKILL its broker and moto_server go
-too, so the next `make run` finds its ports free (Linux: devstack/leash.py)."""
+too (Linux: devstack/leash.py), and where they cannot, the next start stops them, so the next
+`make run` finds its ports free."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from devstack.ports import port_in_use
 from devstack.template import ROOT
 
-pytestmark = pytest.mark.skipif(
+linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the leash is Linux's PR_SET_PDEATHSIG"
 )
 
@@ -46,6 +47,7 @@ def alive(pid: int) -> bool:
     return state != "Z"  # a zombie holds no port and waits only for its reaper
 
 
+@linux_only
 def test_a_killed_stack_takes_its_broker_and_aws_emulator_with_it(tmp_path: Path) -> None:
     stack = subprocess.Popen(
         [sys.executable, "-c", STACK, str(tmp_path)],
@@ -70,3 +72,60 @@ def test_a_killed_stack_takes_its_broker_and_aws_emulator_with_it(tmp_path: Path
         if stack.poll() is None:
             stack.kill()
             stack.wait(30)
+
+
+def test_the_next_start_clears_servers_a_killed_stack_left(tmp_path: Path) -> None:
+    """Where the leash does not hold (macOS), a SIGKILLed stack leaves its servers running: the
+    next start finds them written down, stops them, and starts on its ports."""
+    from devstack.ports import ServerProcess, clear_leftovers, free_port, record_servers
+
+    class Orphan(ServerProcess):  # a server whose stack died without a leash
+        def start(self) -> Orphan:
+            self.port = free_port()
+            listen = f"s=socket.create_server(('127.0.0.1',{self.port}))"
+            code = f"import socket,time; {listen}; time.sleep(120)"
+            self._launch([sys.executable, "-c", code], "orphan-")
+            return self
+
+    orphan = Orphan().start()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        deadline = time.monotonic() + 30
+        while not port_in_use(orphan.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        servers = tmp_path / "servers.json"
+        record_servers(servers, [orphan])
+        written = json.loads(servers.read_text())
+        # As a dead stack leaves it: its owner gone, and a pid since reused by another program.
+        written["owner"] = 2**22 + 1  # above Linux's pid_max: never a running process
+        written["servers"].append({"pid": bystander.pid, "command": orphan.command})
+        servers.write_text(json.dumps(written))
+
+        [cleared] = clear_leftovers(servers)
+        assert f"(pid {orphan.pid})" in cleared
+        assert not servers.exists()
+        deadline = time.monotonic() + 30  # a hang guard, not a speed claim
+        while alive(orphan.pid or 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(orphan.pid or 0)
+        assert bystander.poll() is None  # its command is not the one written down: left alone
+        assert clear_leftovers(servers) == []
+    finally:
+        orphan.stop()
+        bystander.kill()
+        bystander.wait(30)
+
+
+def test_a_running_stacks_servers_are_not_leftovers(tmp_path: Path) -> None:
+    from devstack.broker import EmbeddedBroker
+    from devstack.ports import clear_leftovers, record_servers
+
+    with EmbeddedBroker() as broker:
+        servers = tmp_path / "servers.json"
+        record_servers(servers, [broker])  # owned by this process, which is alive
+        written = json.loads(servers.read_text())
+        written["owner"] = os.getppid()  # another live process: a stack still running
+        servers.write_text(json.dumps(written))
+        assert clear_leftovers(servers) == []
+        assert broker.running
+        assert servers.exists()
