@@ -35,7 +35,7 @@ from orderstream.custom_resource import (
 from orderstream.redaction import masked_log_line
 from orderstream.settings import KafkaSettings
 from orderstream.topics import (
-    adoption_refusals,
+    adoption_refusal,
     delete_topics,
     partition_counts,
     reconcile_topics,
@@ -118,13 +118,11 @@ def provision(request: CustomResourceRequest) -> Answer:
         admin = admin_for(servers)
         try:
             if request.physical_resource_id == found_id or (new and topic in admin.list_topics()):
-                if new:
-                    groups = [str(g) for g in props.get("ConsumerGroups", [])]
-                    process = str(props.get("ExistingTopicRecords", "refuse")) == "process"
-                    refusals = adoption_refusals(admin, topic, groups, process)
-                    if refusals:
-                        raise AdoptionRefused("; ".join(refusals))
                 count = partition_counts(admin, [topic]).get(topic, 0)
+                if new and str(props.get("ExistingTopicRecords", "refuse")) != "process":
+                    groups = [str(g) for g in props.get("ConsumerGroups", [])]
+                    if refusal := adoption_refusal(admin, topic, count, groups):
+                        raise AdoptionRefused(refusal)
                 logger.info("topic adopted", extra={"topic": topic, "partitions": count})
                 return Answer(
                     found_id,

@@ -120,11 +120,13 @@ def delete_topics(admin: KafkaAdminClient, names: list[str]) -> list[str]:
     return present
 
 
-def unread_records(admin: KafkaAdminClient, topic: str, groups: list[str]) -> dict[str, int]:
-    """Records of the topic each consumer group would still read: from its committed offset,
-    or from the oldest retained record where it has none (TRIM_HORIZON)."""
-    count = partition_counts(admin, [topic]).get(topic, 0)
-    partitions = [TopicPartition(topic, p) for p in range(count)]
+def unread_records(
+    admin: KafkaAdminClient, topic: str, partition_count: int, groups: list[str]
+) -> dict[str, int]:
+    """Records of the topic (of `partition_count` partitions) each consumer group would still
+    read: from its committed offset, or from the oldest retained record where it has none
+    (TRIM_HORIZON)."""
+    partitions = [TopicPartition(topic, p) for p in range(partition_count)]
     if not partitions:
         return dict.fromkeys(groups, 0)
     earliest = admin.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.EARLIEST))
@@ -141,18 +143,18 @@ def unread_records(admin: KafkaAdminClient, topic: str, groups: list[str]) -> di
     return unread
 
 
-def adoption_refusals(
-    admin: KafkaAdminClient, topic: str, groups: list[str], process_records: bool
-) -> list[str]:
-    """Why a topic found on a cluster someone else runs must not be taken over as it is:
-    records our consumer groups have not read would all be processed, a confirmation mailed
-    for every order among them."""
-    unread = {g: n for g, n in unread_records(admin, topic, groups).items() if n}
-    if not unread or process_records:
-        return []
+def adoption_refusal(
+    admin: KafkaAdminClient, topic: str, partition_count: int, groups: list[str]
+) -> str | None:
+    """Why a topic found on a cluster someone else runs must not be taken over as it is, if it
+    must not: records our consumer groups have not read would all be processed, a
+    confirmation mailed for every order among them."""
+    unread = {g: n for g, n in unread_records(admin, topic, partition_count, groups).items() if n}
+    if not unread:
+        return None
     counts = ", ".join(f"{n} for {g}" for g, n in sorted(unread.items()))
-    return [
+    return (
         f"{topic} already holds records our consumer groups have not read ({counts}): they "
         "would all be processed, a confirmation mailed for every order among them. Empty the "
         "topic, or deploy with ExistingTopicRecords=process"
-    ]
+    )
