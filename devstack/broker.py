@@ -11,7 +11,7 @@ import os
 import time
 from typing import Self
 
-from devstack.ports import LOOPBACK, ServerProcess, free_port, wait_for_port
+from devstack.ports import LOOPBACK, ServerProcess, wait_for_port
 
 
 class BrokerError(RuntimeError):
@@ -48,11 +48,10 @@ class EmbeddedBroker(ServerProcess):
         return f"{LOOPBACK}:{self.advertised_port or self.port}"
 
     def start(self, timeout_s: float = 10.0) -> Self:
-        self._claim_port(BrokerError)
         # A free port can be taken between probing and binding; a fresh one usually works.
         failure = ""
         for _attempt in range(1 if self._requested_port else 3):
-            self.port = self._requested_port or free_port()
+            self._claim_port(BrokerError)
             if self._spawn(timeout_s):
                 return self
             failure = self.log_tail()
