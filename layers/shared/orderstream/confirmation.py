@@ -48,12 +48,11 @@ from orderstream.dead_letter import DeadLetter, dead_letter
 from orderstream.email_content import Confirmation, confirmation_for
 from orderstream.events import InvalidEventError, OrderPlaced, from_record
 from orderstream.ses_bulk import MAX_DESTINATIONS_PER_CALL, Delivery
-from orderstream.text import clip
+from orderstream.text import MAX_DETAIL_CHARS, clip
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecordRecords
 
-MAX_DETAIL_CHARS: Final = 300
 _ADDRESS: Final = re.compile(r"[^\s@:;,<>()\[\]\"']+@[^\s@:;,<>()\[\]\"']+")
 
 

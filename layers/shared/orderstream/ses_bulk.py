@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from orderstream.email_content import Confirmation
-from orderstream.text import clip
+from orderstream.text import MAX_DETAIL_CHARS, clip
 
 #: SendBulkTemplatedEmail's limit of destinations per call.
 MAX_DESTINATIONS_PER_CALL: Final = 50
@@ -18,9 +18,6 @@ MAX_DESTINATIONS_PER_CALL: Final = 50
 # of blocking its partition. Every other status (throttling, paused sending, a missing template,
 # "Failed") is about the account or the moment, so the order is retried.
 PERMANENT_SES_STATUSES: Final = frozenset({"MessageRejected", "InvalidParameterValue"})
-
-#: The longest error kept from SES's answer for one destination.
-MAX_ERROR_CHARS: Final = 300
 
 
 def bulk_request(
@@ -71,7 +68,7 @@ def deliveries(statuses: Sequence[Mapping[str, Any]]) -> list[Delivery]:
             answers.append(Delivery(message_id=message_id or ""))
         else:
             error = clip(
-                f"{code or 'no status'}: {status.get('Error') or 'no detail'}", MAX_ERROR_CHARS
+                f"{code or 'no status'}: {status.get('Error') or 'no detail'}", MAX_DETAIL_CHARS
             )
             answers.append(Delivery(error=error, retryable=code not in PERMANENT_SES_STATUSES))
     return answers
