@@ -221,6 +221,10 @@ def _unsupported_media_type() -> Response[Any]:
     )
 
 
+def _not_utf8(_: Exception) -> Response[Any]:
+    return _malformed("the body is not UTF-8 text")
+
+
 def _unavailable(exc: Exception) -> Response[Any]:
     cause = exc.__cause__
     logger.warning(
@@ -265,8 +269,8 @@ REFUSALS: Final[dict[type[Exception], Callable[[Any], Response[Any]]]] = {
     # The resolver and we may disagree about a media type; either way it is not ours to read.
     RequestUnsupportedContentType: lambda _: _unsupported_media_type(),
     BodyError: lambda exc: _malformed(exc.reason),
-    UnicodeDecodeError: lambda _: _malformed("the body is not UTF-8 text"),
-    binascii.Error: lambda _: _malformed("the body is not UTF-8 text"),
+    UnicodeDecodeError: _not_utf8,
+    binascii.Error: _not_utf8,
     BrokerUnavailableError: _unavailable,
     IdempotencyStoreUnavailableError: _unavailable,
     OrderIdConflictError: lambda exc: _refuse(HTTPStatus.CONFLICT, "order_id_conflict", str(exc)),
