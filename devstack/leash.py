@@ -1,5 +1,5 @@
 """Run a command that dies with the process that started it (Linux):
-`python -m devstack.leash <parent pid> <command> [args...]`.
+`python devstack/leash.py <parent pid> <command> [args...]` (standard library only).
 
 The local stack's broker and moto_server run in their own sessions (so a terminal's Ctrl-C
 reaches the stack, which stops them in order). A stack killed with SIGKILL cannot stop them:

@@ -46,7 +46,8 @@ def leashed(command: list[str]) -> list[str]:
     Start leashed processes from the main thread: Linux ties the leash to the starting thread."""
     if not sys.platform.startswith("linux"):
         return command
-    return [sys.executable, "-m", "devstack.leash", str(os.getpid()), *command]
+    # Run as a file, not `-m devstack.leash`: the working directory need not hold devstack.
+    return [sys.executable, str(Path(__file__).with_name("leash.py")), str(os.getpid()), *command]
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, grace_s: float) -> None:
