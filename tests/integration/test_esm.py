@@ -280,6 +280,21 @@ def test_batches_stay_under_the_payload_cap(
     assert sorted(o for _, o in function.offsets()) == list(range(6))
 
 
+def test_records_that_arrive_within_the_window_are_one_batch(
+    kafka_broker: EmbeddedBroker, topic: str, run_mapping: Callable[..., EventSourceMapping]
+) -> None:
+    """The window is honoured whole, though a poller waits for records in short slices (to see
+    a stop quickly): records sent one by one inside it reach the function in one batch."""
+    function = Function()
+    run_mapping(spec(topic, batch_size=100, batching_window_s=8.0), function)
+    for n in range(4):  # spread over about a second: many poll slices, well inside the window
+        produce(kafka_broker, topic, [f"r{n}".encode()], partition=0)
+        time.sleep(0.3)
+    wait_for(lambda: len(function.offsets()) >= 4)
+    assert len(function.events) == 1
+    assert sorted(o for _, o in function.offsets()) == list(range(4))
+
+
 def test_filter_patterns_follow_lambdas_rules() -> None:
     def record(value: Any) -> dict[str, Any]:
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()
