@@ -19,16 +19,14 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 
+from bench._common import CLUSTER_ARN, PartResult, Row, progress
 from devstack.msk_event import msk_event, sample_order_records
 from orderstream.archive import COMPRESS_LEVEL, StoredObject, Years, archive_batch
 from orderstream.events import ORDER_EVENTS
-
-CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
-
 
 YEARS = Years(2024, 2099)
 
@@ -76,6 +74,36 @@ def timed(run: Callable[[dict[str, Any]], int], event: dict[str, Any]) -> tuple[
     started = time.perf_counter()
     size = run(event)
     return time.perf_counter() - started, size
+
+
+PART_RECORDS: Final = 10_000
+PART_REPEATS: Final = 5
+
+
+def part(result: PartResult, quick: bool) -> None:
+    records_count = PART_RECORDS // 10 if quick else PART_RECORDS
+    records = sample_order_records(records_count, 4)
+    event = msk_event(records, CLUSTER_ARN, "b-1.example:9098")
+    value_bytes = sum(len(r.value or b"") for r in records)
+    progress(f"archiver: {records_count:,} records, {PART_REPEATS} repeats")
+    archive(event)  # warm-up: imports, deserializer cache
+    archive_s, bare_s = [], []
+    for _ in range(PART_REPEATS):
+        archive_s.append(timed(archive, event)[0])
+        bare_s.append(timed(bare_decode_and_gzip, event)[0])
+    result.rows.append(
+        Row(
+            f"archiver: {records_count:,} x {value_bytes / records_count / 1000:.0f} KB batch",
+            statistics.median(archive_s) * 1000,
+            statistics.median(bare_s) * 1000,
+            "ms",
+        )
+    )
+    result.notes.append(
+        f"archiver: bench/archiver.py's measurement, median of {PART_REPEATS}: "
+        "archive_batch (Powertools decoding, JSON lines, gzip per partition, in-memory store) "
+        "vs base64-decode + gzip of the same values."
+    )
 
 
 def main() -> None:

@@ -26,9 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
 from typing import Any, Final
 
+from bench._common import CLUSTER_ARN, PartResult, Row, progress
 from devstack.msk_event import PlainRecord, msk_event, sample_order_records
 
-CLUSTER_ARN = "arn:aws:kafka:eu-west-1:123456789012:cluster/orderstream/bench-s1"
 SENDER = "orders@example.com"
 TABLE = "orderstream-bench-idempotency"
 BUCKET = "orderstream-bench-dead-letters"
@@ -159,6 +159,52 @@ def one_call_per_order(records: list[PlainRecord], template: str) -> tuple[Count
                 TemplateData=json.dumps(confirmation.data, separators=(",", ":")),
             )
         return calls, time.perf_counter() - started
+
+
+PART_ORDERS: Final = 1_000
+PART_BATCH: Final = 100  # the template's BatchSize
+
+
+def part(result: PartResult, quick: bool) -> None:
+    orders = PART_ORDERS // 10 if quick else PART_ORDERS
+    quiet_offline_environment()
+    from moto import mock_aws  # after the environment: moto reads it at import
+
+    progress(f"email: {orders:,} orders in batches of {PART_BATCH}")
+    records = sample_order_records(orders, 3, items_per_order=3)
+    with mock_aws():
+        template = create_resources()
+        bulk_calls, ledger_calls, bulk_s = bulk(records, PART_BATCH, template)
+        bulk_sent = ses_destinations()
+        single_calls, single_s = one_call_per_order(records, template)
+        single_sent = ses_destinations() - bulk_sent
+    per_1000 = 1000 / orders
+    result.rows.append(
+        Row(
+            "email: SES calls per 1,000 orders, bulk vs one per order",
+            sum(bulk_calls.values()) * per_1000,
+            sum(single_calls.values()) * per_1000,
+            "calls",
+        )
+    )
+    result.rows.append(
+        Row(
+            "email: time per 1,000 orders, bulk vs one per order",
+            bulk_s * 1000 * per_1000,
+            single_s * 1000 * per_1000,
+            "ms",
+        )
+    )
+    result.notes.append(
+        f"email: {sum(ledger_calls.values()) / orders:.2f} DynamoDB calls per order "
+        "(claim, then record as sent: 2 when nothing fails)."
+    )
+    result.notes.append(
+        f"email: bench/emails.py, moto in-process; the notifier's handler in batches of "
+        f"{PART_BATCH} ({dict(bulk_calls)}, {bulk_sent:,} emails, plus {dict(ledger_calls)} "
+        f"idempotency calls in its time) vs one SendTemplatedEmail per order ({single_sent:,} "
+        "emails). The call count is what SES bills and throttles; the times are moto's."
+    )
 
 
 def main() -> None:

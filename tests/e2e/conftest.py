@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import threading
 import time
@@ -20,6 +19,7 @@ from kafka import KafkaProducer
 from devstack import aws
 from devstack.mail import emailed_order_ids
 from devstack.stack import LocalStack, StackInfo
+from orderstream.archive import read_lines
 from orderstream.events import OrderPlaced, to_message
 from orderstream.models import Customer, LineItem, Order, compute_total
 
@@ -70,7 +70,7 @@ class Stack:
         return [
             json.loads(line)
             for body in self.objects("ArchiveBucket").values()
-            for line in gzip.decompress(body).splitlines()
+            for line in read_lines(body)
         ]
 
     def archived_orders(self) -> Counter[str]:

@@ -4,7 +4,6 @@ archived once and emailed once. Faults are real network faults injected on loopb
 from __future__ import annotations
 
 import copy
-import gzip
 import json
 import time
 import uuid
@@ -18,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from devstack.faults import Fault, s3_put_failures, s3_writes_held, ses_throttling
 from devstack.msk_event import msk_event
 from devstack.status import end_offsets
+from orderstream.archive import read_lines
 from tests.e2e.conftest import Stack, an_order, message, publish, wait_until
 from tests.samples import load_event
 
@@ -97,7 +97,7 @@ def test_the_same_batch_redelivered_three_times(local_stack: Stack) -> None:
     try:
         batches = []
         for body in archive_before.values():
-            held = [json.loads(line) for line in gzip.decompress(body).splitlines()]
+            held = [json.loads(line) for line in read_lines(body)]
             tp = TopicPartition(held[0]["topic"], held[0]["partition"])
             offsets = {line["offset"] for line in held}
             consumer.assign([tp])
