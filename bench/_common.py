@@ -1,4 +1,4 @@
-"""What bench/run.py's parts share: result rows, percentiles, a Lambda context, the machine.
+"""What bench/run.py's parts share: result rows, percentiles, progress, the machine, a cluster ARN.
 
 Only standard-library modules are imported here, and no module of this folder may be named after
 one (the email benchmark is emails.py): a script run from here would import ours instead.

@@ -1,25 +1,9 @@
 """An MSK event-source mapping, emulated: Kafka consumers that invoke a function, as Lambda's do.
 
-Held to the Lambda developer guide ("Using Lambda with Amazon MSK", "Configuring error handling
-controls for Kafka event sources", "Capturing discarded batches..."), never to what our
-consumers happen to need:
-
-- The template's `Type: MSK` event: its consumer group, StartingPosition, BatchSize,
-  MaximumBatchingWindowInSeconds, the 6 MB payload cap and FilterCriteria; the documented ranges
-  are checked, and the error-handling controls are refused without provisioned mode.
-- Several pollers, up to `MaximumPollers` (capped at the partition count, as Lambda caps it),
-  invoking at once. Partitions move between pollers on a rebalance (a partition added to the
-  topic, or `rebalance()`), and the new owner starts from the committed offset while the old
-  one may still be invoking with the same records: two invocations can hold overlapping ranges
-  of one partition, as in AWS. The old owner's commit is then refused, as Kafka refuses it.
-- Offsets committed only after the function succeeded: at least once.
-- Errors: retries up to MaximumRetryAttempts (-1 with an on-failure destination means 10),
-  records older than MaximumRecordAgeInSeconds skipped to the destination,
-  BisectBatchOnFunctionError, ReportBatchItemFailures (an identifier under `partition` or
-  `topic-partition`; one naming a record not in the event, or a malformed response, fails the
-  whole batch and counts as an attempt; other keys beside them are ignored, as the Kafka page
-  says nothing of them); then the on-failure destination: one S3 object per discarded
-  invocation, the documented metadata with the invocation as an escaped JSON string.
+Held to the Lambda developer guide, never to what our consumers need: batching, several
+pollers with overlapping ranges on a rebalance, commits after success, the error-handling
+controls and the on-failure destination. What is emulated and from which AWS page:
+docs/design.md, "The event-source mapping emulator".
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
 """Redrive: what the consumers gave up on, handed to a consumer again after a fix.
 
-Two sources in the dead-letter bucket:
-- `failures`: the mappings' on-failure records (`aws/lambda/<mapping uuid>/...`), each a whole
-  invocation (its `payload`, sent again exactly as Lambda first sent it) that exhausted its
-  retries; it goes back to the function named in its `requestContext.functionArn`, or --target.
-- `dead-letters`: a consumer's poison records (`dead-letters/<consumer>/...`), each one record
-  it could not use; they go back to that consumer (the mapped function whose
-  POWERTOOLS_SERVICE_NAME is the consumer's name), or to --target, in batches of its mapping's
-  size, each letter judged by its own record.
-
-An object is moved under `redriven/` only once the invocation succeeded for its records: no
-failure reported, and for a dead letter, no new version of it (a consumer that still cannot
-use the record writes its dead letter again). The copy carries the version it was made from,
-so a move interrupted between copy and delete is finished by the next run, never redriven
-twice; and a dead letter written again while it was being moved is not hidden by the delete.
-The dead-letter alarm counts arrivals under `dead-letters/` and `aws/lambda/` only, so a move
-is not taken for a new failure.
+Two sources in the dead-letter bucket: the mappings' on-failure records (whole invocations)
+and the consumers' dead letters (one record each). An object moves under `redriven/` only once
+its records were handled. Why a move is never lost or doubled: docs/design.md, "Redrive".
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """The email notifier: one SES order confirmation per order_id, whatever Kafka redelivers.
 
-The handler wires Powertools and three small adapters around
-`orderstream.confirmation.confirm_batch`, which holds the claim -> send -> settle protocol:
-
-* `IdempotencyLedger`: Powertools idempotency records (DynamoDB) keyed on order_id;
-* `SesMailer`: SES v1 SendBulkTemplatedEmail, up to 50 confirmations per call;
-* `S3DeadLetters`: poison records, one object per record, in the dead-letter bucket.
-
-The answer is a partial batch response (the mapping uses ReportBatchItemFailures): only orders
-that could not be settled now are redelivered. The handler raises only for a broken
-configuration, which fails the whole batch. It never imports kafka-python: the mapping hands it
-the records, and the import would only slow cold starts.
+Wires Powertools and three adapters (`IdempotencyLedger`, `SesMailer`, `S3DeadLetters`) around
+`orderstream.confirmation.confirm_batch`, and answers with a partial batch response. It never
+imports kafka-python. See docs/design.md, "The email notifier's adapters".
 """
 
 from __future__ import annotations

@@ -1,18 +1,8 @@
 """Custom resource Custom::KafkaTopics: the topics, created from inside the VPC on any MSK cluster.
 
-Properties: ClusterArn, BootstrapServers (from Custom::KafkaBootstrapBrokers, which looks them up
-outside the VPC: this function calls no AWS API but CloudFormation's S3 response URL), OrderTopic,
-Partitions, ReplicationFactor, MinInsyncReplicas, DeleteTopicsOnDelete, ConsumerGroups,
-ExistingTopicRecords. Returns
-`BootstrapServers` (GetAtt) so the producer's environment depends on the topics existing, not
-only on the cluster.
-
-A topic that exists when the resource is created (a cluster you run) is adopted: the physical
-id says so, and the stack never alters or deletes it. It is refused instead while it holds
-records our consumer groups have not read (unless ExistingTopicRecords=process): taking it over
-would mail a confirmation for every order among them.
-A topic the stack created is grown with Partitions and deleted only when DeleteTopicsOnDelete
-says so.
+Creates, grows and (if asked) deletes the stack's topic; adopts a topic that was there first
+and never alters it, unless it holds records our groups have not read. Returns
+`BootstrapServers`. Properties and the adoption rules: docs/design.md, "The topic provisioner".
 """
 
 from __future__ import annotations

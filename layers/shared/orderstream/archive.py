@@ -1,52 +1,8 @@
 """The S3 archive of Kafka records: gzip JSON Lines per partition, hour and offset block.
 
-The archive is the system of record, so it keeps every record, poison ones included, byte for
-byte, and it is exact whatever the mapping does: after any sequence of deliveries of a partition
-(repeated, overlapping, shrinking, growing, or two at once during a rebalance) every record is
-in the archive once, and each object holds the same bytes as if every record had come once.
-
-How: an object's name and content are functions of the records, never of the batches.
-
-- Deterministic boundaries, as Kafka Connect's S3 sink gets with its flush size: a record
-  belongs to the object of its topic, partition, its *own* hour (UTC, from its timestamp) and
-  its offset block (`OFFSETS_PER_OBJECT` offsets). The file name carries the block's first
-  offset, the first one the object can hold (Connect names a file by the first it holds).
-- Merge, don't overwrite: a batch reads the object, adds the records it lacks, writes the
-  union sorted by offset, and skips the write when nothing is new. A record already there is
-  kept as it is.
-- Conditional writes make the merge safe against a concurrent writer: S3 PutObject with
-  `If-None-Match: *` (create) or `If-Match: <ETag read>` (replace). When another writer got
-  there first S3 answers 412 (or 409 ConditionalRequestConflict during a race); the store
-  raises `WriteConflict`, and the merge starts again from a fresh read.
-
-    topics/<topic>/year=YYYY/month=MM/day=DD/hour=HH/<topic>+<partition>+<block start:020>.jsonl.gz
-
-One line per record in a fixed field order, the value last (line breaks added for reading):
-
-    {"topic":"order-placed","partition":1,"offset":140,"timestamp":1795615328000,
-     "timestamp_type":"CREATE_TIME","key":"5b0c4d1e-...","key_encoding":"utf-8",
-     "headers":[{"name":"correlation-id","value":"req-0000","encoding":"utf-8"}],
-     "error":null,"value_base64":null,"value":{"event_id":"...","order":{...}}}
-
-- `key` and each header `value` are UTF-8 text when the bytes are valid UTF-8, else base64;
-  `key_encoding` / `encoding` says which, and is null when the bytes are null.
-- `value` is the record's value when it is an `order-placed` event the Glue table's struct can
-  read (it validates as `OrderPlaced`): its *original text*, embedded unchanged, when that text
-  holds no line break (nor U+2028, U+2029, U+0085, which some readers split on);
-  `value_bytes(line)` gives it back byte for byte. An event with line breaks is embedded
-  re-serialised, its bytes kept in `value_base64`. Anything else (not UTF-8, not JSON, a
-  repeated key, NaN or a float beyond a double, too deep, or JSON that is not a valid event) is
-  poison: `value` null, the bytes in `value_base64`, and `error` says why. A tombstone has both
-  null and an `error`. Only valid events reach the struct column, so no row can fail a query.
-- Hours outside the Glue table's projected years (a timestamp of -1 from an old client, a
-  broken producer clock) would be invisible to Athena: such a record is filed under the first
-  hour of the first year, or the last hour of the last year, and keeps its own `timestamp`.
-
-"The same bytes" holds for one runtime: the gzip stream comes from its zlib, and an error's
-text from its json and pydantic. A merge never rewrites a record already archived, so an
-upgrade changes only the records that arrive after it.
-
-Nothing here calls AWS: the handler passes a store (S3 in Lambda, a dict in tests).
+Every record once, byte for byte, whatever the mapping redelivers: an object's name and content
+are functions of the records, merged in with conditional writes. Nothing here calls AWS; the
+handler passes a store. Line format, naming and reasoning: docs/design.md, "The archive".
 """
 
 from __future__ import annotations

@@ -1,34 +1,9 @@
 """Order confirmations: one email per order whatever Kafka redelivers, as claim -> send -> settle.
 
-What each email says is orderstream.email_content's; SES's request and answers are
-orderstream.ses_bulk's. Nothing here calls AWS. `confirm_batch` drives three ports the email
-notifier implements: a `Ledger` (Powertools idempotency records in DynamoDB), a `Mailer` (SES
-bulk sends) and a `DeadLetterStore` (S3); tests drive it with in-memory fakes.
-
-One email per order_id, with sends batched. SES's SendBulkTemplatedEmail takes up to 50
-destinations, and each destination succeeds or fails on its own, so every order goes through
-claim -> send -> settle:
-
-1. **claim** each order of a chunk in the ledger (a conditional write that holds the order for
-   the invocation's time or the ledger's hold, whichever is longer). An order confirmed before
-   is a duplicate and skipped, or, when the ledger remembers another order's fingerprint under
-   its order_id, dead-lettered as a reused order_id. One held by another invocation is claimed
-   again while this invocation waits (`TimeBudget.wait_for_claims_ms`), then retried.
-2. **send** the claimed orders in one bulk call. A call SES refuses as a whole (an address it
-   cannot take) is split in halves until the bad destination stands alone and is dead-lettered.
-3. **settle** per destination: sent -> record it as sent, retried while time is left; failed ->
-   release the claim so the mapping's retry sends it; rejected for good -> release and
-   dead-letter. A whole call that fails for the moment releases every claim of the chunk.
-
-No call starts unless its worst case fits in the time left (`TimeBudget`): a chunk is deferred
-(its records retried, nothing claimed or its claims released) rather than cut off mid-way.
-
-The guarantee: an order is emailed once, whatever is redelivered, except on two paths. An
-invocation killed after SES accepted and before the ledger recorded it, or a ledger that stays
-unreachable for the rest of the invocation after SES accepted: the claim then expires with its
-hold, and a redelivery after that sends again. And SES itself: a read timeout after SES accepted
-makes the client retry, and SES v1 has no idempotency token. No order is dropped silently: each
-is emailed, retried, or dead-lettered with its reason.
+`confirm_batch` drives three ports (a `Ledger`, a `Mailer`, a `DeadLetterStore`) that the email
+notifier implements and tests fake; nothing here calls AWS. What an email says is
+`email_content`'s, SES's wire format `ses_bulk`'s. The protocol, the time budget and the exact
+guarantee: docs/design.md, "Confirmations: claim, send, settle".
 """
 
 from __future__ import annotations

@@ -1,31 +1,8 @@
 """Dead letters: a Kafka record a consumer could not use, kept byte-exact with the reason.
 
-A poison record must neither block its partition nor be lost, so a consumer writes it here and
-moves on. One JSON document per record, under a key made of the record's coordinates:
-
-    dead-letters/<consumer>/<topic>/<partition>/<offset:020>.json
-
-so a redelivered poison record overwrites its own dead letter instead of adding a second one,
-and a listing sorts by offset. The document (keys sorted, compact; spread out here):
-
-    {"consumer": "email-notifier",
-     "headers": [{"content-type": [97, 112, 112, ...]}],
-     "key": "NWIwYzRkMWUtOGYyYS00YzNiLTlkN2UtMDAwMDAwMDBmZmZm",
-     "offset": 241, "partition": 2,
-     "reason": "value is not UTF-8 JSON: 'utf-8' codec can't decode byte 0x89 ...",
-     "timestamp": 1795615330000, "timestamp_type": "CREATE_TIME",
-     "topic": "order-placed",
-     "value": "iVBORw0KIG5vdCBqc29uIHs=",
-     "version": 1}
-
-- `key` and `value` are exactly what Lambda delivered: base64 of the raw bytes, null when the
-  record had no key, or no value (a tombstone). Decoding them gives the bytes on the topic.
-- `headers` are Lambda's raw form, in order, repeats kept: one `{name: [byte, ...]}` per header,
-  `null` for a null header value.
-- No wall-clock time: the bytes are a function of the record and the reason, so rewriting a
-  dead letter changes nothing (S3's LastModified says when it arrived).
-
-Pure: nothing here calls AWS. Consumers store `DeadLetter.body` under `DeadLetter.key`.
+One JSON document per record at `dead-letters/<consumer>/<topic>/<partition>/<offset:020>.json`,
+so a redelivery overwrites its own letter. Pure: consumers store `DeadLetter.body` under
+`DeadLetter.key`. The document's fields: docs/design.md, "Dead letters".
 """
 
 from __future__ import annotations

@@ -1,16 +1,8 @@
 """Accepting an order: publish its `order-placed` event once per order_id and say where it went.
 
-Nothing here knows about HTTP or Lambda events: the order API adapts requests to `OrderIntake`,
-and tests drive it directly. Exactly-once towards clients rests on two things:
-
-* an idempotency record per order_id (Powertools idempotency on DynamoDB), written *before* the
-  publish and deleted again when the publish fails, so a retry after a 503 is never blocked;
-* the broker's acknowledgement (acks=all) awaited within the send timeout, so "accepted" always
-  means "on the topic".
-
-The one gap is an acknowledgement lost on the way back: the broker may hold the event although
-we report a failure, and the client's retry then publishes it a second time. Consumers drop such
-duplicates by order_id, which is why every consumer is idempotent.
+Knows nothing of HTTP or Lambda: the order API adapts requests to `OrderIntake`. Why the
+idempotency record comes before the publish, and the one gap left: docs/design.md,
+"How an order is accepted".
 """
 
 from __future__ import annotations
