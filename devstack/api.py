@@ -3,7 +3,8 @@
 Each request becomes the REST API proxy event (payload v1) that API Gateway sends, and the
 function's answer becomes the HTTP response, as API Gateway would make it: unknown routes get
 403 "Missing Authentication Token", an unhandled function error 502, a timeout 504. The API key
-the stage requires in AWS is not asked for locally.
+the stage requires in AWS is not asked for locally. The event builder is ours rather than SAM
+CLI's: see docs/design.md, "Ours or a library's".
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """template.yaml as data: loaded, transformed by SAM's own translator, intrinsics resolved.
 
 The template tests assert on the transformed template; the local stack reads functions, events
-and environments from it, so what runs locally is what template.yaml declares.
+and environments from it, so what runs locally is what template.yaml declares. `Resolver` is
+ours rather than SAM CLI's: see docs/design.md, "Ours or a library's".
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 A custom resource that never answers leaves the stack waiting (ServiceTimeout, else an hour).
 `answer()` guarantees exactly one response per request: the outcome of the work, the error it
-raised, or a FAILED sent shortly before the Lambda would time out.
+raised, or a FAILED sent shortly before the Lambda would time out. Ours rather than crhelper:
+see docs/design.md, "Ours or a library's".
 """
 
 from __future__ import annotations
