@@ -124,11 +124,11 @@ def bulk(
         }
     )
     app.notifier.cache_clear()
-    wired = app.notifier()
-    persistence = wired.ledger.persistence
+    notifier = app.notifier()
+    persistence = notifier.ledger.persistence
     assert isinstance(persistence, DynamoDBPersistenceLayer)
     with (
-        counting_calls(wired.mailer.client, "ses") as calls,
+        counting_calls(notifier.mailer.client, "ses") as calls,
         counting_calls(persistence.client, "dynamodb") as ledger_calls,
         redirect_stdout(io.StringIO()),  # the metrics Powertools prints per invocation
     ):

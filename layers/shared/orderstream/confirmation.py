@@ -286,7 +286,36 @@ def confirm_batch(
     if not 1 <= chunk_size <= MAX_DESTINATIONS_PER_CALL:
         raise ValueError(f"chunk_size must be 1 to {MAX_DESTINATIONS_PER_CALL}")
     outcome = ConfirmationReport()
-    orders: dict[str, _Order] = {}  # first appearance first
+    orders = _orders_of(records, dead_letters, consumer, outcome)
+    clock = _Clock(time_left_ms, sleep)
+    run = _Run(ledger, mailer, redirect_to, outcome, ledger_calls, budget, clock)
+    waiting = run.chunks(orders, chunk_size)
+    # Orders another invocation holds: re-claim them until this invocation has run for
+    # `wait_for_claims_ms`, so each mapping retry of them costs at least that much time.
+    while (
+        waiting
+        and clock.elapsed() < budget.wait_for_claims_ms
+        and clock.fits(budget.poll_ms + budget.chunk_ms)
+    ):
+        clock.sleep(budget.poll_ms / 1000)
+        waiting = run.chunks(waiting, chunk_size)
+    for order in waiting:
+        detail = "claimed by another invocation; retried once it settles"
+        outcome._fail(Problem("in-progress", detail, order.refs, order.order_id))
+    for order, reason in run.rejected:
+        for record in order.records:
+            _dead_letter_record(record, reason, dead_letters, consumer, outcome)
+    return outcome
+
+
+def _orders_of(
+    records: Iterable[ConsumerRecordRecords],
+    dead_letters: DeadLetterStore,
+    consumer: str,
+    outcome: ConfirmationReport,
+) -> list[_Order]:
+    """The batch's orders, first appearance first; poison and a reused order_id dead-lettered."""
+    orders: dict[str, _Order] = {}
     for record in records:
         try:
             event = _decode(record)
@@ -307,26 +336,7 @@ def confirm_batch(
             refs = (RecordRef.of(record),)
             outcome.problems.append(Problem("conflict", reason, refs, event.order_id, False))
             _dead_letter_record(record, reason, dead_letters, consumer, outcome)
-
-    clock = _Clock(time_left_ms, sleep)
-    run = _Run(ledger, mailer, redirect_to, outcome, ledger_calls, budget, clock)
-    waiting = run.chunks(list(orders.values()), chunk_size)
-    # Orders another invocation holds: re-claim them until this invocation has run for
-    # `wait_for_claims_ms`, so each mapping retry of them costs at least that much time.
-    while (
-        waiting
-        and clock.elapsed() < budget.wait_for_claims_ms
-        and clock.fits(budget.poll_ms + budget.chunk_ms)
-    ):
-        clock.sleep(budget.poll_ms / 1000)
-        waiting = run.chunks(waiting, chunk_size)
-    for order in waiting:
-        detail = "claimed by another invocation; retried once it settles"
-        outcome._fail(Problem("in-progress", detail, order.refs, order.order_id))
-    for order, reason in run.rejected:
-        for record in order.records:
-            _dead_letter_record(record, reason, dead_letters, consumer, outcome)
-    return outcome
+    return list(orders.values())
 
 
 def _decode(record: ConsumerRecordRecords) -> OrderPlaced:
