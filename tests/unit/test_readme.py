@@ -14,7 +14,8 @@ def named_paths(text: str) -> set[str]:
     return {
         (LAYER + path if path.startswith("orderstream/") else path)
         for path in NAMED.findall(text)
-        if "<" not in path
+        # Placeholders and runtime state (devstack/.state/, made by `make run`) are not files.
+        if "<" not in path and "/." not in path
     }
 
 
