@@ -10,12 +10,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+MUTATION_VENV := .venv-mutation
+MUTATION_STAMP := $(MUTATION_VENV)/.installed
 SITE := $(VENV)/lib/python$(PYTHON_VERSION)/site-packages
 # sam build looks for python3.13 on PATH; the venv provides it.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export AWS_DEFAULT_REGION ?= eu-west-1
 
-.PHONY: help venv test unit lint typecheck pytest build run status bench schemas clean
+.PHONY: help venv test unit lint typecheck pytest build run status bench mutation schemas clean
 
 help:
 	@echo "make test       lint, type-check and run every test (creates .venv on first use)"
@@ -26,6 +28,7 @@ help:
 	@echo "make run        the whole pipeline locally: broker, AWS emulator, API, mappings"
 	@echo "make status     what the running local stack holds"
 	@echo "make bench      benchmarks, each a ratio to a baseline measured in the same run"
+	@echo "make mutation   mutation testing of the layer and handlers (tests/MUTATION.md)"
 	@echo ".venv/bin/orderstream --help   replay, redrive and smoke-test a stack (AWS or local)"
 	@echo "make clean      remove .venv and build output"
 
@@ -51,6 +54,17 @@ $(CHECKOV_STAMP): requirements-checkov.txt constraints-checkov.txt .python-versi
 	  "$$(scripts/find-python $(PYTHON_VERSION))" -m venv $(CHECKOV_VENV); \
 	fi
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checkov.txt -c constraints-checkov.txt
+	@touch $@
+
+# mutmut 3.8 and aws-sam-cli disagree on click: mutation testing gets a virtual environment of
+# its own, with the unit tests' dependencies and sam-cli's package alone (devstack.template
+# parses YAML with it; none of its dependencies are needed for that).
+$(MUTATION_STAMP): requirements-mutation.txt constraints-mutation.txt layers/shared/requirements.txt requirements-dev.txt .python-version
+	@if [ ! -x $(MUTATION_VENV)/bin/python ]; then \
+	  "$$(scripts/find-python $(PYTHON_VERSION))" -m venv $(MUTATION_VENV); \
+	fi
+	$(MUTATION_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-mutation.txt -c constraints-mutation.txt
+	$(MUTATION_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "$$(grep '^aws-sam-cli==' requirements-dev.txt)"
 	@touch $@
 
 test: lint typecheck pytest
@@ -92,5 +106,10 @@ status: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py
 
+# mutmut over the layer and the handlers, driven by the fast unit tests; under an hour, not part
+# of `make test`. Its summary goes to tests/MUTATION.md.
+mutation: $(MUTATION_STAMP)
+	$(MUTATION_VENV)/bin/python scripts/mutation.py
+
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) $(MUTATION_VENV) .mutation .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -130,6 +130,9 @@ class FunctionHost:
         self._process: subprocess.Popen[str] | None = None
         self._results: IO[str] | None = None
         self._lock = threading.Lock()
+        #: True from handing the event over until the answer (or the container's end) is read:
+        #: fault tests kill a container only while it holds an invocation.
+        self.in_flight = False
 
     def _paths(self) -> list[str]:
         if self.built_dir is not None:
@@ -163,12 +166,15 @@ class FunctionHost:
         os.close(write_fd)
         self._results = os.fdopen(read_fd, "r")
 
-    def kill(self) -> None:
+    def kill(self) -> bool:
         """End the container at once, as Lambda does on a timeout or a crash. An invocation in
-        flight returns a Runtime.ExitError; the next one starts a fresh container (cold)."""
-        process = self._process
+        flight returns a Runtime.ExitError; the next one starts a fresh container (cold).
+        True when an invocation was in flight."""
+        process, in_flight = self._process, self.in_flight
         if process is not None and process.poll() is None:
             process.kill()
+            return in_flight
+        return False
 
     def stop(self) -> None:
         self.kill()
@@ -206,36 +212,54 @@ class FunctionHost:
                 "timeout_ms": self.spec.timeout_s * 1000,
             }
             started = time.perf_counter()
+            self.in_flight = True
             try:
-                process.stdin.write(json.dumps({"event": event, "context": context}) + "\n")
-                process.stdin.flush()
-            except (BrokenPipeError, ValueError):
-                self._cleanup()
-                return self._failure(request_id, started, "Runtime.ExitError", "container exited")
-            line = self._read_line(results, self.spec.timeout_s)
-            if line is None:
-                # Like Lambda: the container is discarded and the next invocation starts cold.
-                self._cleanup()
-                return self._failure(
-                    request_id,
-                    started,
-                    "Sandbox.Timedout",
-                    f"Task timed out after {self.spec.timeout_s:.2f} seconds",
-                )
-            if not line:
-                self._cleanup()
-                return self._failure(
-                    request_id, started, "Runtime.ExitError", "the container exited mid-invocation"
-                )
-            reply = json.loads(line)
-            return Invocation(
-                request_id=request_id,
-                ok=reply["ok"],
-                payload=reply.get("payload"),
-                error=reply.get("error"),
-                duration_ms=(time.perf_counter() - started) * 1000,
-                init_ms=reply.get("init_ms", 0.0),
+                return self._exchange(process, results, event, context, request_id, started)
+            finally:
+                self.in_flight = False
+
+    def _exchange(
+        self,
+        process: subprocess.Popen[str],
+        results: IO[str],
+        event: Any,
+        context: dict[str, Any],
+        request_id: str,
+        started: float,
+    ) -> Invocation:
+        """Hand one event to the running container and read its answer (the caller holds the
+        container's lock)."""
+        assert process.stdin is not None
+        try:
+            process.stdin.write(json.dumps({"event": event, "context": context}) + "\n")
+            process.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            self._cleanup()
+            return self._failure(request_id, started, "Runtime.ExitError", "container exited")
+        line = self._read_line(results, self.spec.timeout_s)
+        if line is None:
+            # Like Lambda: the container is discarded and the next invocation starts cold.
+            self._cleanup()
+            return self._failure(
+                request_id,
+                started,
+                "Sandbox.Timedout",
+                f"Task timed out after {self.spec.timeout_s:.2f} seconds",
             )
+        if not line:
+            self._cleanup()
+            return self._failure(
+                request_id, started, "Runtime.ExitError", "the container exited mid-invocation"
+            )
+        reply = json.loads(line)
+        return Invocation(
+            request_id=request_id,
+            ok=reply["ok"],
+            payload=reply.get("payload"),
+            error=reply.get("error"),
+            duration_ms=(time.perf_counter() - started) * 1000,
+            init_ms=reply.get("init_ms", 0.0),
+        )
 
     @staticmethod
     def _read_line(results: IO[str], timeout_s: float) -> str | None:
@@ -295,10 +319,14 @@ class FunctionPool:
                 return host
         return self._free.get()
 
-    def kill(self) -> None:
-        """Kill every container mid-whatever (fault tests); the pool keeps serving, cold."""
-        for host in self._all:
-            host.kill()
+    def in_flight(self) -> int:
+        """How many invocations the pool's containers hold right now."""
+        return sum(host.in_flight for host in list(self._all))
+
+    def kill(self) -> int:
+        """Kill every container mid-whatever (fault tests); the pool keeps serving, cold.
+        Returns how many invocations were in flight in the containers it killed."""
+        return sum(host.kill() for host in list(self._all))
 
     def stop(self) -> None:
         for host in self._all:

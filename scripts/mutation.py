@@ -48,6 +48,9 @@ COPIED = [
 MUTATED = ["orderstream", "functions"]
 # Statuses as `mutmut results --all true` prints them.
 KILLED, SURVIVED, TIMEOUT, NO_TESTS = "killed", "survived", "timeout", "no tests"
+# The console script, not `python -m mutmut`: run as __main__, mutmut's module would exist twice
+# and the trampolines would report their hits to the copy that does not collect them.
+MUTMUT = str(Path(sys.executable).parent / "mutmut")
 
 
 def stage() -> None:
@@ -73,7 +76,7 @@ def stage() -> None:
         f"source_paths = {json.dumps(MUTATED)}",
         # The fast unit tests only: no broker, no stack, nothing marked slow.
         'pytest_add_cli_args_test_selection = ["tests/unit"]',
-        'pytest_add_cli_args = ["-m", "not slow", "-p", "no:randomly", "-x", "-q"]',
+        'pytest_add_cli_args = ["-m", "not slow"]',
         f"also_copy = {json.dumps(COPIED)}",
         "timeout_multiplier = 10.0",
         "use_git_change_detection = false",
@@ -83,13 +86,12 @@ def stage() -> None:
 
 def run_mutmut(minutes: float, only: str | None) -> bool:
     """mutmut run in the scratch tree; False when it was stopped at the time limit."""
-    env = {
-        **os.environ,
-        # The venv's .pth puts the repo's own layer on the path: the staged copy must win.
-        "PYTHONPATH": str(STAGE / "mutants"),
-        "HYPOTHESIS_PROFILE": "mutation",
-    }
-    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(os.cpu_count() or 2)]
+    # No PYTHONPATH to mutants/: it does not exist yet when mutmut starts, and an entry that did
+    # not exist is remembered as empty, so the repo's own layer (the venv's .pth) would be
+    # imported instead. mutmut puts mutants/ first on the path itself once it has made it.
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation"}
+    env.pop("PYTHONPATH", None)
+    command = [MUTMUT, "run", "--max-children", str(os.cpu_count() or 2)]
     if only:
         command.append(only)
     process = subprocess.Popen(command, cwd=STAGE, env=env, start_new_session=True)
@@ -109,9 +111,8 @@ def run_mutmut(minutes: float, only: str | None) -> bool:
 def results() -> dict[str, str]:
     """mutant name -> status, as mutmut reports them."""
     done = subprocess.run(
-        [sys.executable, "-m", "mutmut", "results", "--all", "true"],
+        [MUTMUT, "results", "--all", "true"],
         cwd=STAGE,
-        env={**os.environ, "PYTHONPATH": str(STAGE / "mutants")},
         capture_output=True,
         text=True,
         check=True,

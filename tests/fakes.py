@@ -4,12 +4,15 @@ an archive store that enforces S3's conditional writes atomically."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from devstack.context import LambdaContext
 from orderstream.archive import StoredObject, WriteConflict
@@ -132,3 +135,20 @@ def emitted_metric_values(stdout: str) -> dict[str, list[float]]:
 def emitted_metrics(stdout: str) -> dict[str, float]:
     """Metric name -> its value, for handlers that emit each metric once."""
     return {name: values[-1] for name, values in emitted_metric_values(stdout).items()}
+
+
+@contextmanager
+def logger_output(logger: Any) -> Iterator[io.StringIO]:
+    """Everything a Powertools Logger writes while inside, as the JSON lines CloudWatch gets.
+
+    The stream is swapped without `setStream`, which would flush the one it replaces: that may
+    be a capture pytest already closed, when pytest runs more than once in a process (mutmut).
+    """
+    handler = logger.registered_handler
+    assert isinstance(handler, logging.StreamHandler)
+    stream = io.StringIO()
+    previous, handler.stream = handler.stream, stream
+    try:
+        yield stream
+    finally:
+        handler.stream = previous

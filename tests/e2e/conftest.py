@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 
 from devstack import aws
 from devstack.mail import emailed_order_ids
 from devstack.stack import LocalStack, StackInfo
+from devstack.status import end_offsets
 from orderstream.archive import read_lines
 from orderstream.events import OrderPlaced, to_message
 from orderstream.models import Customer, LineItem, Order, compute_total
@@ -45,6 +46,25 @@ class Stack:
                 return response.status, json.loads(response.read() or b"null")
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
+
+    def lag(self, function: str) -> int:
+        """Records on the topic that `function`'s consumer group has not committed yet."""
+        admin = KafkaAdminClient(bootstrap_servers=self.info.bootstrap_servers, client_id="e2e-lag")
+        try:
+            group = self.info.groups[function]
+            committed = admin.list_group_offsets({group: None}).get(group, {})
+        finally:
+            admin.close()
+        partitions = [TopicPartition(self.info.topics[0], p) for p in range(6)]
+        ends = end_offsets(self.info.bootstrap_servers, partitions)
+        return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions)
+
+    def wait_caught_up(self, function: str, timeout_s: float = 120) -> None:
+        """Until `function` has handled and committed every record on the topic: after this,
+        a check that "nothing more arrived" has seen the consumer go past the records."""
+        # <= 0: the embedded broker reports a multi-record batch's end as one offset past its
+        # start, so a group past the whole batch can show a lag below zero.
+        wait_until(lambda: self.lag(function) <= 0, timeout_s=timeout_s, every_s=0.25)
 
     def emailed_orders(self) -> Counter[str]:
         """order_id -> number of confirmation emails SES accepted for it."""

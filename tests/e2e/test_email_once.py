@@ -59,7 +59,7 @@ def test_a_ledger_write_failing_after_ses_accepted_is_retried_not_resent(
     assert [emailed[i] for i in ids] == [1] * len(ids)
 
     publish(local_stack, [message(e) for e in events])  # the same orders again
-    time.sleep(5)
+    local_stack.wait_caught_up("EmailNotifierFunction")  # handled, not merely waited for
     emailed = local_stack.emailed_orders()
     assert [emailed[i] for i in ids] == [1] * len(ids)
 
@@ -152,7 +152,7 @@ def test_an_order_held_by_another_invocation_is_sent_once_its_hold_ends(
     publish(local_stack, [message(held)])
     wait_until(lambda: local_stack.emailed_orders()[held.order_id] >= 1, timeout_s=120)
     assert time.monotonic() - claimed_at >= 19  # not before the hold ended
-    time.sleep(3)
+    local_stack.wait_caught_up("EmailNotifierFunction")
     assert local_stack.emailed_orders()[held.order_id] == 1
     assert held.order_id not in {_order_of(d) for d in dead_letters(local_stack)}
 

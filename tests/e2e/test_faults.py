@@ -15,6 +15,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from devstack.faults import Fault, s3_put_failures, s3_writes_held, ses_throttling
+from devstack.functions import FunctionPool
 from devstack.msk_event import msk_event
 from devstack.status import end_offsets
 from orderstream.archive import read_lines
@@ -60,6 +61,17 @@ def test_consumers_killed_mid_batch_three_times(local_stack: Stack) -> None:
     delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
 
 
+def kill_mid_invocation(pool: FunctionPool, name: str, timeout_s: float = 90) -> None:
+    """Kill the pool's containers at a moment one of them holds an invocation: a kill that
+    finds them idle (the invocation ended in between) does not count, and is tried again."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pool.in_flight() and pool.kill():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{name}: no invocation in flight to kill within {timeout_s} s")
+
+
 def test_function_containers_killed_mid_invocation_three_times(local_stack: Stack) -> None:
     """The functions themselves die mid-invocation (a timeout or out-of-memory in Lambda).
     Nothing is lost and the archive holds each order once. Email is at least once here: a
@@ -68,9 +80,8 @@ def test_function_containers_killed_mid_invocation_three_times(local_stack: Stac
     bodies = orders(60, "crashed")
     assert {status for status, _ in post_all(local_stack, bodies)} == {202}
     for _ in range(3):
-        time.sleep(0.7)
-        local_stack.stack.pools["EmailNotifierFunction"].kill()
-        local_stack.stack.pools["S3ArchiverFunction"].kill()
+        for name in ("EmailNotifierFunction", "S3ArchiverFunction"):
+            kill_mid_invocation(local_stack.stack.pools[name], name)
         local_stack.stack.restart_mappings()
     ids = {b["order_id"] for b in bodies}
     wait_until(lambda: ids <= set(local_stack.emailed_orders()), timeout_s=180)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -60,7 +59,7 @@ def test_orders_are_emailed_and_archived_exactly_once(local_stack: Stack) -> Non
         assert local_stack.post(body)[0] in {400, 422}
     assert local_stack.post(b"{not json")[0] == 400
     assert topic_ends(local_stack) == before
-    time.sleep(3)  # a few batching windows: nothing more may arrive
+    local_stack.wait_caught_up("EmailNotifierFunction")  # nothing more may arrive
     assert all(local_stack.emailed_orders()[i] == 1 for i in ids)
 
 

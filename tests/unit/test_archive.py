@@ -35,6 +35,7 @@ from orderstream.archive import (
     archive_line,
     lambda_record,
     object_key,
+    object_partition_and_block,
     read_lines,
     value_bytes,
 )
@@ -615,6 +616,31 @@ def test_every_key_lies_inside_the_projected_years(timestamp: int) -> None:
     parts = dict(p.split("=") for p in key.split("/")[2:6])
     assert YEARS.first <= int(parts["year"]) <= YEARS.last
     assert [len(v) for v in parts.values()] == [4, 2, 2, 2]
+
+
+INSIDE_THE_YEARS = st.integers(
+    min_value=int(datetime(YEARS.first, 1, 1, tzinfo=UTC).timestamp() * 1000),
+    max_value=int(datetime(YEARS.last + 1, 1, 1, tzinfo=UTC).timestamp() * 1000) - 1,
+)
+
+
+@given(INSIDE_THE_YEARS, st.integers(min_value=0, max_value=2**40))
+def test_an_objects_date_fields_are_its_records_utc_hour(timestamp: int, offset: int) -> None:
+    """What must hold, stated directly: inside the table's years a record is filed under the
+    year, month, day and hour of its own timestamp in UTC, whatever the machine's zone."""
+    store = ConditionalStore()
+    record = PlainRecord(b"k", b"{}", offset=offset, timestamp=timestamp)
+    archive_batch(as_lambda([record]), store=store, years=YEARS)
+    [key] = store.objects
+    at = datetime.fromtimestamp(timestamp / 1000, tz=UTC)
+    fields = dict(part.split("=") for part in key.split("/")[2:6])
+    assert fields == {
+        "year": f"{at.year:04d}",
+        "month": f"{at.month:02d}",
+        "day": f"{at.day:02d}",
+        "hour": f"{at.hour:02d}",
+    }
+    assert object_partition_and_block(key) == (0, offset - offset % OFFSETS_PER_OBJECT)
 
 
 @pytest.mark.parametrize("text", ["2024", "2099,2024", "x,y", "1969,2000", ""])

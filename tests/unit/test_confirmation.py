@@ -12,7 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -26,6 +26,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecordRecords
 from hypothesis import given
+from hypothesis import strategies as st
 
 from devstack.msk_event import PlainRecord, msk_event
 from orderstream.confirmation import (
@@ -288,8 +289,28 @@ def test_markup_in_customer_text_is_made_inert() -> None:
     assert inert("O'Brien") == "O\u2019Brien"  # the typographic apostrophe
 
 
+BIDI_CONTROLS = [*map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))]
+
+
+@pytest.mark.parametrize("control", BIDI_CONTROLS, ids=[f"U+{ord(c):04X}" for c in BIDI_CONTROLS])
+def test_every_bidirectional_control_is_dropped(control: str) -> None:
+    assert inert(f"Ada{control}gnirts Lovelace") == "Adagnirts Lovelace"
+
+
 def test_bidirectional_overrides_are_dropped() -> None:
     assert inert("Ada\u202egnirts\u202c Lovelace\u2066x\u2069") == "Adagnirts Lovelacex"
+
+
+@given(
+    st.text(
+        st.characters(
+            blacklist_characters=sorted(ESCAPED_BY_RENDERERS) + BIDI_CONTROLS,
+            blacklist_categories=["Cs"],
+        )
+    )
+)
+def test_safe_customer_text_passes_through_inert_unchanged(value: str) -> None:
+    assert inert(value) == value
 
 
 @given(text)
@@ -963,3 +984,78 @@ def test_without_an_executor_the_ledger_calls_run_one_after_the_other() -> None:
     ports = Ports(ledger=ledger)
     with pytest.raises(threading.BrokenBarrierError):
         ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(2)])))
+
+
+@pytest.mark.parametrize("chunks_with_time", [1, 2, 3])
+def test_every_chunk_after_the_time_runs_out_is_deferred_none_dropped(
+    chunks_with_time: int,
+) -> None:
+    """Four chunks of 10; time for the first `chunks_with_time`: every later chunk, not only the
+    next one, comes back for the mapping to redeliver, and none of it was claimed."""
+    ports = Ports()
+    events = [order_placed(n) for n in range(40)]
+    chunks_started = 0
+
+    def time_left() -> int:
+        # Each chunk asks for the time left before its claims; the start asks once too.
+        nonlocal chunks_started
+        chunks_started += 1
+        return 60_000 if chunks_started <= 1 + 2 * chunks_with_time else 1_000
+
+    outcome = ports.deliver(
+        msk_batch(kafka_records(events)),
+        time_left_ms=time_left,
+        budget=TimeBudget(ledger_phase_ms=1_000, send_ms=3_000),
+        chunk_size=10,
+    )
+
+    sent = {c.order_id for call in ports.mailer.calls for c in call}
+    assert [len(call) for call in ports.mailer.calls] == [10] * chunks_with_time
+    deferred = {e.order_id for e in events} - sent
+    assert len(deferred) == 40 - 10 * chunks_with_time
+    assert failed_offsets(outcome) == set(map(position, deferred))
+    assert {p.stage for p in outcome.problems} == {"deferred"}
+    assert not deferred & ports.ledger.state.keys()
+
+
+def twice(event: OrderPlaced) -> list[PlainRecord]:
+    """One order delivered at two places: partition 0 offset 100 and partition 1 offset 200."""
+    [first] = kafka_records([event], partitions=1)
+    [second] = kafka_records([event], partitions=1, first_offset=200)
+    return [first, replace(second, partition=1)]
+
+
+def test_an_order_at_two_places_that_cannot_be_sent_now_fails_at_both() -> None:
+    def unavailable(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        return [Delivery(error="Throttling", retryable=True) for _ in confirmations]
+
+    ports = Ports(mailer=MemoryMailer(unavailable))
+    outcome = ports.deliver(msk_batch(twice(order_placed(5))))
+
+    assert failed_offsets(outcome) == {(0, 100), (1, 200)}
+    assert ports.emails_per_order() == Counter()
+
+
+def test_an_order_at_two_places_that_ses_rejects_is_dead_lettered_at_both() -> None:
+    def reject(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        return [
+            Delivery(error="MessageRejected: suppressed", retryable=False) for _ in confirmations
+        ]
+
+    ports = Ports(mailer=MemoryMailer(reject))
+    outcome = ports.deliver(msk_batch(twice(order_placed(6))))
+
+    assert outcome.failed == set()
+    letters = {(letter.partition, letter.offset) for letter in ports.dead_letters.letters.values()}
+    assert letters == {(0, 100), (1, 200)}
+
+
+def test_an_order_at_two_places_held_elsewhere_is_reported_at_both() -> None:
+    ports = Ports()
+    event = order_placed(7)
+    ports.ledger.state[event.order_id] = "in-progress"
+    outcome = ports.deliver(msk_batch(twice(event)))
+
+    assert failed_offsets(outcome) == {(0, 100), (1, 200)}
+    [problem] = outcome.problems
+    assert {(r.partition, r.offset) for r in problem.records} == {(0, 100), (1, 200)}

@@ -7,7 +7,6 @@ render; sent mail is read from moto's SES backend.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -45,7 +44,7 @@ from orderstream.email_content import (
 from orderstream.events import OrderPlaced
 from orderstream.models import LineItem
 from orderstream.ses_bulk import MAX_DESTINATIONS_PER_CALL
-from tests.fakes import LambdaContext, emitted_metrics
+from tests.fakes import LambdaContext, emitted_metrics, logger_output
 from tests.samples import load_event
 from tests.unit.conftest import SENDER, TEMPLATE, s3_with_bucket
 from tests.unit.test_confirmation import (
@@ -104,15 +103,12 @@ def invoke(app: ModuleType, batch: dict[str, Any]) -> Any:
 @pytest.fixture
 def log_lines(notifier: ModuleType) -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """The handler's log lines as the Lambda runtime would receive them (after masking)."""
-    handler = notifier.logger.registered_handler
-    stream = io.StringIO()
-    previous = handler.setStream(stream)
+    with logger_output(notifier.logger) as stream:
 
-    def lines() -> list[dict[str, Any]]:
-        return [json.loads(line) for line in stream.getvalue().splitlines()]
+        def lines() -> list[dict[str, Any]]:
+            return [json.loads(line) for line in stream.getvalue().splitlines()]
 
-    yield lines
-    handler.setStream(previous)
+        yield lines
 
 
 class Throttling(SesError):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from pydantic import ValidationError
 
-from orderstream.models import MAX_ITEMS, Order, OrderRequest
+from orderstream.models import MAX_ITEMS, MAX_UNIT_PRICE, Order, OrderRequest
 from tests.strategies import order_bodies
 
 VALID: dict[str, Any] = {
@@ -89,6 +89,34 @@ def test_order_id_is_kept_when_given_and_generated_when_absent() -> None:
 )
 def test_invalid_fields_are_reported_by_location(path: str, value: Any, location: str) -> None:
     assert location in error_locations(with_change(path, value))
+
+
+@pytest.mark.parametrize(
+    "price",
+    [-1, "-0.01", int(MAX_UNIT_PRICE) + 1, str(MAX_UNIT_PRICE + Decimal("0.01")), 10**30],
+    ids=["int -1", "str -0.01", "int over the max", "str a cent over", "int 10^30"],
+)
+def test_unit_prices_outside_the_limits_are_refused_as_integers_and_strings(price: Any) -> None:
+    assert "items.0.unit_price" in error_locations(with_change("items.0.unit_price", price))
+
+
+@pytest.mark.parametrize(
+    ("price", "cents"),
+    [
+        (0, Decimal("0.00")),
+        ("0", Decimal("0.00")),
+        (int(MAX_UNIT_PRICE), Decimal("9999999.00")),
+        (str(MAX_UNIT_PRICE), MAX_UNIT_PRICE),
+        (7, Decimal("7.00")),
+        ("7.5", Decimal("7.50")),
+    ],
+)
+def test_unit_prices_at_the_limits_are_accepted_to_the_cent(price: Any, cents: Decimal) -> None:
+    body = with_change("items.0.unit_price", price)
+    body["items"] = body["items"][:1]
+    order = OrderRequest.model_validate(body).to_order()
+    assert order.items[0].unit_price == cents
+    assert str(order.items[0].unit_price) == str(cents)
 
 
 def test_unknown_fields_and_client_totals_are_refused() -> None:

@@ -10,7 +10,6 @@ import base64
 import copy
 import io
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from orderstream.http_edge import correlation_id_for
 from orderstream.models import OrderRequest
 from orderstream.publishing import OrderInProgressError
 from orderstream.redaction import mask_emails
-from tests.fakes import LambdaContext, emitted_metric_values
+from tests.fakes import LambdaContext, emitted_metric_values, logger_output
 from tests.samples import load_event
 
 SAMPLE = load_event("api-post-order.json")
@@ -150,14 +149,8 @@ def producer(idempotency_table: str, monkeypatch: pytest.MonkeyPatch) -> FakePro
 @pytest.fixture
 def log_text() -> Iterator[io.StringIO]:
     """Everything the handler's logger writes, as the JSON lines CloudWatch would receive."""
-    handler = app.logger.registered_handler
-    assert isinstance(handler, logging.StreamHandler)
-    stream = io.StringIO()
-    previous = handler.setStream(stream)
-    try:
+    with logger_output(app.logger) as stream:
         yield stream
-    finally:
-        handler.setStream(previous)
 
 
 # --- accepted ------------------------------------------------------------------------------
@@ -393,6 +386,29 @@ def test_expiry_defaults_to_a_day() -> None:
 # --- refused before anything is published --------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ([SAMPLE_BODY], 422, "invalid_order"),
+        ([SAMPLE_BODY, SAMPLE_BODY], 422, "invalid_order"),
+        ([SAMPLE_BODY, {"<b>": 1}], 422, "invalid_order"),
+        ("42", 422, "invalid_order"),
+        ('"an order"', 422, "invalid_order"),
+        ("null", 400, "missing_body"),
+    ],
+    ids=["array of one order", "array of two", "order then junk", "number", "string", "null"],
+)
+def test_a_body_that_is_not_one_json_object_is_refused_and_nothing_is_published(
+    producer: FakeProducer, body: Any, status: int, error: str
+) -> None:
+    """Powertools' resolver once validated an array's first element as the body."""
+    answer = invoke(api_event(body))
+
+    assert answer.status == status
+    assert answer.body["error"] == error
+    assert producer.sent == []
+
+
 def test_invalid_sample_is_422_with_a_reason_per_field(
     producer: FakeProducer, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -547,11 +563,12 @@ def test_other_paths_are_404(producer: FakeProducer, path: str) -> None:
 
 
 def test_echoed_input_is_escaped(producer: FakeProducer) -> None:
-    markup = "<img src=x onerror=alert(1)>"
+    markup = "<img src=x onerror=alert(1)>&amp;"
     answer = invoke(api_event(order_body(**{markup: 1})))
     assert answer.status == 422
     assert "<" not in answer.raw_body
     assert ">" not in answer.raw_body
+    assert "&" not in answer.raw_body  # "&amp;" echoed raw would decode to "&" in HTML
     assert markup in {e["field"] for e in answer.body["errors"]}  # still readable as JSON
 
 
