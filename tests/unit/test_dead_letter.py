@@ -17,6 +17,7 @@ from orderstream.dead_letter import (
     MAX_REASON_CHARS,
     dead_letter,
     dead_letter_key,
+    lambda_record,
 )
 from orderstream.events import ORDER_EVENTS
 from tests.samples import load_event
@@ -145,3 +146,20 @@ def test_any_record_gets_a_dead_letter_that_gives_its_bytes_back(
     for raw, kept in ((key, document["key"]), (value, document["value"])):
         assert kept is None if raw is None else base64.b64decode(kept) == raw
     assert letter.key.endswith(f"/3/{offset:020d}.json")
+
+
+def test_a_dead_letter_gives_back_the_record_lambda_sent_key_and_all() -> None:
+    poison = records("msk-poison.json")[1]
+    document = json.loads(dead_letter(poison, reason="r", consumer="email-notifier").body)
+    assert lambda_record(document) == {
+        "topic": "order-placed",
+        "partition": 2,
+        "offset": 241,
+        "timestamp": 1795615330000,
+        "timestampType": "CREATE_TIME",
+        "key": "NWIwYzRkMWUtOGYyYS00YzNiLTlkN2UtMDAwMDAwMDBmZmZm",
+        "value": "iVBORw0KIG5vdCBqc29uIHs=",
+        "headers": [{"content-type": list(b"application/json")}],
+    }
+    keyless = lambda_record({**document, "key": None})
+    assert "key" not in keyless  # as Lambda sends a record without a key

@@ -132,3 +132,20 @@ def test_msk_event_shape_matches_lambda() -> None:
     assert record["headers"] == [{"h": [97, 98]}]
     assert base64.b64decode(record["value"]) == b"{}"
     assert record["timestampType"] == "CREATE_TIME"
+
+
+def test_raw_bytes_are_held_to_the_same_rules_with_exact_reasons() -> None:
+    """`from_bytes` (operator tools and integration tests read the topic with it)."""
+    event = placed()
+    message = to_message(event)
+    with pytest.raises(InvalidEventError) as tombstone:
+        from_bytes(None, message.key)
+    assert tombstone.value.reason == "value is null (a tombstone), not an event"
+    with pytest.raises(InvalidEventError) as wrong_key:
+        from_bytes(message.value, b"another-order")
+    assert wrong_key.value.reason == f"key 'another-order' does not match order_id {event.order_id}"
+    with pytest.raises(InvalidEventError) as not_json:
+        from_bytes(b"{oops", message.key)
+    assert not_json.value.reason.startswith("not UTF-8 JSON: Expecting property name")
+    assert from_bytes(message.value, None) == event  # a null key is tolerated here too
+    assert from_bytes(message.value, b"") == event  # and so is an empty one

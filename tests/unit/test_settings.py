@@ -29,37 +29,75 @@ def test_plaintext_for_the_local_broker() -> None:
     assert "sasl_mechanism" not in config.connection_config()
 
 
+NOT_SET = (
+    "KAFKA_BOOTSTRAP_SERVERS is not set: give a comma-separated list of host:port (the "
+    "cluster's IAM bootstrap string in AWS, 127.0.0.1:9092 locally)"
+)
+PLAIN = {"KAFKA_BOOTSTRAP_SERVERS": "b:1", "KAFKA_SECURITY": "plaintext"}
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({}, "KAFKA_BOOTSTRAP_SERVERS is not set"),
-        ({"KAFKA_BOOTSTRAP_SERVERS": " , "}, "KAFKA_BOOTSTRAP_SERVERS is not set"),
-        ({"KAFKA_BOOTSTRAP_SERVERS": "b:9098"}, "needs AWS_REGION"),
+        ({}, NOT_SET),
+        ({"KAFKA_BOOTSTRAP_SERVERS": " , "}, NOT_SET),
         (
-            {"KAFKA_BOOTSTRAP_SERVERS": "b:9098", "KAFKA_SECURITY": "tls"},
-            "'tls' is not one of iam|plaintext",
+            {"KAFKA_BOOTSTRAP_SERVERS": "b:9098"},
+            "KAFKA_SECURITY=iam signs requests with SigV4 and needs AWS_REGION set",
         ),
         (
-            {
-                "KAFKA_BOOTSTRAP_SERVERS": "b:1",
-                "KAFKA_SECURITY": "plaintext",
-                "KAFKA_SEND_TIMEOUT_MS": "soon",
-            },
-            "is not an integer",
+            {"KAFKA_BOOTSTRAP_SERVERS": "b:9098", "KAFKA_SECURITY": " TLS "},
+            "KAFKA_SECURITY='tls' is not one of iam|plaintext",
         ),
         (
-            {
-                "KAFKA_BOOTSTRAP_SERVERS": "b:1",
-                "KAFKA_SECURITY": "plaintext",
-                "KAFKA_SEND_TIMEOUT_MS": "60000",
-            },
-            "between 1000 and 25000",
+            {**PLAIN, "KAFKA_SEND_TIMEOUT_MS": "soon"},
+            "KAFKA_SEND_TIMEOUT_MS='soon' is not an integer",
+        ),
+        (
+            {**PLAIN, "KAFKA_SEND_TIMEOUT_MS": "999"},
+            "KAFKA_SEND_TIMEOUT_MS must be between 1000 and 25000",
+        ),
+        (
+            {**PLAIN, "KAFKA_SEND_TIMEOUT_MS": "25001"},
+            "KAFKA_SEND_TIMEOUT_MS must be between 1000 and 25000",
         ),
     ],
 )
 def test_misconfiguration_fails_fast_and_readably(environ: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(ConfigurationError) as refused:
         KafkaSettings.from_env(environ)
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize("timeout", ["1000", "25000"])
+def test_the_send_timeouts_limits_are_accepted(timeout: str) -> None:
+    config = KafkaSettings.from_env({**PLAIN, "KAFKA_SEND_TIMEOUT_MS": timeout})
+    assert config.send_timeout_ms == int(timeout)
+
+
+def test_every_setting_is_read_from_the_environment_given() -> None:
+    config = KafkaSettings.from_env(
+        {
+            "KAFKA_BOOTSTRAP_SERVERS": " b-1:9098 ,b-2:9098",
+            "KAFKA_SECURITY": "IAM",
+            "AWS_DEFAULT_REGION": "us-east-2",
+            "KAFKA_SEND_TIMEOUT_MS": "4000",
+        }
+    )
+    assert config == KafkaSettings(("b-1:9098", "b-2:9098"), KafkaSecurity.IAM, "us-east-2", 4000)
+    lambdas = KafkaSettings.from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": "b:1", "AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "x"}
+    )
+    assert lambdas.region == "eu-west-1"  # Lambda's own variable first
+    assert lambdas.send_timeout_ms == settings.DEFAULT_SEND_TIMEOUT_MS
+
+
+def test_the_environment_is_os_environ_unless_one_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "from-os:1")
+    monkeypatch.setenv("KAFKA_SECURITY", "plaintext")
+    assert KafkaSettings.from_env().bootstrap_servers == ("from-os:1",)
 
 
 @pytest.mark.parametrize("budget", [1_000, 10_000, 25_000])
@@ -99,3 +137,32 @@ def test_partial_batch_item_keys(raw: str | None, keys: tuple[str, ...]) -> None
 def test_an_unknown_partial_batch_item_key_is_refused_by_name() -> None:
     with pytest.raises(settings.ConfigurationError, match="PARTIAL_BATCH_ITEM_KEYS='offset'"):
         settings.partial_batch_item_keys({settings.PARTIAL_BATCH_ITEM_KEYS: "offset"})
+
+
+def test_the_producer_configuration_in_full() -> None:
+    """Every value is a decision, so a change to one is a deliberate change to this test."""
+    iam = KafkaSettings(("b-1:9098",), KafkaSecurity.IAM, "eu-west-1", send_timeout_ms=9_000)
+    assert producer_config(iam) == {
+        "bootstrap_servers": ["b-1:9098"],
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "AWS_MSK_IAM",
+        "client_id": "orderstream-producer",
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 0,
+        "max_block_ms": 3_000,  # a third of the budget to find the cluster
+        "request_timeout_ms": 3_000,
+        "delivery_timeout_ms": 6_000,  # the rest to deliver: 3 + 6 = the 9 s budget
+        "bootstrap_timeout_ms": 3_000,
+        "retry_backoff_ms": 100,
+        "reconnect_backoff_ms": 50,
+        "reconnect_backoff_max_ms": 1_000,
+        "connections_max_idle_ms": 300_000,  # before MSK Serverless closes idle ones (~10 min)
+    }
+
+
+def test_a_short_budget_keeps_a_request_timeout_of_half_a_second() -> None:
+    short = KafkaSettings(("b:1",), KafkaSecurity.PLAINTEXT, None, send_timeout_ms=1_000)
+    config = producer_config(short)
+    assert (config["max_block_ms"], config["request_timeout_ms"]) == (333, 500)
+    assert config["delivery_timeout_ms"] == 667

@@ -5,13 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kafka.admin import OffsetSpec
+from kafka.structs import OffsetAndMetadata, OffsetAndTimestamp, TopicPartition
 
 from orderstream.topics import (
     TopicShrinkError,
     TopicSpec,
+    adoption_refusal,
     delete_topics,
     reconcile_topics,
     required_topics,
+    unread_records,
 )
 
 
@@ -119,3 +123,86 @@ def test_replication_that_could_never_take_a_write_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match=why):
         required_topics("order-placed", 6, factor, in_sync)
+
+
+# --- adopting a topic someone else runs: what our groups have not read -----------------------
+
+
+class OffsetsAdmin:
+    """The offsets an admin client reports: per partition the oldest retained and the next
+    offset, and per group what it committed (-1: a group that holds no offset there)."""
+
+    def __init__(
+        self,
+        earliest: list[int],
+        latest: list[int],
+        committed: dict[str, dict[int, int]],
+        topic: str = "order-placed",
+    ) -> None:
+        self.topic = topic
+        self.ends = {OffsetSpec.EARLIEST: earliest, OffsetSpec.LATEST: latest}
+        self.committed = committed
+
+    def list_partition_offsets(self, specs: dict[TopicPartition, Any]) -> dict[TopicPartition, Any]:
+        return {
+            tp: OffsetAndTimestamp(self.ends[spec][tp.partition], None, None)
+            for tp, spec in specs.items()
+        }
+
+    def list_group_offsets(
+        self, requests: dict[str, list[TopicPartition]]
+    ) -> dict[str, dict[TopicPartition, Any]]:
+        return {
+            group: {
+                tp: OffsetAndMetadata(self.committed[group][tp.partition], "", -1)
+                for tp in partitions
+                if tp.partition in self.committed.get(group, {})
+            }
+            for group, partitions in requests.items()
+        }
+
+
+GROUPS = ["email-notifier", "s3-archiver"]
+
+
+def test_unread_records_count_from_each_groups_commit_or_the_oldest_record() -> None:
+    admin = OffsetsAdmin(
+        earliest=[0, 5, 20],
+        latest=[10, 5, 30],
+        # partition 0 half read, 1 empty, 2 trimmed past the commit; none, or -1, for the other
+        committed={"email-notifier": {0: 4, 1: 5, 2: 12}, "s3-archiver": {0: -1}},
+    )
+    counts = unread_records(admin, "order-placed", 3, GROUPS)
+    assert counts == {"email-notifier": 6 + 0 + 10, "s3-archiver": 10 + 0 + 10}
+
+
+def test_a_group_committed_past_the_end_reads_nothing_rather_than_a_negative_count() -> None:
+    admin = OffsetsAdmin(earliest=[0], latest=[3], committed={g: {0: 7} for g in GROUPS})
+    assert unread_records(admin, "order-placed", 1, GROUPS) == dict.fromkeys(GROUPS, 0)
+
+
+def test_a_topic_without_partitions_has_nothing_unread() -> None:
+    admin = OffsetsAdmin(earliest=[], latest=[], committed={})
+    assert unread_records(admin, "order-placed", 0, GROUPS) == dict.fromkeys(GROUPS, 0)
+
+
+def test_adoption_is_refused_naming_each_group_with_records_left_and_the_way_out() -> None:
+    admin = OffsetsAdmin(earliest=[0, 0], latest=[4, 2], committed={"s3-archiver": {0: 4, 1: 2}})
+    reason = adoption_refusal(admin, "order-placed", 2, ["s3-archiver", "email-notifier"])
+    assert reason == (
+        "order-placed already holds records our consumer groups have not read (6 for "
+        "email-notifier): they would all be processed, a confirmation mailed for every order "
+        "among them. Empty the topic, or deploy with ExistingTopicRecords=process"
+    )
+
+
+def test_adoption_names_every_group_behind_in_name_order() -> None:
+    admin = OffsetsAdmin(earliest=[0], latest=[3], committed={"s3-archiver": {0: 1}})
+    reason = adoption_refusal(admin, "order-placed", 1, ["s3-archiver", "email-notifier"])
+    assert reason is not None
+    assert "(3 for email-notifier, 2 for s3-archiver)" in reason
+
+
+def test_a_topic_our_groups_have_read_to_the_end_is_adopted() -> None:
+    admin = OffsetsAdmin(earliest=[0, 3], latest=[4, 3], committed={g: {0: 4} for g in GROUPS})
+    assert adoption_refusal(admin, "order-placed", 2, GROUPS) is None
