@@ -13,7 +13,7 @@ from devstack.broker import EmbeddedBroker
 
 # `make mutation` runs each mutant against the same examples, so a verdict never depends on luck.
 settings.register_profile(
-    "mutation", derandomize=True, database=None, deadline=None, max_examples=20
+    "mutation", derandomize=True, database=None, deadline=None, max_examples=10
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
