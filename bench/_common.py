@@ -81,6 +81,21 @@ def percentile(values: Sequence[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
+def percentile_rows(
+    label: str, measured_s: Sequence[float], baseline_s: Sequence[float]
+) -> list[Row]:
+    """A p50 and a p99 row in milliseconds; `label` holds `{q}` where the percentile goes."""
+    return [
+        Row(
+            label.format(q=q),
+            percentile(measured_s, q) * 1000,
+            percentile(baseline_s, q) * 1000,
+            "ms",
+        )
+        for q in (50, 99)
+    ]
+
+
 def progress(message: str) -> None:
     """Progress goes to stderr: stdout is where the handlers under test write their logs."""
     print(message, file=sys.stderr, flush=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from bench._common import ROOT, PartResult, Row, percentile, progress
+from bench._common import ROOT, PartResult, Row, percentile, percentile_rows, progress
 
 ORDERS: Final = 2_000
 WARMUP: Final = 24
@@ -274,15 +274,9 @@ def e2e_results(
     to_email = [
         notifier.sent[p.order_id] - p.started for p in accepted if p.order_id in notifier.sent
     ]
-    for q in (50, 99):
-        result.rows.append(
-            Row(
-                f"e2e: POST -> email sent p{q} vs POST round trip p{q}",
-                percentile(to_email, q) * 1000,
-                percentile(round_trip, q) * 1000,
-                "ms",
-            )
-        )
+    result.rows += percentile_rows(
+        "e2e: POST -> email sent p{q} vs POST round trip p{q}", to_email, round_trip
+    )
     emailed_last = max((notifier.sent[i] for i in ids if i in notifier.sent), default=math.nan)
     to_archive = [
         archive.first_seen[p.order_id] - p.started

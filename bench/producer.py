@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 from unittest import mock
 
-from bench._common import ROOT, PartResult, Row, percentile, progress
+from bench._common import ROOT, PartResult, percentile_rows, progress
 from devstack.context import LambdaContext
 
 ORDERS: Final = 2_000
@@ -228,15 +228,9 @@ def measure(result: PartResult, orders: int, warmup: int) -> None:
         bare_producer.close(timeout=1)
         kafka_client.discard_producer()
 
-    for q in (50, 99):
-        result.rows.append(
-            Row(
-                f"producer: POST /orders p{q}, handler vs bare I/O",
-                percentile(handler_s, q) * 1000,
-                percentile(bare_s, q) * 1000,
-                "ms",
-            )
-        )
+    result.rows += percentile_rows(
+        "producer: POST /orders p{q}, handler vs bare I/O", handler_s, bare_s
+    )
 
     def per_order(side: str) -> str:
         counted = recorder.calls[side]
