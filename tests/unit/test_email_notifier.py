@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -36,6 +37,7 @@ from orderstream.confirmation import (
     Claim,
     LedgerError,
     MailerError,
+    order_fingerprint,
 )
 from orderstream.email_content import (
     confirmation_for,
@@ -252,6 +254,18 @@ def test_the_same_batch_delivered_three_times_sends_each_email_once(
     assert emails_per_order() == Counter({e.order_id: 1 for e in orders(20)})
     metrics = emitted_metrics(capsys.readouterr().out)
     assert (metrics["EmailsSent"], metrics["EmailsSkippedDuplicate"]) == (0.0, 20.0)
+
+
+def test_the_ledger_says_sent_only_for_an_order_recorded_as_sent(notifier: ModuleType) -> None:
+    """What `orderstream smoke` waits for after placing its order."""
+    sent, held = orders(2)
+    assert invoke(notifier, msk_batch(kafka_records([sent]))) == {"batchItemFailures": []}
+    ledger = notifier.notifier().ledger
+    assert ledger.claim(held.order_id, order_fingerprint(held)) is Claim.CLAIMED
+
+    assert ledger.sent(sent.order_id) is True
+    assert ledger.sent(held.order_id) is False  # claimed, not sent
+    assert ledger.sent(str(uuid.uuid4())) is False  # never seen
 
 
 def test_an_order_twice_in_one_batch_gets_one_email(notifier: ModuleType) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any, ClassVar
 
-from orderstream import settings
+import pytest
+from kafka.errors import KafkaConnectionError
+
+from orderstream import kafka_client, settings
 from orderstream.kafka_client import producer_config
 from orderstream.settings import ConfigurationError, KafkaSecurity, KafkaSettings
 
@@ -166,3 +169,49 @@ def test_a_short_budget_keeps_a_request_timeout_of_half_a_second() -> None:
     config = producer_config(short)
     assert (config["max_block_ms"], config["request_timeout_ms"]) == (333, 500)
     assert config["delivery_timeout_ms"] == 667
+
+
+class RecordingProducer:
+    """Stands in for kafka-python's KafkaProducer: records how it was built and closed."""
+
+    made: ClassVar[list[dict[str, Any]]] = []
+
+    def __init__(self, **config: Any) -> None:
+        if config.get("bootstrap_servers") == ["down:1"]:
+            raise KafkaConnectionError()
+        RecordingProducer.made.append(config)
+        self.closed_with: list[Any] = []
+
+    def close(self, timeout: Any = None) -> None:
+        self.closed_with.append(timeout)
+
+
+def test_one_producer_per_container_until_it_is_discarded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    RecordingProducer.made = []
+    monkeypatch.setattr(kafka_client, "KafkaProducer", RecordingProducer)
+    monkeypatch.setattr(kafka_client, "_producer", None)
+    environ = {"KAFKA_BOOTSTRAP_SERVERS": "b:1", "KAFKA_SECURITY": "plaintext"}
+
+    first = kafka_client.get_producer(environ)
+    assert kafka_client.get_producer(environ) is first
+    assert RecordingProducer.made == [producer_config(KafkaSettings.from_env(environ))]
+
+    kafka_client.discard_producer()
+    assert first.closed_with == [0]  # closed without waiting: nothing buffered goes out late
+    second = kafka_client.get_producer(environ)
+    assert second is not first
+    assert len(RecordingProducer.made) == 2
+    kafka_client.discard_producer()
+    kafka_client.discard_producer()  # nothing to discard: no error
+
+
+def test_a_producer_that_cannot_be_built_is_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kafka_client, "KafkaProducer", RecordingProducer)
+    monkeypatch.setattr(kafka_client, "_producer", None)
+    with pytest.raises(KafkaConnectionError):
+        kafka_client.get_producer(
+            {"KAFKA_BOOTSTRAP_SERVERS": "down:1", "KAFKA_SECURITY": "plaintext"}
+        )
+    assert kafka_client._producer is None
