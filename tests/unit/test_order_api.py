@@ -506,7 +506,20 @@ def test_a_base64_body_that_is_not_utf8_is_400(producer: FakeProducer) -> None:
     event["isBase64Encoded"] = True
     answer = invoke(event)
     assert answer.status == 400
-    assert "UTF-8" in answer.body["errors"][0]["reason"]
+    assert answer.body["errors"] == [{"field": "", "reason": "the body is not UTF-8 text"}]
+
+
+def test_each_error_answer_is_documented_with_the_error_body() -> None:
+    assert app._error_response("why") == {
+        "description": "why",
+        "content": {"application/json": {"model": app.ErrorBody}},
+    }
+    assert app._error_response("why", retry_after=True)["headers"] == {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "schema": {"type": "integer"},
+        }
+    }
 
 
 def padded(body: dict[str, Any], size: int) -> str:

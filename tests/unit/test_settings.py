@@ -144,7 +144,7 @@ def test_an_unknown_partial_batch_item_key_is_refused_by_name() -> None:
 
 def test_the_producer_configuration_in_full() -> None:
     """Every value is a decision, so a change to one is a deliberate change to this test."""
-    iam = KafkaSettings(("b-1:9098",), KafkaSecurity.IAM, "eu-west-1", send_timeout_ms=9_000)
+    iam = KafkaSettings(("b-1:9098",), KafkaSecurity.IAM, "eu-west-1", send_timeout_ms=10_000)
     assert producer_config(iam) == {
         "bootstrap_servers": ["b-1:9098"],
         "security_protocol": "SASL_SSL",
@@ -153,10 +153,10 @@ def test_the_producer_configuration_in_full() -> None:
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 0,
-        "max_block_ms": 3_000,  # a third of the budget to find the cluster
-        "request_timeout_ms": 3_000,
-        "delivery_timeout_ms": 6_000,  # the rest to deliver: 3 + 6 = the 9 s budget
-        "bootstrap_timeout_ms": 3_000,
+        "max_block_ms": 3_333,  # a third of the budget to find the cluster, in whole ms
+        "request_timeout_ms": 3_333,
+        "delivery_timeout_ms": 6_667,  # the rest to deliver: 3,333 + 6,667 = the 10 s budget
+        "bootstrap_timeout_ms": 3_333,
         "retry_backoff_ms": 100,
         "reconnect_backoff_ms": 50,
         "reconnect_backoff_max_ms": 1_000,

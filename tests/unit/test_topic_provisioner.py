@@ -4,6 +4,7 @@ keep, delete. tests/integration/test_topic_provisioner.py does the same on a rea
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -15,6 +16,7 @@ from kafka.errors import (
 
 from functions.topic_provisioner import app
 from orderstream.custom_resource import CustomResourceRequest
+from tests.fakes import logger_output
 from tests.samples import load_event
 from tests.unit.test_topics import FakeAdmin, OffsetsAdmin
 
@@ -214,3 +216,35 @@ def test_the_admin_client_is_configured_for_the_clusters_servers(
             "bootstrap_timeout_ms": 30_000,
         }
     ]
+
+
+def test_without_replication_settings_the_cluster_decides(cluster: dict[str, ClusterAdmin]) -> None:
+    app.provision(request())  # the sample has neither ReplicationFactor nor MinInsyncReplicas
+    [(_, spec)] = cluster["admin"].calls
+    assert spec["order-placed"]["replication_factor"] == -1
+    assert spec["order-placed"]["configs"] == {}
+
+
+def test_a_found_topic_that_cannot_be_described_is_adopted_as_empty(
+    cluster: dict[str, ClusterAdmin],
+) -> None:
+    class Undescribable(ClusterAdmin):
+        def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+            return [{"name": n, "error_code": 29, "partitions": []} for n in names]
+
+    cluster["admin"] = Undescribable({"order-placed": 2})
+    answer = app.provision(request())
+    assert answer.physical_resource_id == ADOPTED_ID
+    assert "(0 partitions)" in answer.reason
+
+
+def test_a_skipped_deletion_is_logged_with_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreachable(servers: str) -> Any:
+        raise KafkaConnectionError("no route to host")
+
+    monkeypatch.setattr(app, "admin_for", unreachable)
+    with logger_output(app.logger) as output:
+        app.provision(request("Delete", CREATED_ID, DeleteTopicsOnDelete="true"))
+    [line] = [json.loads(x) for x in output.getvalue().splitlines()]
+    assert line["message"] == "topic deletion skipped"
+    assert line["error"] == "KafkaConnectionError('no route to host')"

@@ -6,13 +6,16 @@ from typing import Any
 
 import pytest
 from kafka.admin import OffsetSpec
+from kafka.errors import UnknownTopicOrPartitionError
 from kafka.structs import OffsetAndMetadata, OffsetAndTimestamp, TopicPartition
 
 from orderstream.topics import (
+    TopicChanges,
     TopicShrinkError,
     TopicSpec,
     adoption_refusal,
     delete_topics,
+    partition_counts,
     reconcile_topics,
     required_topics,
     unread_records,
@@ -40,6 +43,8 @@ class FakeAdmin:
         ]
 
     def create_topics(self, spec: dict[str, dict[str, Any]], wait_for_metadata: bool) -> None:
+        # Created topics must be usable at once: the mappings start right after the stack.
+        assert wait_for_metadata is True
         self.calls.append(("create", spec))
         for name, options in spec.items():
             self.topics[name] = options["num_partitions"]
@@ -90,6 +95,45 @@ def test_delete_only_touches_existing_topics() -> None:
 def test_required_topics_rejects_nonsense_counts() -> None:
     with pytest.raises(ValueError, match="at least one partition"):
         required_topics("order-placed", 0)
+    [one] = required_topics("order-placed", 1)
+    assert one.partitions == 1
+
+
+@pytest.mark.parametrize(
+    ("factor", "in_sync", "configs"),
+    [(2, 2, {"min.insync.replicas": "2"}), (3, 1, {"min.insync.replicas": "1"}), (-1, -1, {})],
+)
+def test_replication_at_its_limits_is_accepted(
+    factor: int, in_sync: int, configs: dict[str, str]
+) -> None:
+    [spec] = required_topics("order-placed", 6, factor, in_sync)
+    assert (spec.replication_factor, spec.configs) == (factor, configs)
+
+
+def test_partition_counts_leave_out_topics_described_with_an_error_or_no_partitions() -> None:
+    class Described(FakeAdmin):
+        def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+            return [
+                {"name": "ok", "partitions": [{"partition": 0}, {"partition": 1}]},  # no code
+                {"name": "failed", "error_code": 3, "partitions": [{"partition": 0}]},
+                {"name": "empty", "error_code": 0, "partitions": []},
+            ]
+
+    assert partition_counts(Described(), ["ok", "failed", "empty"]) == {"ok": 2}
+
+
+def test_a_topic_deleted_meanwhile_is_no_error() -> None:
+    class Racing(FakeAdmin):
+        def delete_topics(self, names: list[str]) -> None:
+            raise UnknownTopicOrPartitionError()
+
+    assert delete_topics(Racing({"order-placed": 6}), ["order-placed"]) == ["order-placed"]
+
+
+def test_a_summary_lists_every_change() -> None:
+    changes = TopicChanges(["a", "b"], {"c": 6, "d": 3})
+    assert changes.summary() == "created a, b; grew c to 6 partitions; grew d to 3 partitions"
+    assert TopicChanges([], {}).summary() == "no change"
 
 
 def test_brokers_we_size_get_three_replicas_and_two_in_sync() -> None:
@@ -144,6 +188,7 @@ class OffsetsAdmin:
         self.committed = committed
 
     def list_partition_offsets(self, specs: dict[TopicPartition, Any]) -> dict[TopicPartition, Any]:
+        assert {tp.topic for tp in specs} <= {self.topic}
         return {
             tp: OffsetAndTimestamp(self.ends[spec][tp.partition], None, None)
             for tp, spec in specs.items()
@@ -152,13 +197,16 @@ class OffsetsAdmin:
     def list_group_offsets(
         self, requests: dict[str, list[TopicPartition]]
     ) -> dict[str, dict[TopicPartition, Any]]:
+        assert {tp.topic for ps in requests.values() for tp in ps} <= {self.topic}
+        # A group that never committed is left out of the answer.
         return {
             group: {
                 tp: OffsetAndMetadata(self.committed[group][tp.partition], "", -1)
                 for tp in partitions
-                if tp.partition in self.committed.get(group, {})
+                if tp.partition in self.committed[group]
             }
             for group, partitions in requests.items()
+            if group in self.committed
         }
 
 
