@@ -1059,3 +1059,44 @@ def test_an_order_at_two_places_held_elsewhere_is_reported_at_both() -> None:
     assert failed_offsets(outcome) == {(0, 100), (1, 200)}
     [problem] = outcome.problems
     assert {(r.partition, r.offset) for r in problem.records} == {(0, 100), (1, 200)}
+
+
+def refuses_naming(bad: set[str]) -> Script:
+    """SES refusing a whole call and naming, as it does, the address it cannot take."""
+
+    def answer(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        named = sorted(c.recipient for c in confirmations if c.recipient in bad)
+        if named:
+            raise MailerError(f"MessageRejected: Address blacklisted: {named[0]}.", permanent=True)
+        return [Delivery(message_id=f"m-{c.order_id}") for c in confirmations]
+
+    return answer
+
+
+def test_two_refused_addresses_in_two_halves_are_each_isolated_and_dead_lettered() -> None:
+    """Both halves are refused, each naming its own recipient: customers' faults, both, so
+    each half is split further instead of the refusal being taken for the sender's."""
+    events = [order_placed(n) for n in range(50)]
+    bad = {"customer10@example.com", "customer40@example.com"}
+    ports = Ports(mailer=MemoryMailer(refuses_naming(bad)))
+    outcome = ports.deliver(msk_batch(kafka_records(events)))
+
+    assert outcome.failed == set()
+    assert sum(ports.emails_per_order().values()) == 48
+    reasons = {letter.offset: letter.reason for letter in ports.dead_letters.letters.values()}
+    assert sorted(reasons) == [position(str(uuid.UUID(int=n)))[1] for n in (10, 40)]
+    assert all("Address blacklisted" in reason for reason in reasons.values())
+
+
+def test_each_deferred_order_is_reported_with_its_id_and_why() -> None:
+    ports = Ports()
+    events = [order_placed(n) for n in range(20)]
+    outcome = ports.deliver(
+        msk_batch(kafka_records(events)),
+        time_left_ms=lambda: 1_000,
+        budget=TimeBudget(ledger_phase_ms=1_000, send_ms=3_000),
+        chunk_size=10,
+    )
+    deferred = [p for p in outcome.problems if p.stage == "deferred"]
+    assert {p.order_id for p in deferred} == {e.order_id for e in events}
+    assert all(p.detail for p in deferred)

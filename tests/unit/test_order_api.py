@@ -323,16 +323,19 @@ def test_a_second_request_while_the_first_is_publishing_is_told_to_retry(
 
 
 def test_in_progress_answers_409_with_retry_after(
-    producer: FakeProducer, monkeypatch: pytest.MonkeyPatch
+    producer: FakeProducer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     def busy(*args: Any, **kwargs: Any) -> Any:
         raise OrderInProgressError("being processed; retry shortly")
 
     monkeypatch.setattr(publishing.OrderIntake, "accept", busy)
+    capsys.readouterr()
     answer = invoke(api_event(order_body()))
     assert answer.status == 409
     assert answer.body["error"] == "order_in_progress"
+    assert answer.body["message"] == "being processed; retry shortly"
     assert answer.headers["retry-after"] == "1"
+    assert emitted_metric_values(capsys.readouterr().out)["OrdersDuplicate"] == [1.0]
 
 
 def test_an_unavailable_idempotency_table_is_a_503_and_publishes_nothing(
@@ -488,7 +491,9 @@ def test_malformed_json_is_400_with_a_reason(
     answer = invoke(api_event(body))
     assert answer.status == 400
     assert answer.body["error"] == "malformed_json"
+    assert answer.body["message"] == "The request body is not valid JSON."
     [error] = answer.body["errors"]
+    assert error["field"] == ""
     assert reason_part in error["reason"]
     assert producer.sent == []
 
@@ -567,7 +572,9 @@ def test_a_non_json_content_type_is_415(
     answer = invoke(api_event(body, headers=headers))
     assert answer.status == 415
     assert answer.body["error"] == "unsupported_media_type"
-    assert "application/json" in answer.body["message"]
+    assert answer.body["message"] == (
+        "Send the order as JSON with the header Content-Type: application/json."
+    )
     assert producer.sent == []
 
 
@@ -625,6 +632,8 @@ def test_an_unexpected_error_is_a_500_without_internals(
     logged = log_text.getvalue()
     assert "Traceback" in logged  # the log has what the client must not see
     assert EMAIL not in logged
+    [line] = [json.loads(x) for x in logged.splitlines() if '"unexpected error"' in x]
+    assert (line["message"], line["error_type"]) == ("unexpected error", "RuntimeError")
 
 
 @no_metrics_warning
