@@ -503,6 +503,7 @@ def test_an_empty_body_is_400(producer: FakeProducer, body: str | None) -> None:
     answer = invoke(api_event(body))
     assert answer.status == 400
     assert answer.body["error"] == "missing_body"
+    assert answer.body["message"] == "The request body is empty: send the order as JSON."
 
 
 def test_a_base64_body_that_is_not_utf8_is_400(producer: FakeProducer) -> None:
@@ -612,7 +613,41 @@ def test_long_error_lists_are_capped(producer: FakeProducer) -> None:
     answer = invoke(api_event(body))
     assert answer.status == 422
     assert len(answer.body["errors"]) == app.MAX_LISTED_ERRORS
-    assert "80 problem(s)" in answer.body["message"]
+    assert answer.body["message"] == (
+        f"The order is invalid: 80 problem(s) (the first {app.MAX_LISTED_ERRORS} are listed). "
+        "Fix the fields listed in errors."
+    )
+
+
+def test_a_refusal_is_logged_with_its_status_error_and_fields_and_counted(
+    producer: FakeProducer, log_text: io.StringIO, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    answer = invoke(api_event(order_body(currency="EURO", extra=1)))
+    assert answer.body["message"] == (
+        "The order is invalid: 2 problem(s). Fix the fields listed in errors."
+    )
+    [line] = [json.loads(x) for x in log_text.getvalue().splitlines() if "request refused" in x]
+    assert (line["message"], line["status"], line["error"]) == (
+        "request refused",
+        422,
+        "invalid_order",
+    )
+    assert sorted(line["fields"]) == ["currency", "extra"]
+    out = capsys.readouterr().out
+    assert emitted_metric_values(out)["OrdersRejected"] == [1.0]
+    assert '"Name":"OrdersRejected","Unit":"Count"' in out
+
+
+def test_a_publish_that_failed_is_logged_with_its_cause(
+    producer: FakeProducer, log_text: io.StringIO
+) -> None:
+    producer.failure = KafkaTimeoutError("Expiring 1 record(s): 1000 ms has passed")
+    assert invoke(api_event(order_body())).status == 503
+    [line] = [json.loads(x) for x in log_text.getvalue().splitlines() if "not published" in x]
+    assert line["message"] == "order not published"
+    assert line["cause"] == "KafkaTimeoutError"
+    assert "Expiring 1 record(s)" in line["detail"]
 
 
 @no_metrics_warning
