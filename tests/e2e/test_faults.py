@@ -55,8 +55,10 @@ def test_consumers_killed_mid_batch_three_times(local_stack: Stack) -> None:
     and restarts from its last commit: the redelivered batch sends nothing twice."""
     bodies = orders(60, "killed")
     assert {status for status, _ in post_all(local_stack, bodies)} == {202}
+    pools = [local_stack.stack.pools[n] for n in ("EmailNotifierFunction", "S3ArchiverFunction")]
     for _ in range(3):
-        time.sleep(0.7)
+        # A restart while a batch is in flight, not after a guess at when one might be.
+        wait_until(lambda: any(p.in_flight() for p in pools), timeout_s=90, every_s=0.01)
         local_stack.stack.restart_mappings()
     delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
 
@@ -77,13 +79,16 @@ def test_function_containers_killed_mid_invocation_three_times(local_stack: Stac
     Nothing is lost and the archive holds each order once. Email is at least once here: a
     container killed after SES accepted a send but before the ledger recorded it leaves an
     in-progress claim that expires, and SES has no idempotency token to stop the resend."""
-    bodies = orders(60, "crashed")
-    assert {status for status, _ in post_all(local_stack, bodies)} == {202}
-    for _ in range(3):
+    ids: set[str] = set()
+    for round_ in range(3):
         for name in ("EmailNotifierFunction", "S3ArchiverFunction"):
+            # Fresh orders before each kill: the consumer about to be killed has a batch to be
+            # killed in, whatever it finished meanwhile.
+            bodies = orders(10, f"crashed{round_}{name[0]}")
+            assert {status for status, _ in post_all(local_stack, bodies)} == {202}
+            ids |= {b["order_id"] for b in bodies}
             kill_mid_invocation(local_stack.stack.pools[name], name)
         local_stack.stack.restart_mappings()
-    ids = {b["order_id"] for b in bodies}
     wait_until(lambda: ids <= set(local_stack.emailed_orders()), timeout_s=180)
     wait_until(lambda: ids <= set(local_stack.archived_orders()), timeout_s=180)
     archived = local_stack.archived_orders()
