@@ -866,3 +866,11 @@ def test_any_bytes_make_a_line_that_round_trips(
     archive_batch([consumer_record(raw)], store=store, years=YEARS)
     [(body, _)] = store.contents().values()
     assert lines_of(body) == [line]
+
+
+def test_a_value_lambda_sent_as_invalid_base64_is_kept_as_it_came() -> None:
+    """Lambda always sends base64; should it not, the line keeps the text rather than the
+    bytes a lenient decoder would make of it."""
+    assert archive._as_base64("not base64!", None) == "not base64!"
+    assert archive._as_base64("aGk=", None) == "aGk="
+    assert archive._as_base64("hi", "utf-8") == "aGk="

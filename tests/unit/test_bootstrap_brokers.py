@@ -91,8 +91,10 @@ def test_a_cluster_without_iam_authentication_is_refused_with_the_fix(msk: Stubb
     )
     _, body = invoke(event)
     assert body["Status"] == "FAILED"
-    assert "no IAM" in body["Reason"]
-    assert "update-security" in body["Reason"]
+    assert body["Reason"] == (
+        f"ClusterUnusable: cluster {PROVISIONED} has no IAM (SASL/IAM, port 9098) brokers: turn "
+        "on IAM client authentication (aws kafka update-security) or choose another cluster"
+    )
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,12 @@ def test_a_policy_not_yet_in_force_is_waited_for_a_minute_at_most() -> None:
         while_iam_propagates(denied, kafka_denied, slept.append, window_s=30)
     assert slept == [1.0, 2.0, 4.0, 8.0, 10.0]  # 25 s waited; another 10 would pass 30
 
+    # A wait that ends exactly at the window still happens: 1 + 2 = 3 s of a 3 s window.
+    slept.clear()
+    with pytest.raises(TopicAuthorizationFailedError):
+        while_iam_propagates(denied, kafka_denied, slept.append, window_s=3)
+    assert slept == [1.0, 2.0]
+
     def broken() -> str:
         raise ValueError("not a denial")
 

@@ -10,6 +10,7 @@ import base64
 import copy
 import io
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -375,6 +376,10 @@ def test_the_idempotency_record_holds_no_customer_data(
     assert EMAIL not in stored
     assert "Ada Lovelace" not in stored
     assert json.loads(items[0]["data"]["S"])["order_id"] == SAMPLE_ORDER_ID
+    # Our own prefix (not Powertools' default, the function's name) and a sha256 of the order_id.
+    prefix, _, digest = items[0]["id"]["S"].rpartition("#")
+    assert prefix == publishing.IDEMPOTENCY_KEY_PREFIX
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
 
 
 def test_the_idempotency_record_expires_after_the_configured_time(
