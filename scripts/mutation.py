@@ -204,7 +204,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=50.0, help="stop mutmut after this long")
     parser.add_argument("--only", help="a mutant name glob, as `mutmut run` takes")
     parser.add_argument("--no-report", action="store_true", help="leave tests/MUTATION.md alone")
+    parser.add_argument(
+        "--report-only",
+        type=float,
+        metavar="MINUTES",
+        help="no new run: report the last one (which took MINUTES), e.g. after explaining "
+        "survivors in tests/MUTATION.md",
+    )
     args = parser.parse_args()
+    if args.report_only is not None:
+        section = report(results(), True, args.report_only * 60)
+        print(section)
+        write_report(section)
+        return
     started = time.monotonic()
     stage()
     finished = run_mutmut(args.minutes, args.only)
