@@ -874,3 +874,12 @@ def test_a_value_lambda_sent_as_invalid_base64_is_kept_as_it_came() -> None:
     assert archive._as_base64("not base64!", None) == "not base64!"
     assert archive._as_base64("aGk=", None) == "aGk="
     assert archive._as_base64("hi", "utf-8") == "aGk="
+
+
+def test_poison_and_tombstones_go_back_to_lambdas_shape_from_their_lines() -> None:
+    poison = archive_line(as_lambda([PlainRecord(b"k", b"\x89PNG not json", offset=5)])[0])
+    assert lambda_record(poison.data)["value"] == base64.b64encode(b"\x89PNG not json").decode()
+    tombstone = archive_line(as_lambda([PlainRecord(b"k", None, offset=6)])[0])
+    rebuilt = lambda_record(tombstone.data)
+    assert rebuilt["value"] is None
+    assert rebuilt["key"] == base64.b64encode(b"k").decode()

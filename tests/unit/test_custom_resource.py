@@ -166,3 +166,23 @@ def test_a_policy_not_yet_in_force_is_waited_for_a_minute_at_most() -> None:
     with pytest.raises(ValueError, match="not a denial"):
         while_iam_propagates(broken, kafka_denied, slept.append)
     assert slept == []
+
+
+def test_each_wait_for_iam_is_logged_with_its_delay(caplog: pytest.LogCaptureFixture) -> None:
+    from kafka.errors import TopicAuthorizationFailedError
+
+    from functions.topic_provisioner.app import kafka_denied
+
+    answers: list[Exception | str] = [TopicAuthorizationFailedError("not yet"), "done"]
+
+    def call() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with caplog.at_level("WARNING", logger="orderstream.custom_resource"):
+        assert while_iam_propagates(call, kafka_denied, lambda s: None) == "done"
+    [record] = caplog.records
+    assert record.getMessage() == "denied, retrying while IAM propagates"
+    assert record.delay_s == 1.0  # type: ignore[attr-defined]

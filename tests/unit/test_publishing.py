@@ -88,3 +88,9 @@ def test_the_idempotency_window_is_a_minute_at_least(monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigurationError):
         idempotency_expiry({"IDEMPOTENCY_EXPIRES_SECONDS": "59"})
     assert idempotency_expiry({}) == publishing.DEFAULT_IDEMPOTENCY_EXPIRES_SECONDS
+
+
+def test_only_an_intake_result_is_stored_as_the_answer() -> None:
+    with pytest.raises(TypeError) as refused:
+        publishing._StoredAnswer().to_dict({"order_id": "x"})
+    assert str(refused.value) == "expected an IntakeResult, not dict"
