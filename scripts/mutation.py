@@ -78,7 +78,8 @@ def stage() -> None:
         'pytest_add_cli_args_test_selection = ["tests/unit"]',
         'pytest_add_cli_args = ["-m", "not slow"]',
         f"also_copy = {json.dumps(COPIED)}",
-        # A mutant that loops is stopped at 5x its tests' time: waiting 10x cost half the run.
+        # A mutant that loops is stopped at 5x its tests' time; at 10x the timeouts took much
+        # of the run.
         "timeout_multiplier = 5.0",
         "use_git_change_detection = false",
     ]
