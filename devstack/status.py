@@ -37,6 +37,16 @@ def end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> dict[TopicP
         consumer.close()
 
 
+def group_lag(
+    admin: KafkaAdminClient, group: str, ends: dict[TopicPartition, int]
+) -> tuple[int, dict[TopicPartition, int]]:
+    """Records of `ends`' partitions the group has not committed yet, and its committed offsets
+    (a partition it never committed counts from 0)."""
+    answer = admin.list_group_offsets({group: None}).get(group, {})
+    committed = {tp: meta.offset for tp, meta in answer.items()}
+    return sum(end - committed.get(tp, 0) for tp, end in ends.items()), committed
+
+
 def report(info: StackInfo) -> str:
     lines: list[str] = []
     admin = KafkaAdminClient(bootstrap_servers=info.bootstrap_servers, client_id="devstack-status")
@@ -53,13 +63,9 @@ def report(info: StackInfo) -> str:
             lines.append(f"  {tp.topic}-{tp.partition:<3} end offset {ends[tp]}")
         lines.append("consumer groups (committed offset, lag)")
         for function, group in sorted(info.groups.items()):
-            committed = admin.list_group_offsets({group: None}).get(group, {})
-            lag = sum(
-                ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions
-            )
+            lag, committed = group_lag(admin, group, ends)
             detail = " ".join(
-                f"{tp.partition}:{committed[tp].offset if tp in committed else '-'}"
-                for tp in sorted(partitions)
+                f"{tp.partition}:{committed.get(tp, '-')}" for tp in sorted(partitions)
             )
             lines.append(f"  {group:<24} ({function}) lag {lag}  [{detail}]")
     finally:

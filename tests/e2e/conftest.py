@@ -19,7 +19,7 @@ from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from devstack import aws
 from devstack.mail import emailed_order_ids
 from devstack.stack import LocalStack, StackInfo
-from devstack.status import end_offsets
+from devstack.status import end_offsets, group_lag
 from orderstream.archive import read_lines
 from orderstream.events import OrderPlaced, to_message
 from orderstream.models import Customer, LineItem, Order, compute_total
@@ -49,21 +49,18 @@ class Stack:
 
     def lag(self, function: str) -> int:
         """Records on the topic that `function`'s consumer group has not committed yet."""
-        admin = KafkaAdminClient(bootstrap_servers=self.info.bootstrap_servers, client_id="e2e-lag")
-        try:
-            group = self.info.groups[function]
-            committed = admin.list_group_offsets({group: None}).get(group, {})
-        finally:
-            admin.close()
         partitions = [TopicPartition(self.info.topics[0], p) for p in range(6)]
         ends = end_offsets(self.info.bootstrap_servers, partitions)
-        return sum(ends[tp] - (committed[tp].offset if tp in committed else 0) for tp in partitions)
+        admin = KafkaAdminClient(bootstrap_servers=self.info.bootstrap_servers, client_id="e2e-lag")
+        try:
+            return group_lag(admin, self.info.groups[function], ends)[0]
+        finally:
+            admin.close()
 
     def wait_caught_up(self, function: str, timeout_s: float = 120) -> None:
         """Until `function` has handled and committed every record on the topic: after this,
         a check that "nothing more arrived" has seen the consumer go past the records."""
-        # <= 0: the embedded broker reports a multi-record batch's end as one offset past its
-        # start, so a group past the whole batch can show a lag below zero.
+        # <= 0 rather than == 0: a commit read a moment after the end offsets may be past them.
         wait_until(lambda: self.lag(function) <= 0, timeout_s=timeout_s, every_s=0.25)
 
     def emailed_orders(self) -> Counter[str]:

@@ -36,3 +36,10 @@ def test_every_docstring_pointer_to_the_design_notes_names_a_section() -> None:
     }
     assert len(pointers) >= 8
     assert sorted((str(p), s) for p, s in pointers if s not in sections) == []
+
+
+def test_no_two_test_files_share_a_name() -> None:
+    """The test folders are not packages: pytest imports each file by its bare name, so a second
+    test_x.py in another folder stops the whole run at collection."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
