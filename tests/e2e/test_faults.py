@@ -8,6 +8,7 @@ import json
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,28 +51,43 @@ def delivered_exactly_once(stack: Stack, ids: set[str], timeout_s: float = 180) 
     assert sorted(archived[i] for i in ids) == [1] * len(ids), "an order was archived twice"
 
 
+def during_a_batch(
+    stack: Stack,
+    ids: set[str],
+    tag: str,
+    pools: list[FunctionPool],
+    act: Callable[[], Any],
+    attempts: int = 5,
+) -> None:
+    """Post fresh orders, then `act()` at a moment one of `pools` holds an invocation, until
+    `act()` reports (truthy) that it landed on one. A batch that ended before we saw it gets new
+    orders to make another, so the fault falls on work in flight and never waits for work that
+    will not come. The orders posted are added to `ids`."""
+    for attempt in range(attempts):
+        bodies = orders(10, f"{tag}{attempt}")
+        assert {status for status, _ in post_all(stack, bodies)} == {202}
+        ids |= {b["order_id"] for b in bodies}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if any(p.in_flight() for p in pools) and act():
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"{tag}: no invocation in flight after {attempts} rounds of orders")
+
+
 def test_consumers_killed_mid_batch_three_times(local_stack: Stack) -> None:
     """The mapping's poller dies mid-batch (an invocation in flight completes, as in Lambda)
     and restarts from its last commit: the redelivered batch sends nothing twice."""
-    bodies = orders(60, "killed")
-    assert {status for status, _ in post_all(local_stack, bodies)} == {202}
+    ids: set[str] = set()
     pools = [local_stack.stack.pools[n] for n in ("EmailNotifierFunction", "S3ArchiverFunction")]
-    for _ in range(3):
-        # A restart while a batch is in flight, not after a guess at when one might be.
-        wait_until(lambda: any(p.in_flight() for p in pools), timeout_s=90, every_s=0.01)
+
+    def restart() -> bool:
         local_stack.stack.restart_mappings()
-    delivered_exactly_once(local_stack, {b["order_id"] for b in bodies})
+        return True
 
-
-def kill_mid_invocation(pool: FunctionPool, name: str, timeout_s: float = 90) -> None:
-    """Kill the pool's containers at a moment one of them holds an invocation: a kill that
-    finds them idle (the invocation ended in between) does not count, and is tried again."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pool.in_flight() and pool.kill():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{name}: no invocation in flight to kill within {timeout_s} s")
+    for round_ in range(3):
+        during_a_batch(local_stack, ids, f"killed{round_}-", pools, restart)
+    delivered_exactly_once(local_stack, ids)
 
 
 def test_function_containers_killed_mid_invocation_three_times(local_stack: Stack) -> None:
@@ -82,12 +98,10 @@ def test_function_containers_killed_mid_invocation_three_times(local_stack: Stac
     ids: set[str] = set()
     for round_ in range(3):
         for name in ("EmailNotifierFunction", "S3ArchiverFunction"):
-            # Fresh orders before each kill: the consumer about to be killed has a batch to be
-            # killed in, whatever it finished meanwhile.
-            bodies = orders(10, f"crashed{round_}{name[0]}")
-            assert {status for status, _ in post_all(local_stack, bodies)} == {202}
-            ids |= {b["order_id"] for b in bodies}
-            kill_mid_invocation(local_stack.stack.pools[name], name)
+            pool = local_stack.stack.pools[name]
+            # A kill that finds the containers idle (the invocation ended in between) kills no
+            # invocation and does not count: it is tried again on the next batch.
+            during_a_batch(local_stack, ids, f"crashed{round_}{name}-", [pool], pool.kill)
         local_stack.stack.restart_mappings()
     wait_until(lambda: ids <= set(local_stack.emailed_orders()), timeout_s=180)
     wait_until(lambda: ids <= set(local_stack.archived_orders()), timeout_s=180)
