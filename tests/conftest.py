@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,21 @@ settings.register_profile(
     max_examples=10,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "orderstream"))
+
+
+def _fresh_ledger_calls() -> None:
+    """mutmut runs each mutant in a fork of a process whose notifier pool already has threads.
+    A fork keeps none of them, yet the pool still counts one as idle and starts no new thread:
+    the ledger's calls would wait for ever, and every survivor would be judged a timeout (the
+    first run's 'timeouts' were exactly that). Lambda never forks; the pool stays as it is."""
+    notifier = sys.modules.get("functions.email_notifier.app")
+    if notifier is not None:
+        notifier.LEDGER_CALLS = ThreadPoolExecutor(
+            max_workers=notifier.LEDGER_CONCURRENCY, thread_name_prefix="ledger"
+        )
+
+
+os.register_at_fork(after_in_child=_fresh_ledger_calls)
 
 
 @pytest.fixture(autouse=True, scope="session")

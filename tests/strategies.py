@@ -6,10 +6,17 @@ import string
 from decimal import Decimal
 from typing import Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 from orderstream.currencies import ISO_4217
 from orderstream.models import MAX_ITEMS, MAX_QUANTITY
+
+
+def examples(count: int) -> int:
+    """A property test's own example count, never above the profile's (10 under mutation)."""
+    return min(count, settings.default.max_examples)
+
 
 # Printable text without controls, including non-ASCII, quotes and markup.
 text = st.text(

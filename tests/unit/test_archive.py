@@ -42,6 +42,7 @@ from orderstream.archive import (
 from orderstream.events import ORDER_EVENTS
 from tests.fakes import ConditionalStore
 from tests.samples import load_event
+from tests.strategies import examples
 
 HOUR_14 = "topics/order-placed/year=2026/month=11/day=25/hour=14"
 SAMPLE_KEYS = {
@@ -522,7 +523,7 @@ class Delivery:
     lost: str | None  # the first write's answer is lost: botocore's retry meets a 412, or fails
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(deliveries(), st.sampled_from([3, 10, OFFSETS_PER_OBJECT]))
 def test_any_sequence_of_deliveries_gives_the_archive_of_one_clean_delivery(
     case: tuple[list[PlainRecord], list[Delivery]], block: int

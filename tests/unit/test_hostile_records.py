@@ -31,6 +31,7 @@ from orderstream.dead_letter import dead_letter_key
 from orderstream.events import InvalidEventError, OrderPlaced, from_bytes, to_message
 from orderstream.models import Customer, LineItem, Order, compute_total
 from tests.fakes import LambdaContext
+from tests.strategies import examples
 from tests.unit.conftest import ARCHIVE_BUCKET, DEAD_LETTER_BUCKET, objects
 
 TOPIC = "order-placed"
@@ -301,7 +302,7 @@ def decoded(text: str | None, encoding: str | None) -> bytes | None:
 
 
 @settings(
-    max_examples=50,
+    max_examples=examples(50),
     deadline=None,
     suppress_health_check=[
         HealthCheck.function_scoped_fixture,  # moto, buckets and table serve every example
