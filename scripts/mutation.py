@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -29,7 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STAGE = ROOT / ".mutation"
 REPORT = ROOT / "tests" / "MUTATION.md"
+EQUIVALENTS = ROOT / "tests" / "mutation_equivalents.json"
 EQUIVALENT_HEADING = "## Equivalent mutants"
+LAST_RUN = STAGE / "run.json"  # how the last run ended, for --report-only
 # What the unit tests read besides the code under test.
 COPIED = [
     "functions",
@@ -127,15 +128,31 @@ def results() -> dict[str, str]:
     return found
 
 
-def equivalents() -> dict[str, str]:
-    """The survivors tests/MUTATION.md explains: mutant name -> why no test can kill it."""
-    if not REPORT.exists():
-        return {}
-    text = REPORT.read_text()
-    start = text.find(EQUIVALENT_HEADING)
-    if start < 0:
-        return {}
-    return dict(re.findall(r"^- `([^`]+)`: (.+)$", text[start:], re.M))
+def equivalents() -> list[dict[str, str]]:
+    """The survivors no test can kill, each with why: {function, removed, added, why}.
+
+    Kept by the change, not by mutmut's name: a mutant's number moves whenever its function
+    changes, a line of code does not."""
+    if not EQUIVALENTS.exists():
+        return []
+    listed: list[dict[str, str]] = json.loads(EQUIVALENTS.read_text())
+    return listed
+
+
+def function_of(mutant: str) -> str:
+    return mutant.rpartition("__mutmut_")[0]
+
+
+def change_of(mutant: str) -> tuple[str, str]:
+    """The lines a mutant removes and adds, stripped: what the equivalents are matched on."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    module = module_of(mutant)
+    diff = get_diff_for_mutant(mutant, path=module.replace(".", "/") + ".py")
+    lines = diff.splitlines()[3:]  # past the ---/+++/@@ header
+    removed = "\n".join(line[1:].strip() for line in lines if line.startswith("-"))
+    added = "\n".join(line[1:].strip() for line in lines if line.startswith("+"))
+    return removed, added
 
 
 def module_of(mutant: str) -> str:
@@ -143,36 +160,53 @@ def module_of(mutant: str) -> str:
 
 
 def report(found: dict[str, str], finished: bool, seconds: float) -> str:
-    explained = equivalents()
+    known = {(e["function"], e["removed"], e["added"]): e for e in equivalents()}
+    survivors = sorted(n for n, s in found.items() if s in (SURVIVED, NO_TESTS))
+    changes = {name: change_of(name) for name in survivors}
+    equivalent = {n for n in survivors if (function_of(n), *changes[n]) in known}
+    seen = {(function_of(n), *changes[n]) for n in equivalent}
+    stale = [e for key, e in known.items() if key not in seen]
     by_module: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for name, status in found.items():
         by_module[module_of(name)][status] += 1
+        if name in equivalent:
+            by_module[module_of(name)]["equivalent"] += 1
 
     def score(counts: Counter[str]) -> str:
         caught = counts[KILLED] + counts[TIMEOUT]
         judged = caught + counts[SURVIVED] + counts[NO_TESTS]
         return f"{caught / judged:.1%}" if judged else "n/a"
 
-    rows = ["| module | mutants | killed | timed out | survived | no tests | score |"]
-    rows.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    def score_of_killable(counts: Counter[str]) -> str:
+        caught = counts[KILLED] + counts[TIMEOUT]
+        killable = caught + counts[SURVIVED] + counts[NO_TESTS] - counts["equivalent"]
+        return f"{caught / killable:.1%}" if killable else "n/a"
+
+    rows = [
+        "| module | mutants | killed | timed out | survived | no tests | equivalent | score "
+        "| score of the killable |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     total: Counter[str] = Counter()
     layer: Counter[str] = Counter()
+
+    def row(label: str, counts: Counter[str], bold: str = "") -> str:
+        return (
+            f"| {label} | {sum(counts[s] for s in (KILLED, TIMEOUT, SURVIVED, NO_TESTS))} | "
+            f"{counts[KILLED]} | {counts[TIMEOUT]} | {counts[SURVIVED]} | {counts[NO_TESTS]} | "
+            f"{counts['equivalent']} | {bold}{score(counts)}{bold} | "
+            f"{bold}{score_of_killable(counts)}{bold} |"
+        )
+
     for module in sorted(by_module):
         counts = by_module[module]
         total += counts
         if module.startswith("orderstream"):
             layer += counts
-        rows.append(
-            f"| `{module}` | {sum(counts.values())} | {counts[KILLED]} | {counts[TIMEOUT]} | "
-            f"{counts[SURVIVED]} | {counts[NO_TESTS]} | {score(counts)} |"
-        )
-    for label, counts in (("the layer (orderstream)", layer), ("everything", total)):
-        rows.append(
-            f"| **{label}** | {sum(counts.values())} | {counts[KILLED]} | {counts[TIMEOUT]} | "
-            f"{counts[SURVIVED]} | {counts[NO_TESTS]} | **{score(counts)}** |"
-        )
-    survivors = sorted(n for n, s in found.items() if s in (SURVIVED, NO_TESTS))
-    unexplained = [n for n in survivors if n not in explained]
+        rows.append(row(f"`{module}`", counts))
+    rows.append(row("**the layer (orderstream)**", layer, "**"))
+    rows.append(row("**everything**", total, "**"))
+    unexplained = [n for n in survivors if n not in equivalent]
     lines = [
         "## Latest run",
         "",
@@ -184,21 +218,40 @@ def report(found: dict[str, str], finished: bool, seconds: float) -> str:
         *rows,
         "",
         "Score = (killed + timed out) / every mutant judged; a mutant no test reaches counts as "
-        "surviving.",
+        "surviving. The score of the killable leaves out the equivalent mutants below.",
         "",
-        f"Survivors not explained below: {len(unexplained)}",
-        *[f"- `{name}`" for name in unexplained],
+        f"Survivors not explained: {len(unexplained)}",
+        *[f"- `{name}`: {shown(changes[name])}" for name in unexplained],
+        "",
+        f"Equivalent mutants listed but not seen in this run: {len(stale)}"
+        + ("" if finished else " (the run stopped before it judged them all)"),
+        *[f"- `{e['function']}`: {shown((e['removed'], e['added']))}" for e in stale],
+        "",
+        EQUIVALENT_HEADING,
+        "",
+        f"{len(known)} changes no test can tell from the original, from "
+        f"`{EQUIVALENTS.relative_to(ROOT)}` (matched by the function and the lines changed, so "
+        "mutmut's renumbering never moves them), each with why:",
+        "",
+        *[
+            f"- `{e['function']}`: {shown((e['removed'], e['added']))}: {e['why']}"
+            for e in known.values()
+        ],
     ]
     return "\n".join(lines)
 
 
+def shown(change: tuple[str, str]) -> str:
+    removed, added = (part.replace("\n", " / ").replace("`", "'") for part in change)
+    return f"`{removed}` → `{added or '(removed)'}`"
+
+
 def write_report(section: str) -> None:
+    """Everything from "## Latest run" on is the generated report; the text above it stays."""
     text = REPORT.read_text() if REPORT.exists() else "# Mutation testing\n"
     start = text.find("## Latest run")
-    end = text.find(EQUIVALENT_HEADING)
-    head = text[:start] if start >= 0 else text[:end] if end >= 0 else text
-    tail = text[end:] if end >= 0 else f"{EQUIVALENT_HEADING}\n\nNone yet.\n"
-    REPORT.write_text(head.rstrip() + "\n\n" + section + "\n\n" + tail)
+    head = text[:start] if start >= 0 else text
+    REPORT.write_text(head.rstrip() + "\n\n" + section + "\n")
 
 
 def main() -> None:
@@ -208,21 +261,25 @@ def main() -> None:
     parser.add_argument("--no-report", action="store_true", help="leave tests/MUTATION.md alone")
     parser.add_argument(
         "--report-only",
-        type=float,
-        metavar="MINUTES",
-        help="no new run: report the last one (which took MINUTES), e.g. after explaining "
-        "survivors in tests/MUTATION.md",
+        action="store_true",
+        help="no new run: report the last one again, e.g. after explaining survivors in "
+        f"{EQUIVALENTS.relative_to(ROOT)}",
     )
     args = parser.parse_args()
-    if args.report_only is not None:
-        section = report(results(), True, args.report_only * 60)
-        print(section)
-        write_report(section)
-        return
-    started = time.monotonic()
-    stage()
-    finished = run_mutmut(args.minutes, args.only)
-    section = report(results(), finished, time.monotonic() - started)
+    if args.report_only:
+        last = json.loads(LAST_RUN.read_text())
+        os.chdir(STAGE)
+        section = report(results(), last["finished"], last["seconds"])
+    else:
+        started = time.monotonic()
+        stage()
+        finished = run_mutmut(args.minutes, args.only)
+        seconds = time.monotonic() - started
+        LAST_RUN.write_text(
+            json.dumps({"finished": finished and not args.only, "seconds": seconds})
+        )
+        os.chdir(STAGE)  # where mutmut's diffs of the mutants are read
+        section = report(results(), finished, seconds)
     print(section)
     if not args.no_report and not args.only:
         write_report(section)

@@ -92,15 +92,16 @@ class Recorded:
 
 
 @contextmanager
-def recording_http_server() -> Iterator[tuple[str, list[Recorded]]]:
-    """A real HTTP server on 127.0.0.1 that answers 200 to PUT and records each request."""
+def recording_http_server(failures: int = 0) -> Iterator[tuple[str, list[Recorded]]]:
+    """A real HTTP server on 127.0.0.1 that records each PUT and answers it 200, after answering
+    the first `failures` of them 503 (S3's "slow down")."""
     received: list[Recorded] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_PUT(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             received.append(Recorded("PUT", self.path, dict(self.headers.items()), body))
-            self.send_response(200)
+            self.send_response(503 if len(received) <= failures else 200)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

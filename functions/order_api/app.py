@@ -194,9 +194,8 @@ def _field_errors(exc: RequestValidationError) -> list[FieldError]:
 
 
 def _invalid_order(exc: RequestValidationError) -> Response[Any]:
+    # No json_invalid case: parse_json_body reads the body first and raises BodyError (400).
     errors = exc.errors()
-    if any(e.get("type") == "json_invalid" for e in errors):
-        return _malformed("the body could not be parsed")
     if any(e.get("type") == "missing" and tuple(e.get("loc", ())) == ("body",) for e in errors):
         return _refuse(
             HTTPStatus.BAD_REQUEST,

@@ -15,7 +15,8 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from functions.bootstrap_brokers import app
-from tests.fakes import LambdaContext, recording_http_server
+from orderstream import custom_resource
+from tests.fakes import LambdaContext, logger_output, recording_http_server
 from tests.samples import load_event
 
 BOOT = "boot-abc.c2.kafka-serverless.eu-west-1.amazonaws.com:9098"
@@ -155,3 +156,108 @@ def test_a_denial_that_outlasts_propagation_fails(
     with pytest.raises(ClientError, match="ForbiddenException"):
         app.bootstrap_servers("arn:aws:kafka:eu-west-1:123456789012:cluster/x/y", slept.append)
     assert slept == [1.0]  # a second wait would end past the propagation window
+
+
+SAMPLE_ARN = load_event("cfn-bootstrap-brokers-create.json")["ResourceProperties"]["ClusterArn"]
+
+
+def test_the_physical_id_names_the_cluster_and_its_uuid() -> None:
+    assert app.physical_id(SAMPLE_ARN) == (
+        "bootstrap-brokers/orderstream/6f1a2b3c-4d5e-6f70-8192-a3b4c5d6e7f8-s1"
+    )
+    assert app.physical_id(PROVISIONED) == (
+        "bootstrap-brokers/theirs/6357e0b2-0e6a-4b86-a0b4-70df934c2e31-5"
+    )
+
+
+def test_success_answers_the_servers_as_its_reason_and_logs_them(msk: Stubber) -> None:
+    msk.add_response(
+        "get_bootstrap_brokers", {"BootstrapBrokerStringSaslIam": BOOT}, {"ClusterArn": SAMPLE_ARN}
+    )
+    with logger_output(app.logger) as logged:
+        _, body = invoke(load_event("cfn-bootstrap-brokers-create.json"))
+    assert body["Reason"] == BOOT
+    [found] = [
+        line
+        for line in map(json.loads, logged.getvalue().splitlines())
+        if line["message"] == "bootstrap brokers found"
+    ]
+    assert found["bootstrap_servers"] == BOOT
+    assert found["level"] == "INFO"
+
+
+def test_a_delete_without_an_id_answers_the_clusters_own() -> None:
+    """A Create that failed before any id was sent is rolled back by a Delete without one."""
+    event = load_event("cfn-bootstrap-brokers-create.json")
+    event["RequestType"] = "Delete"
+    event.pop("PhysicalResourceId", None)
+    result, body = invoke(event)
+    assert result == {"Status": "SUCCESS"}
+    assert body["PhysicalResourceId"] == app.physical_id(SAMPLE_ARN)
+    assert body["Reason"] == "nothing to delete"
+
+
+@pytest.mark.parametrize(
+    ("arn", "message"),
+    [
+        (
+            PROVISIONED.replace("123456789012", "210987654321"),
+            f"cluster {PROVISIONED.replace('123456789012', '210987654321')} is in account "
+            "210987654321, region eu-west-1; this stack is in account 123456789012, region "
+            "eu-west-1. Deploy the stack where the cluster is.",
+        ),
+        (
+            PROVISIONED.replace("eu-west-1", "us-east-1"),
+            f"cluster {PROVISIONED.replace('eu-west-1', 'us-east-1')} is in account "
+            "123456789012, region us-east-1; this stack is in account 123456789012, region "
+            "eu-west-1. Deploy the stack where the cluster is.",
+        ),
+        ("arn:aws:kafka:eu-west-1:123456789012:topic/x/y/z", "is not an MSK cluster ARN"),
+        ("arn:aws:kafka:eu-west-1:123456789012:cluster/x/y:extra", "is not an MSK cluster ARN"),
+        ("arn:aws:kafka:eu-west-1:123456789012", "is not an MSK cluster ARN"),
+        ("arn:aws:ec2:eu-west-1:123456789012:cluster/x/y", "is not an MSK cluster ARN"),
+    ],
+)
+def test_each_refusal_says_exactly_why(arn: str, message: str) -> None:
+    stack = load_event("cfn-bootstrap-brokers-create.json")["StackId"]
+    with pytest.raises(app.ClusterUnusable) as refused:
+        app.check_cluster_arn(arn, stack)
+    assert message in str(refused.value)
+    if "account" in message:
+        assert str(refused.value) == message
+
+
+def test_a_cluster_of_the_stacks_own_account_and_region_is_accepted() -> None:
+    stack = load_event("cfn-bootstrap-brokers-create.json")["StackId"]
+    app.check_cluster_arn(SAMPLE_ARN, stack)
+    app.check_cluster_arn(PROVISIONED, stack)
+
+
+@pytest.mark.parametrize("code", ["AccessDeniedException", "AccessDenied", "ForbiddenException"])
+def test_every_denial_code_is_waited_for(msk: Stubber, code: str) -> None:
+    msk.add_client_error("get_bootstrap_brokers", service_error_code=code, http_status_code=403)
+    msk.add_response(
+        "get_bootstrap_brokers", {"BootstrapBrokerStringSaslIam": BOOT}, {"ClusterArn": SAMPLE_ARN}
+    )
+    slept: list[float] = []
+    assert app.bootstrap_servers(SAMPLE_ARN, sleep=slept.append) == BOOT
+    assert slept == [1.0]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClientError({"Error": {"Code": "ThrottlingException"}}, "GetBootstrapBrokers"),
+        ClientError({}, "GetBootstrapBrokers"),  # an answer without an Error element
+        ValueError("not from the API"),
+    ],
+)
+def test_anything_but_a_denial_fails_at_once(error: Exception) -> None:
+    def denied() -> Any:
+        raise error
+
+    slept: list[float] = []
+    with pytest.raises(type(error)):
+        custom_resource.while_iam_propagates(denied, app._access_denied, slept.append, 60.0)
+    assert slept == []
+    assert app._access_denied(error) is False

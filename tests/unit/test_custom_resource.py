@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
+from orderstream import custom_resource
 from orderstream.custom_resource import (
     SAFETY_MARGIN_MS,
     Answer,
@@ -186,3 +187,160 @@ def test_each_wait_for_iam_is_logged_with_its_delay(caplog: pytest.LogCaptureFix
     [record] = caplog.records
     assert record.getMessage() == "denied, retrying while IAM propagates"
     assert record.delay_s == 1.0  # type: ignore[attr-defined]
+
+
+class HeldTimer:
+    """threading.Timer, held: the test fires it when it chooses, and sees how it was set."""
+
+    made: ClassVar[list[HeldTimer]] = []
+
+    def __init__(self, interval: float, function: Any, args: tuple[Any, ...]) -> None:
+        self.interval, self.function, self.args = interval, function, args
+        self.daemon = False
+        self.started = self.cancelled = False
+        HeldTimer.made.append(self)
+
+    def start(self) -> None:
+        self.started = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        self.function(*self.args)
+
+
+@pytest.fixture
+def held_timer(monkeypatch: pytest.MonkeyPatch) -> type[HeldTimer]:
+    HeldTimer.made = []
+    monkeypatch.setattr(custom_resource.threading, "Timer", HeldTimer)
+    return HeldTimer
+
+
+@pytest.mark.parametrize(
+    ("remaining_ms", "budget_s"), [(60_000, 50.0), (SAFETY_MARGIN_MS + 1_500, 1.5), (3_000, 0.0)]
+)
+def test_the_timer_answers_the_safety_margin_before_the_function_ends(
+    held_timer: type[HeldTimer], remaining_ms: int, budget_s: float
+) -> None:
+    sent = Sent()
+    answer(request(), lambda r: Answer("pid-1"), lambda: remaining_ms, sent)
+    [timer] = held_timer.made
+    assert timer.interval == budget_s
+    assert timer.started
+    assert timer.daemon  # a daemon: it never keeps a finished function alive
+    assert timer.cancelled  # the work answered; the timer must not answer again
+
+
+def test_a_timer_that_fires_first_answers_failed_and_the_late_outcome_is_dropped(
+    held_timer: type[HeldTimer],
+) -> None:
+    sent = Sent()
+
+    def slow(_: CustomResourceRequest) -> Answer:
+        held_timer.made[0].fire()
+        return Answer("pid-late", {"K": "v"})
+
+    assert answer(request(), slow, lambda: 60_000, sent) == "FAILED"
+    assert sent.bodies == [
+        {
+            "Status": "FAILED",
+            "Reason": "timed out before the work finished",
+            "PhysicalResourceId": f"failed-{request().request_id}",
+            "StackId": request().stack_id,
+            "RequestId": request().request_id,
+            "LogicalResourceId": "KafkaTopics",
+            "NoEcho": False,
+            "Data": {},
+        }
+    ]
+
+
+def test_the_answer_body_is_exactly_what_cloudformation_reads() -> None:
+    sent = Sent()
+    delete = request("cfn-topics-delete.json")
+    answer(delete, lambda r: Answer("pid-9", {"A": "1"}, reason="kept"), lambda: 60_000, sent)
+    assert sent.bodies == [
+        {
+            "Status": "SUCCESS",
+            "Reason": "kept",
+            "PhysicalResourceId": "pid-9",
+            "StackId": delete.stack_id,
+            "RequestId": delete.request_id,
+            "LogicalResourceId": delete.logical_resource_id,
+            "NoEcho": False,
+            "Data": {"A": "1"},
+        }
+    ]
+
+
+def test_a_failure_names_its_type_and_message_and_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def boom(_: CustomResourceRequest) -> Answer:
+        raise RuntimeError("cluster unreachable")
+
+    sent = Sent()
+    with caplog.at_level("INFO", logger="orderstream.custom_resource"):
+        answer(request(), boom, lambda: 60_000, sent)
+    assert sent.bodies[0]["Reason"] == "RuntimeError: cluster unreachable"
+    failed, answered = caplog.records
+    assert (failed.levelname, failed.getMessage()) == ("ERROR", "custom resource work failed")
+    assert failed.exc_info is not None
+    assert failed.exc_info[0] is RuntimeError
+    assert (answered.levelname, answered.getMessage()) == ("INFO", "answered CloudFormation")
+    assert answered.status == "FAILED"  # type: ignore[attr-defined]
+    assert answered.reason == "RuntimeError: cluster unreachable"  # type: ignore[attr-defined]
+
+
+def test_a_reason_keeps_its_first_3000_characters() -> None:
+    def verbose(_: CustomResourceRequest) -> Answer:
+        raise ValueError("x" * 10_000)
+
+    sent = Sent()
+    answer(request(), verbose, lambda: 60_000, sent)
+    assert sent.bodies[0]["Reason"] == "ValueError: " + "x" * (3_000 - len("ValueError: "))
+
+
+def test_put_response_retries_a_refused_put_after_half_a_second_then_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(custom_resource.time, "sleep", slept.append)
+    with recording_http_server(failures=2) as (url, received):
+        put_response(url, b"{}")
+    assert len(received) == 3
+    assert slept == [0.5, 1.0]
+
+
+def test_put_response_gives_up_after_four_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(custom_resource.time, "sleep", slept.append)
+    with recording_http_server(failures=10) as (url, received), pytest.raises(OSError, match="503"):
+        put_response(url, b"{}")
+    assert len(received) == 4
+    assert slept == [0.5, 1.0, 2.0]
+
+
+def test_put_response_waits_ten_seconds_at_most_for_an_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[str, str, float]] = []
+
+    class Answered:
+        def __enter__(self) -> Answered:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def read(self) -> bytes:
+            return b""
+
+    def urlopen(request: Any, timeout: float) -> Answered:
+        calls.append((request.get_method(), request.full_url, timeout))
+        return Answered()
+
+    monkeypatch.setattr(custom_resource.urllib.request, "urlopen", urlopen)
+    put_response("https://example.invalid/r", b"{}")
+    assert calls == [("PUT", "https://example.invalid/r", 10)]

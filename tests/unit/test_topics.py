@@ -86,6 +86,20 @@ def test_a_shrink_request_changes_nothing_even_for_other_topics() -> None:
     assert admin.calls == []
 
 
+def test_a_topic_deleted_between_listing_and_describing_is_created_again() -> None:
+    class Vanishing(FakeAdmin):
+        def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+            for name in names:
+                del self.topics[name]  # deleted by someone else right after the listing
+            return [{"name": n, "error_code": 3, "partitions": []} for n in names]
+
+    admin = Vanishing({"order-placed": 6})
+    changes = reconcile_topics(admin, [TopicSpec("order-placed", 1)])
+    assert changes == TopicChanges(["order-placed"], {})
+    assert admin.topics == {"order-placed": 1}
+    assert [call for call, _ in admin.calls] == ["create"]
+
+
 def test_delete_only_touches_existing_topics() -> None:
     admin = FakeAdmin({"order-placed": 1})
     assert delete_topics(admin, ["order-placed", "never-made"]) == ["order-placed"]

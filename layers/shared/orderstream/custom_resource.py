@@ -115,7 +115,8 @@ def answer(
     remaining_ms: Callable[[], int],
     send: Sender = put_response,
 ) -> Literal["SUCCESS", "FAILED"]:
-    """Run `work` and report its outcome to CloudFormation, exactly once, whatever happens."""
+    """Run `work` and report its outcome to CloudFormation, exactly once, whatever happens.
+    Returns the status CloudFormation was sent (FAILED when the timer answered first)."""
     lock = threading.Lock()
     answered = False
     # Until the work decides, failures keep the id CloudFormation knows (or the request's own),
@@ -152,8 +153,7 @@ def answer(
         status = "FAILED"
     finally:
         timer.cancel()
-    reply(status, outcome)
-    return status
+    return status if reply(status, outcome) else "FAILED"
 
 
 def respond(

@@ -78,8 +78,10 @@ def reconcile_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> TopicCh
     Idempotent: running it again against the result changes nothing. Fewer partitions than a
     topic has is refused with `TopicShrinkError` before anything is changed.
     """
-    existing = set(admin.list_topics())
-    counts = partition_counts(admin, [s.name for s in specs if s.name in existing])
+    listed = set(admin.list_topics())
+    # What is described is what exists: a topic listed, then deleted before it was described,
+    # is created again like one never listed.
+    counts = partition_counts(admin, [s.name for s in specs if s.name in listed])
     for spec in specs:
         if counts.get(spec.name, 0) > spec.partitions:
             raise TopicShrinkError(
@@ -89,7 +91,7 @@ def reconcile_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> TopicCh
     created: list[str] = []
     grown: dict[str, int] = {}
     for spec in specs:
-        if spec.name not in existing:
+        if spec.name not in counts:
             try:
                 admin.create_topics(
                     {
@@ -104,7 +106,7 @@ def reconcile_topics(admin: KafkaAdminClient, specs: list[TopicSpec]) -> TopicCh
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another run: the outcome we wanted
-        elif counts.get(spec.name, 0) < spec.partitions:
+        elif counts[spec.name] < spec.partitions:
             admin.create_partitions({spec.name: spec.partitions})
             grown[spec.name] = spec.partitions
     return TopicChanges(created, grown)
