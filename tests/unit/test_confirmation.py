@@ -487,6 +487,27 @@ def test_a_permanently_rejected_order_is_dead_lettered_not_retried() -> None:
     assert str(uuid.UUID(int=0)) not in ports.ledger.state  # released: a fixed replay may send
 
 
+def test_a_rejection_is_reported_once_with_its_order_records_and_no_retry() -> None:
+    def reject_first(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        return [
+            Delivery(error="MessageRejected: suppressed", retryable=False)
+            if c.order_id == str(uuid.UUID(int=0))
+            else Delivery(message_id="m")
+            for c in confirmations
+        ]
+
+    ports = Ports(mailer=MemoryMailer(reject_first))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(3)])))
+    [problem] = outcome.problems
+    assert (problem.stage, problem.detail, problem.order_id, problem.retried) == (
+        "ses-rejected",
+        "SES rejected the confirmation: MessageRejected: suppressed",
+        str(uuid.UUID(int=0)),
+        False,
+    )
+    assert [(r.partition, r.offset) for r in problem.records] == [(0, 100)]
+
+
 def test_poison_is_dead_lettered_and_the_rest_is_sent() -> None:
     good = kafka_records([order_placed(n) for n in range(2)], partitions=1)
     poison = [
@@ -917,6 +938,50 @@ def test_a_refusal_naming_the_sender_is_retried_not_split_or_dead_lettered() -> 
     assert ports.dead_letters.letters == {}
     assert len(outcome.failed) == 10
     assert ports.ledger.state == {}
+
+
+def test_a_refusal_naming_the_redirect_is_retried_not_split_or_dead_lettered() -> None:
+    """The redirect (a developer's inbox) is an operator's address, like the sender."""
+
+    def redirect_unverified(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        raise MailerError(
+            "MessageRejected: Email address is not verified. The following identities failed "
+            "the check in region EU-WEST-1: dev-inbox@example.org",
+            permanent=True,
+        )
+
+    ports = Ports(mailer=MemoryMailer(redirect_unverified))
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(n) for n in range(10)])),
+        redirect_to="dev-inbox@example.org",
+    )
+    assert len(ports.mailer.calls) == 1
+    assert ports.dead_letters.letters == {}
+    assert len(outcome.failed) == 10
+    assert {p.stage for p in outcome.problems} == {"ses"}
+
+
+def test_a_half_refused_for_someone_else_is_retried_whole_not_split_again() -> None:
+    """Order 1's address is refused, so the call is split (the batch's order is by partition:
+    0, 3 | 1, 2); SES then refuses the half without it naming the sender: that half is no
+    customer's fault and goes back whole."""
+
+    def answer(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        ids = [uuid.UUID(c.order_id).int for c in confirmations]
+        if 1 in ids:
+            raise MailerError("InvalidParameterValue: customer1@example.com", permanent=True)
+        if sorted(ids) == [0, 3]:
+            raise MailerError("MessageRejected: not verified: orders@shop.example", permanent=True)
+        return [Delivery(message_id=f"m-{c.order_id}") for c in confirmations]
+
+    ports = Ports(mailer=MemoryMailer(answer))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(4)])))
+    calls = [[uuid.UUID(c.order_id).int for c in call] for call in ports.mailer.calls]
+    assert calls == [[0, 3, 1, 2], [0, 3], [1, 2], [1], [2]]
+    assert ports.emails_per_order() == Counter({str(uuid.UUID(int=2)): 1})
+    [letter] = ports.dead_letters.letters.values()
+    assert (letter.partition, letter.offset) == position(str(uuid.UUID(int=1)))
+    assert failed_offsets(outcome) == {position(str(uuid.UUID(int=n))) for n in (0, 3)}
 
 
 def test_a_refusal_of_every_half_naming_no_one_is_retried_after_one_split() -> None:

@@ -657,7 +657,10 @@ def test_a_publish_that_failed_is_logged_with_its_cause(
 
 @no_metrics_warning
 def test_an_unexpected_error_is_a_500_without_internals(
-    producer: FakeProducer, monkeypatch: pytest.MonkeyPatch, log_text: io.StringIO
+    producer: FakeProducer,
+    monkeypatch: pytest.MonkeyPatch,
+    log_text: io.StringIO,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError(f"bug while handling {EMAIL}")
@@ -666,7 +669,14 @@ def test_an_unexpected_error_is_a_500_without_internals(
     answer = invoke(api_event(order_body()))
 
     assert answer.status == 500
-    assert answer.body["error"] == "internal_error"
+    assert answer.body == {
+        "error": "internal_error",
+        "message": "Something went wrong on our side. Retrying with the same order_id is safe; "
+        "if it persists, report the X-Correlation-Id of this response.",
+        "errors": [],
+    }
+    # Our fault, not a refused order: OrdersRejected stays the clients' count.
+    assert emitted_metric_values(capsys.readouterr().out) == {}
     assert "Traceback" not in answer.raw_body
     assert "RuntimeError" not in answer.raw_body
     logged = log_text.getvalue()

@@ -248,3 +248,31 @@ def test_a_skipped_deletion_is_logged_with_its_error(monkeypatch: pytest.MonkeyP
     [line] = [json.loads(x) for x in output.getvalue().splitlines()]
     assert line["message"] == "topic deletion skipped"
     assert line["error"] == "KafkaConnectionError('no route to host')"
+
+
+def test_adoption_and_reconciliation_are_each_logged_with_what_they_found(
+    cluster: dict[str, ClusterAdmin],
+) -> None:
+    cluster["admin"] = ClusterAdmin({"order-placed": 4})
+    with logger_output(app.logger) as output:
+        app.provision(request())
+    [adopted] = [json.loads(x) for x in output.getvalue().splitlines()]
+    assert (adopted["message"], adopted["level"]) == ("topic adopted", "INFO")
+    assert (adopted["topic"], adopted["partitions"]) == ("order-placed", 4)
+
+    cluster["admin"] = ClusterAdmin({})
+    with logger_output(app.logger) as output:
+        app.provision(request())
+    [reconciled] = [json.loads(x) for x in output.getvalue().splitlines()]
+    assert (reconciled["message"], reconciled["level"]) == ("topics reconciled", "INFO")
+    assert reconciled["changes"] == "created order-placed"
+
+
+def test_without_consumer_groups_no_group_can_be_behind_so_a_found_topic_is_adopted(
+    cluster: dict[str, ClusterAdmin],
+) -> None:
+    cluster["admin"] = ClusterAdmin({"order-placed": 2}, unread=5)
+    event = copy.deepcopy(load_event("cfn-topics-create.json"))
+    event["ResourceProperties"].pop("ConsumerGroups", None)
+    answer = app.provision(CustomResourceRequest.model_validate(event))
+    assert answer.physical_resource_id == ADOPTED_ID

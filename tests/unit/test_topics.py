@@ -173,7 +173,9 @@ def test_the_cluster_decides_replication_unless_told() -> None:
         (0, -1, "replication factor 0"),
         (-2, -1, "replication factor -2"),
         (3, 0, "min.insync.replicas 0"),
-        (2, 3, "above replication factor"),
+        (3, -2, "min.insync.replicas -2: give -1 or at least 1"),
+        (2, 3, "min.insync.replicas 3 above replication factor 2"),
+        (1, 2, "min.insync.replicas 2 above replication factor 1"),
     ],
 )
 def test_replication_that_could_never_take_a_write_is_refused(

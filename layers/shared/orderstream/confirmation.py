@@ -455,13 +455,14 @@ class _Run:
                 self._conclude(part, part_outcome)
 
     def _blames(self, group: Sequence[_Order], error: MailerError) -> bool | None:
-        """Whether SES's refusal names a recipient of `group`: True, False (it names other
-        addresses only), or None (it names none)."""
+        """Whether SES's refusal names a customer of `group`: True, False (it names other
+        addresses only), or None (it names none). The redirect is not a customer's: a refusal
+        of it, like one of the sender, is the operator's to fix and is retried."""
         named = {address.rstrip(".") for address in _ADDRESS.findall(str(error))}
         if not named:
             return None
-        recipients = {confirmation_for(o.event, self.redirect_to).recipient for o in group}
-        return bool(named & recipients)
+        customers = {confirmation_for(o.event).recipient for o in group}
+        return bool(named & customers)
 
     def _call(self, group: Sequence[_Order]) -> list[Delivery] | MailerError | None:
         """One bulk call: SES's answers, its error, or None when there was no time to make it
