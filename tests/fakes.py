@@ -133,6 +133,16 @@ def emitted_metric_values(stdout: str) -> dict[str, list[float]]:
     return found
 
 
+def emitted_metric_units(stdout: str) -> dict[str, str | None]:
+    """Metric name -> the unit CloudWatch gets (None when Powertools was given none)."""
+    units: dict[str, str | None] = {}
+    for line in stdout.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            for directive in json.loads(line)["_aws"]["CloudWatchMetrics"]:
+                units |= {m["Name"]: m.get("Unit") for m in directive["Metrics"]}
+    return units
+
+
 def emitted_metrics(stdout: str) -> dict[str, float]:
     """Metric name -> its value, for handlers that emit each metric once."""
     return {name: values[-1] for name, values in emitted_metric_values(stdout).items()}

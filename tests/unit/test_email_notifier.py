@@ -46,7 +46,7 @@ from orderstream.email_content import (
 from orderstream.events import OrderPlaced
 from orderstream.models import LineItem
 from orderstream.ses_bulk import MAX_DESTINATIONS_PER_CALL
-from tests.fakes import LambdaContext, emitted_metrics, logger_output
+from tests.fakes import LambdaContext, emitted_metric_units, emitted_metrics, logger_output
 from tests.samples import load_event
 from tests.unit.conftest import SENDER, TEMPLATE, s3_with_bucket
 from tests.unit.test_confirmation import (
@@ -207,7 +207,15 @@ def test_a_three_partition_batch_of_20_orders_sends_20_emails(
         assert sent[event.order_id].recipient == event.order.customer.email
         assert sent[event.order_id].data == template_data(event)
     assert len(ses_backend().sent_messages) == 1  # one SendBulkTemplatedEmail for all 20
-    assert emitted_metrics(capsys.readouterr().out) | {"ColdStart": None} == {
+    out = capsys.readouterr().out
+    assert emitted_metric_units(out) | {"ColdStart": None} == {
+        "ColdStart": None,
+        "EmailsSent": "Count",
+        "EmailsSkippedDuplicate": "Count",
+        "PoisonRecords": "Count",
+        "SesFailures": "Count",
+    }
+    assert emitted_metrics(out) | {"ColdStart": None} == {
         "ColdStart": None,
         "EmailsSent": 20.0,
         "EmailsSkippedDuplicate": 0.0,

@@ -28,7 +28,7 @@ from orderstream.http_edge import correlation_id_for
 from orderstream.models import OrderRequest
 from orderstream.publishing import OrderInProgressError
 from orderstream.redaction import mask_emails
-from tests.fakes import LambdaContext, emitted_metric_values, logger_output
+from tests.fakes import LambdaContext, emitted_metric_units, emitted_metric_values, logger_output
 from tests.samples import load_event
 
 SAMPLE = load_event("api-post-order.json")
@@ -184,9 +184,14 @@ def test_sample_event_is_accepted_and_published_with_key_headers_and_value(
     assert event.correlation_id == SAMPLE_REQUEST_ID
     assert str(event.order.total) == "52.40"
     assert event.order == OrderRequest.model_validate(SAMPLE_BODY).to_order()
-    metrics = emitted_metric_values(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    metrics = emitted_metric_values(out)
     assert metrics["OrdersAccepted"] == [1.0]
     assert len(metrics["PublishLatency"]) == 1
+    assert emitted_metric_units(out) == {
+        "OrdersAccepted": "Count",
+        "PublishLatency": "Milliseconds",
+    }
 
 
 def test_the_topic_comes_from_settings(
@@ -243,9 +248,11 @@ def test_the_same_order_again_replays_the_answer_and_publishes_nothing(
     assert first.status == replay.status == 202
     assert replay.body == first.body
     assert len(producer.sent) == 1
-    metrics = emitted_metric_values(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    metrics = emitted_metric_values(out)
     assert metrics["OrdersAccepted"] == [1.0]
     assert metrics["OrdersDuplicate"] == [1.0]
+    assert emitted_metric_units(out)["OrdersDuplicate"] == "Count"
 
 
 def test_the_same_order_id_with_another_order_is_a_conflict(producer: FakeProducer) -> None:
@@ -284,9 +291,11 @@ def test_a_failed_publish_leaves_no_record_behind(
     retried = invoke(api_event(order_body()))
     assert retried.status == 202
     assert len(producer.sent) == 1
-    metrics = emitted_metric_values(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    metrics = emitted_metric_values(out)
     assert metrics["PublishFailures"] == [1.0]
     assert metrics["OrdersAccepted"] == [1.0]
+    assert emitted_metric_units(out)["PublishFailures"] == "Count"
 
 
 def test_a_broker_that_cannot_be_reached_is_a_503(

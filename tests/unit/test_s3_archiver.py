@@ -21,7 +21,7 @@ from devstack.msk_event import msk_event, sample_order_records
 from orderstream import settings
 from orderstream.archive import WriteConflict
 from orderstream.events import ORDER_EVENTS
-from tests.fakes import emitted_metrics
+from tests.fakes import emitted_metric_units, emitted_metrics
 from tests.samples import load_event, template_archive_years
 from tests.unit.conftest import s3_with_bucket
 
@@ -142,7 +142,17 @@ def test_three_partitions_become_three_objects(
         "last-offset": "142",
         "poison-count": "0",
     }
-    assert emitted_metrics(capsys.readouterr().out) | {"ColdStart": None} == {
+    out = capsys.readouterr().out
+    assert emitted_metric_units(out) | {"ColdStart": None} == {
+        "RecordsArchived": "Count",
+        "RecordsAdded": "Count",
+        "ObjectsWritten": "Count",
+        "BytesWritten": "Bytes",
+        "PoisonRecordsArchived": "Count",
+        "WriteConflicts": "Count",
+        "ColdStart": None,
+    }
+    assert emitted_metrics(out) | {"ColdStart": None} == {
         "RecordsArchived": 8.0,
         "RecordsAdded": 8.0,
         "ObjectsWritten": 3.0,
