@@ -225,10 +225,9 @@ def _not_utf8(_: Exception) -> Response[Any]:
 
 
 def _unavailable(exc: Exception) -> Response[Any]:
-    cause = exc.__cause__
+    cause = exc.__cause__  # both errors are raised from the failure that caused them
     logger.warning(
-        "order not published",
-        extra={"cause": type(cause).__name__, "detail": str(cause)[:500] if cause else None},
+        "order not published", extra={"cause": type(cause).__name__, "detail": str(cause)[:500]}
     )
     return _refuse(
         HTTPStatus.SERVICE_UNAVAILABLE,

@@ -873,8 +873,16 @@ def test_a_value_lambda_sent_as_invalid_base64_is_kept_as_it_came() -> None:
     """Lambda always sends base64; should it not, the line keeps the text rather than the
     bytes a lenient decoder would make of it."""
     assert archive._as_base64("not base64!", None) == "not base64!"
+    assert archive._as_base64("aGk=!", None) == "aGk=!"  # a lenient decoder makes "hi" of it
     assert archive._as_base64("aGk=", None) == "aGk="
     assert archive._as_base64("hi", "utf-8") == "aGk="
+
+    raw = msk_record(PlainRecord(b"k", b"x", offset=7))
+    raw["value"] = "aGk=!"
+    archived = archive_line(consumer_record(raw))
+    assert json.loads(archived.data)["value_base64"] == "aGk=!"
+    assert archived.error is not None
+    assert lambda_record(archived.data)["value"] == "aGk=!"
 
 
 def test_poison_and_tombstones_go_back_to_lambdas_shape_from_their_lines() -> None:

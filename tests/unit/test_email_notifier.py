@@ -639,6 +639,14 @@ def test_worst_case_counts_every_attempt_and_the_longest_backoff(notifier: Modul
     assert notifier.worst_case_ms(config) == (3 * 7 + (1 + 5) + (2 + 5)) * 1000
 
 
+def test_the_backoff_before_a_retry_is_capped_at_twenty_seconds(notifier: ModuleType) -> None:
+    config = Config(
+        retries={"mode": "standard", "total_max_attempts": 8}, connect_timeout=1, read_timeout=2
+    )
+    backoff = (1 + 5) + (2 + 5) + (4 + 5) + (8 + 5) + (16 + 5) + (20 + 5) + (20 + 5)
+    assert notifier.worst_case_ms(config) == (8 * 3 + backoff) * 1000
+
+
 def test_a_claim_holds_the_order_for_the_configured_hold(
     notifier: ModuleType, idempotency_table: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -681,6 +689,23 @@ def test_a_failed_lookup_of_an_existing_claim_is_a_ledger_error(notifier: Module
     ledger = notifier.IdempotencyLedger(Persistence(), IdempotencyConfig(), 60_000)
     with pytest.raises(LedgerError, match="ProvisionedThroughputExceeded"):
         ledger.claim("order-1", "f" * 64)
+
+
+def test_a_failed_release_is_a_ledger_error_that_names_the_cause(notifier: ModuleType) -> None:
+    class Persistence:
+        def configure(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def delete_record(self, *args: Any, **kwargs: Any) -> None:
+            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "x"}}, "Del")
+
+    ledger = notifier.IdempotencyLedger(Persistence(), IdempotencyConfig(), 60_000)
+    with pytest.raises(LedgerError) as failed:
+        ledger.release("order-1")
+    assert str(failed.value) == (
+        "release failed: ClientError: An error occurred (InternalServerError) when calling the "
+        "Del operation: x"
+    )
 
 
 def test_a_reused_order_id_is_dead_lettered_with_its_reason(notifier: ModuleType, s3: Any) -> None:

@@ -664,6 +664,16 @@ def test_a_publish_that_failed_is_logged_with_its_cause(
     assert "Expiring 1 record(s)" in line["detail"]
 
 
+def test_a_long_cause_is_logged_to_its_first_500_characters(
+    producer: FakeProducer, log_text: io.StringIO
+) -> None:
+    producer.failure = KafkaTimeoutError("y" * 600)
+    assert invoke(api_event(order_body())).status == 503
+    [line] = [json.loads(x) for x in log_text.getvalue().splitlines() if "not published" in x]
+    assert line["detail"] == str(producer.failure)[:500]
+    assert len(line["detail"]) == 500
+
+
 @no_metrics_warning
 def test_an_unexpected_error_is_a_500_without_internals(
     producer: FakeProducer,
