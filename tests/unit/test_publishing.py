@@ -71,6 +71,29 @@ def test_the_acknowledgement_is_awaited_for_what_is_left_of_the_budget(
     assert producer.discarded == 0
 
 
+def clock(monkeypatch: pytest.MonkeyPatch, *readings: float) -> None:
+    """publish()'s monotonic clock reads these, in turn: start, after send, after the wait."""
+    times = iter(readings)
+    monkeypatch.setattr(publishing.time, "monotonic", lambda: next(times))
+
+
+def test_the_wait_is_the_budget_less_the_send_and_publish_ms_is_the_whole_time(
+    producer: TimedProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock(monkeypatch, 100.0, 100.5, 101.25)
+    result = publish(an_event(), topic="order-placed", send_timeout_ms=4_000)
+    assert producer.timeouts == [3.5]
+    assert result.publish_ms == 1250.0
+
+
+def test_a_send_that_used_the_whole_budget_waits_no_longer(
+    producer: TimedProducer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock(monkeypatch, 100.0, 105.0, 105.0)
+    publish(an_event(), topic="order-placed", send_timeout_ms=4_000)
+    assert producer.timeouts == [0.0]
+
+
 def test_no_acknowledgement_in_time_discards_the_producer_and_says_so(
     producer: TimedProducer,
 ) -> None:
