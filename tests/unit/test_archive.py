@@ -692,6 +692,10 @@ def test_empty_key_is_not_a_null_key() -> None:
         (b"null", "value is JSON but null, not an event object"),
         (b'{"total": NaN}', "value is not portable JSON: NaN is not JSON"),
         (b'{"total": 1e999}', "value is not portable JSON: 1e999 does not fit a double"),
+        (
+            b'{"total": 1' + b"0" * 50 + b"e999}",
+            "value is not portable JSON: 1" + "0" * 39 + " does not fit a double",
+        ),
         (b'{"a": 1, "a": 2}', "value is not portable JSON: repeated key 'a'"),
         (b'{"o": {"a": 1, "b": {}, "a": 2}}', "value is not portable JSON: repeated key 'a'"),
         (b"\xef\xbb\xbf{}", "value is not UTF-8 JSON: JSONDecodeError"),  # a byte-order mark

@@ -543,7 +543,12 @@ def test_poison_that_cannot_be_dead_lettered_is_retried() -> None:
 
     assert failed_offsets(outcome) == {(0, 101)}
     assert len(ports.mailer.inbox) == 1
-    assert outcome.problems[0].stage == "dead-letter"
+    [problem] = outcome.problems
+    assert problem.stage == "dead-letter"
+    assert problem.detail.startswith(
+        "dead letter not stored (bucket unavailable) for: value is not UTF-8 JSON"
+    )
+    assert [(r.partition, r.offset) for r in problem.records] == [(0, 101)]
 
 
 def test_nothing_is_sent_without_a_claim() -> None:

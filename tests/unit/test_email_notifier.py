@@ -363,6 +363,26 @@ def test_poison_that_cannot_be_dead_lettered_is_reported_for_retry(
     assert len(outbox()) == 2
 
 
+def test_a_dead_letter_put_that_fails_names_its_key_and_the_error(
+    notifier: ModuleType, s3: Any
+) -> None:
+    from aws_lambda_powertools.utilities.kafka import ConsumerRecords
+
+    from orderstream.confirmation import DeadLetterError
+    from orderstream.dead_letter import dead_letter
+    from orderstream.events import ORDER_EVENTS
+
+    s3.delete_bucket(Bucket=BUCKET)
+    event = load_event("msk-poison.json")
+    [record] = [r for r in ConsumerRecords(event, ORDER_EVENTS).records if r.offset == 241]
+    letter = dead_letter(record, reason="test", consumer="email-notifier")
+    with pytest.raises(DeadLetterError) as failed:
+        notifier.S3DeadLetters(s3, BUCKET).put(letter)
+    assert str(failed.value).startswith(
+        f"PutObject {letter.key} failed: An error occurred (NoSuchBucket)"
+    )
+
+
 @pytest.mark.parametrize("keys", ["partition", "topic-partition"])
 def test_the_template_parameter_names_failed_records_under_one_key(
     notifier: ModuleType, s3: Any, monkeypatch: pytest.MonkeyPatch, keys: str

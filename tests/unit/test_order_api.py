@@ -729,6 +729,8 @@ def test_a_valid_client_correlation_id_is_used_everywhere(
 
     assert answer.status == 202
     assert answer.headers["x-correlation-id"] == "checkout-42:attempt-1"
+    assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
     [message] = producer.sent
     assert dict(message.headers)[events.HEADER_CORRELATION_ID] == b"checkout-42:attempt-1"
     lines = [json.loads(line) for line in log_text.getvalue().splitlines()]
@@ -764,6 +766,7 @@ def test_error_answers_carry_the_correlation_id_too(producer: FakeProducer) -> N
     assert answer.status == 400
     assert answer.headers["x-correlation-id"] == "trace-me"
     assert answer.headers["cache-control"] == "no-store"
+    assert answer.headers["x-content-type-options"] == "nosniff"
 
 
 # --- logs ------------------------------------------------------------------------------
