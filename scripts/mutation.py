@@ -13,6 +13,7 @@ survivor with the reason it is equivalent, or none) is written to tests/MUTATION
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import shutil
@@ -87,7 +88,7 @@ def stage() -> None:
     (STAGE / "pyproject.toml").write_text("\n".join(lines) + "\n")
 
 
-def run_mutmut(minutes: float, only: str | None) -> bool:
+def run_mutmut(minutes: float, only: str | list[str] | None) -> bool:
     """mutmut run in the scratch tree; False when it was stopped at the time limit."""
     # No PYTHONPATH to mutants/: it does not exist yet when mutmut starts, and an entry that did
     # not exist is remembered as empty, so the repo's own layer (the venv's .pth) would be
@@ -95,8 +96,10 @@ def run_mutmut(minutes: float, only: str | None) -> bool:
     env = {**os.environ, "HYPOTHESIS_PROFILE": "mutation"}
     env.pop("PYTHONPATH", None)
     command = [MUTMUT, "run", "--max-children", str(os.cpu_count() or 2)]
-    if only:
+    if isinstance(only, str):
         command.append(only)
+    elif only:
+        command += only
     process = subprocess.Popen(command, cwd=STAGE, env=env, start_new_session=True)
     try:
         process.wait(timeout=minutes * 60)
@@ -126,6 +129,33 @@ def results() -> dict[str, str]:
         if sep and "__mutmut_" in name:
             found[name] = status.strip()
     return found
+
+
+def again(minutes: float) -> bool:
+    """The last run's survivors, judged again by today's tests, in the same mutants.
+
+    Only the tests are copied in: a change to the code under test renumbers its mutants, and
+    that needs a whole run."""
+    for source, staged in (
+        (ROOT / "layers" / "shared" / "orderstream", STAGE / "orderstream"),
+        (ROOT / "functions", STAGE / "functions"),
+    ):
+        if not same_tree(source, staged):
+            raise SystemExit(f"{source.relative_to(ROOT)} changed since the run: run it whole")
+    for target in (STAGE / "tests", STAGE / "mutants" / "tests"):
+        shutil.rmtree(target)
+        shutil.copytree(
+            ROOT / "tests", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
+    survivors = [n for n, s in results().items() if s in (SURVIVED, NO_TESTS)]
+    return run_mutmut(minutes, survivors) if survivors else True
+
+
+def same_tree(one: Path, other: Path) -> bool:
+    files = {p.relative_to(one) for p in one.rglob("*.py")}
+    if files != {p.relative_to(other) for p in other.rglob("*.py")}:
+        return False
+    return all(filecmp.cmp(one / f, other / f, shallow=False) for f in files)
 
 
 def equivalents() -> list[dict[str, str]]:
@@ -265,8 +295,21 @@ def main() -> None:
         help="no new run: report the last one again, e.g. after explaining survivors in "
         f"{EQUIVALENTS.relative_to(ROOT)}",
     )
+    parser.add_argument(
+        "--again",
+        action="store_true",
+        help="judge the last run's survivors again with the tests as they are now",
+    )
     args = parser.parse_args()
-    if args.report_only:
+    if args.again:
+        last = json.loads(LAST_RUN.read_text())
+        started = time.monotonic()
+        finished = again(args.minutes) and last["finished"]
+        last = {"finished": finished, "seconds": last["seconds"] + time.monotonic() - started}
+        LAST_RUN.write_text(json.dumps(last))
+        os.chdir(STAGE)
+        section = report(results(), last["finished"], last["seconds"])
+    elif args.report_only:
         last = json.loads(LAST_RUN.read_text())
         os.chdir(STAGE)
         section = report(results(), last["finished"], last["seconds"])
