@@ -644,10 +644,30 @@ def test_an_objects_date_fields_are_its_records_utc_hour(timestamp: int, offset:
     assert object_partition_and_block(key) == (0, offset - offset % OFFSETS_PER_OBJECT)
 
 
-@pytest.mark.parametrize("text", ["2024", "2099,2024", "x,y", "1969,2000", ""])
+@pytest.mark.parametrize("text", ["2024", "2099,2024", "x,y", "1969,2000", "", "2024,10000"])
 def test_years_refuse_what_is_not_an_ascending_range(text: str) -> None:
     with pytest.raises(ValueError, match="archive years"):
         Years.parse(text)
+
+
+def test_years_take_the_whole_range_from_1970_to_9999_and_a_single_year() -> None:
+    assert Years.parse("1970,9999") == Years(1970, 9999)
+    assert Years.parse("2026,2026") == Years(2026, 2026)
+    with pytest.raises(ValueError, match="archive years") as refused:
+        Years.parse("2024,10000")
+    assert (
+        str(refused.value) == "archive years '2024,10000' are not an ascending range of 1970..9999"
+    )
+
+
+def test_a_line_whose_value_is_not_its_last_field_is_refused() -> None:
+    raw = next(iter(load_event("msk-orders.json")["records"].values()))[0]
+    line = archive_line(consumer_record(raw)).data
+    assert value_bytes(line) == base64.b64decode(raw["value"])  # an event: kept as JSON text
+    for broken in (line + b" ", line.replace(b'"topic"', b'"topic" ', 1)):
+        with pytest.raises(ValueError, match="not an archive line") as refused:
+            value_bytes(broken)
+        assert str(refused.value) == "not an archive line: the value is not its last field"
 
 
 # --- lines -------------------------------------------------------------------------------------

@@ -344,3 +344,19 @@ def test_put_response_waits_ten_seconds_at_most_for_an_answer(
     monkeypatch.setattr(custom_resource.urllib.request, "urlopen", urlopen)
     put_response("https://example.invalid/r", b"{}")
     assert calls == [("PUT", "https://example.invalid/r", 10)]
+
+
+def test_respond_names_the_request_in_the_logs_before_the_work() -> None:
+    keys: list[dict[str, Any]] = []
+    event = load_event("cfn-topics-create.json")
+    with recording_http_server() as (url, received):
+        event["ResponseURL"] = url
+        result = custom_resource.respond(
+            event,
+            lambda r: Answer("pid", reason=str(keys)),
+            lambda: 60_000,
+            lambda **k: keys.append(k),
+        )
+    assert result == {"Status": "SUCCESS"}
+    assert keys == [{"request_type": "Create", "stack_request_id": event["RequestId"]}]
+    assert json.loads(received[0].body)["Reason"] == str(keys)  # named before the work ran

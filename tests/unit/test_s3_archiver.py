@@ -21,7 +21,7 @@ from devstack.msk_event import msk_event, sample_order_records
 from orderstream import settings
 from orderstream.archive import WriteConflict
 from orderstream.events import ORDER_EVENTS
-from tests.fakes import emitted_metric_units, emitted_metrics
+from tests.fakes import emitted_metric_units, emitted_metrics, logger_output
 from tests.samples import load_event, template_archive_years
 from tests.unit.conftest import s3_with_bucket
 
@@ -398,3 +398,79 @@ def test_an_if_match_write_to_an_object_deleted_since_is_a_conflict(archiver: Mo
     store = archiver.S3ArchiveStore(boto3.client("s3"), BUCKET)
     with pytest.raises(WriteConflict, match="NoSuchKey"):
         store.put("topics/gone", b"body", {}, replaces='"0123456789abcdef0123456789abcdef"')
+
+
+def test_the_s3_error_code_is_the_errors_own_or_else_the_http_status(archiver: ModuleType) -> None:
+    code = archiver._code
+    with_both = {
+        "Error": {"Code": "PreconditionFailed"},
+        "ResponseMetadata": {"HTTPStatusCode": 412},
+    }
+    assert code(ClientError(with_both, "PutObject")) == "PreconditionFailed"  # type: ignore[arg-type]
+    assert code(ClientError({"ResponseMetadata": {"HTTPStatusCode": 412}}, "PutObject")) == "412"  # type: ignore[arg-type]
+    assert (
+        code(ClientError({"Error": {}, "ResponseMetadata": {"HTTPStatusCode": 409}}, "X")) == "409"
+    )  # type: ignore[arg-type]
+
+
+def test_a_get_answered_by_a_bare_404_is_an_object_not_there(archiver: ModuleType) -> None:
+    class HeadLike:
+        def get_object(self, **_: Any) -> Any:
+            raise ClientError(
+                {"Error": {"Code": "404"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetObject"
+            )  # type: ignore[arg-type]
+
+    assert archiver.S3ArchiveStore(HeadLike(), BUCKET).get("k") is None
+
+
+def test_each_object_is_logged_with_what_the_batch_did_to_it(
+    archiver: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from orderstream.archive import ArchivedBatch, ArchivedObject
+
+    def an_object(key: str, added: int, samples: tuple[tuple[int, str], ...]) -> ArchivedObject:
+        return ArchivedObject(
+            key=key,
+            topic="order-placed",
+            partition=0,
+            first_offset=10,
+            last_offset=19,
+            records=10,
+            poison=len(samples),
+            delivered=7,
+            added=added,
+            size=321 if added else 0,
+            conflicts=2,
+            poison_added=len(samples),
+            poison_samples=samples,
+        )
+
+    batch = ArchivedBatch((an_object("k1", 5, ((12, "bad json"),)), an_object("k2", 0, ())))
+    try:
+        with logger_output(archiver.logger) as output:
+            archiver.record_metrics(batch)
+    finally:
+        archiver.metrics.clear_metrics()
+    fields = ("message", "level", "key", "delivered", "added", "records", "first_offset")
+    lines = [json.loads(x) for x in output.getvalue().splitlines()]
+    assert [{f: line.get(f) for f in fields} for line in lines] == [
+        dict(zip(fields, ("Archived object", "INFO", "k1", 7, 5, 10, 10), strict=True)),
+        dict(
+            zip(
+                fields,
+                ("Poison records archived raw", "WARNING", "k1", None, None, None, None),
+                strict=True,
+            )
+        ),
+        dict(
+            zip(
+                fields, ("Object already held the records", "INFO", "k2", 7, 0, 10, 10), strict=True
+            )
+        ),
+    ]
+    assert [(x.get("last_offset"), x.get("bytes"), x.get("conflicts")) for x in lines] == [
+        (19, 321, 2),
+        (None, None, None),
+        (19, 0, 2),
+    ]
+    assert (lines[1]["poison"], lines[1]["samples"]) == (1, [{"offset": 12, "error": "bad json"}])
