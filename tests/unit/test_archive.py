@@ -823,8 +823,12 @@ def test_a_value_nested_too_deep_is_poison_and_its_object_stays_mergeable() -> N
         b"not gzip at all",
         gzip.compress(b'{"error":null,"offset":5,"topic":"order-placed"}\n'),  # older layout
         gzip.compress(b"[1, 2, 3]\n"),
+        # Our head, but no error field; an error field, but not our head; not closed.
+        gzip.compress(b'{"topic":"order-placed","partition":0,"offset":5,"value":{}}\n'),
+        gzip.compress(b'{"partition":0,"topic":"order-placed","offset":5,"error":null}\n'),
+        gzip.compress(b'{"topic":"order-placed","partition":0,"offset":5,"error":null,\n'),
     ],
-    ids=["not-gzip", "older-layout", "not-our-lines"],
+    ids=["not-gzip", "older-layout", "not-our-lines", "no-error", "not-our-head", "not-closed"],
 )
 def test_an_object_this_archive_did_not_write_is_never_merged_into(stored: bytes) -> None:
     store = ConditionalStore()
@@ -834,6 +838,13 @@ def test_an_object_this_archive_did_not_write_is_never_merged_into(stored: bytes
     with pytest.raises(ForeignObjectError, match=re.escape(key)):
         archive_batch(as_lambda([record]), store=store, years=YEARS)
     assert store.objects[key][0] == stored
+
+
+def test_a_foreign_line_is_named_by_its_first_80_bytes() -> None:
+    line = b'{"topic":"order-placed","partition":0,"offset":5,"value":' + b"9" * 100 + b"}"
+    with pytest.raises(ForeignObjectError) as refused:
+        archive.line_facts("the/key", line)
+    assert str(refused.value) == f"the/key: a line this archive did not write: {line[:80]!r}"
 
 
 def test_a_tombstone_gives_back_no_value_bytes() -> None:

@@ -344,6 +344,10 @@ def test_a_bulk_request_has_one_destination_per_confirmation() -> None:
     assert json.loads(request["Destinations"][1]["ReplacementTemplateData"]) == template_data(
         order_placed(1)
     )
+    # Compact: SES counts the template data's bytes against its limits.
+    assert request["Destinations"][1]["ReplacementTemplateData"] == json.dumps(
+        template_data(order_placed(1)), separators=(",", ":")
+    )
 
 
 @pytest.mark.parametrize("count", [0, MAX_DESTINATIONS_PER_CALL + 1])
@@ -362,6 +366,8 @@ def test_ses_statuses_map_to_sent_retryable_or_permanent() -> None:
             {"Status": "Failed"},
             {"Status": "MessageRejected", "Error": "Email address is on the suppression list"},
             {"Status": "InvalidParameterValue", "Error": "Missing final '@domain'"},
+            {},  # neither a status nor a message id
+            {"Status": "Success"},  # accepted, though its id is missing
         ]
     )
 
@@ -372,9 +378,13 @@ def test_ses_statuses_map_to_sent_retryable_or_permanent() -> None:
         (False, True),
         (False, False),
         (False, False),
+        (False, True),
+        (True, True),
     ]
     assert answers[1].message_id == "m-2"
     assert answers[2].error == "AccountThrottled: Maximum sending rate exceeded."
+    assert answers[6].error == "no status: no detail"
+    assert answers[7].message_id == ""
 
 
 # ------------------------------------------------------------------ the protocol

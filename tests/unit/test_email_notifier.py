@@ -728,6 +728,23 @@ def test_a_failed_release_is_a_ledger_error_that_names_the_cause(notifier: Modul
     )
 
 
+def test_a_failed_confirm_is_a_ledger_error_that_names_the_cause(notifier: ModuleType) -> None:
+    class Persistence:
+        def configure(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def save_success(self, *args: Any, **kwargs: Any) -> None:
+            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "y"}}, "Put")
+
+    ledger = notifier.IdempotencyLedger(Persistence(), IdempotencyConfig(), 60_000)
+    with pytest.raises(LedgerError) as failed:
+        ledger.confirm("order-1", "m-1", "f" * 64)
+    assert str(failed.value) == (
+        "confirm failed: ClientError: An error occurred (InternalServerError) when calling the "
+        "Put operation: y"
+    )
+
+
 def test_a_reused_order_id_is_dead_lettered_with_its_reason(notifier: ModuleType, s3: Any) -> None:
     first = order_placed(5)
     assert invoke(notifier, msk_batch(kafka_records([first], partitions=1))) == {
