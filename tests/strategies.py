@@ -15,7 +15,7 @@ from orderstream.models import MAX_ITEMS, MAX_QUANTITY
 
 def examples(count: int) -> int:
     """A property test's own example count, never above the profile's (10 under mutation)."""
-    return min(count, settings.default.max_examples)
+    return min(count, settings().max_examples)
 
 
 # Printable text without controls, including non-ASCII, quotes and markup.

@@ -213,7 +213,7 @@ class HeldTimer:
 @pytest.fixture
 def held_timer(monkeypatch: pytest.MonkeyPatch) -> type[HeldTimer]:
     HeldTimer.made = []
-    monkeypatch.setattr(custom_resource.threading, "Timer", HeldTimer)
+    monkeypatch.setattr("orderstream.custom_resource.threading.Timer", HeldTimer)
     return HeldTimer
 
 
@@ -306,7 +306,7 @@ def test_put_response_retries_a_refused_put_after_half_a_second_then_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(custom_resource.time, "sleep", slept.append)
+    monkeypatch.setattr("orderstream.custom_resource.time.sleep", slept.append)
     with recording_http_server(failures=2) as (url, received):
         put_response(url, b"{}")
     assert len(received) == 3
@@ -315,7 +315,7 @@ def test_put_response_retries_a_refused_put_after_half_a_second_then_one(
 
 def test_put_response_gives_up_after_four_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(custom_resource.time, "sleep", slept.append)
+    monkeypatch.setattr("orderstream.custom_resource.time.sleep", slept.append)
     with recording_http_server(failures=10) as (url, received), pytest.raises(OSError, match="503"):
         put_response(url, b"{}")
     assert len(received) == 4
@@ -341,7 +341,7 @@ def test_put_response_waits_ten_seconds_at_most_for_an_answer(
         calls.append((request.get_method(), request.full_url, timeout))
         return Answered()
 
-    monkeypatch.setattr(custom_resource.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr("orderstream.custom_resource.urllib.request.urlopen", urlopen)
     put_response("https://example.invalid/r", b"{}")
     assert calls == [("PUT", "https://example.invalid/r", 10)]
 

@@ -74,7 +74,7 @@ def test_the_acknowledgement_is_awaited_for_what_is_left_of_the_budget(
 def clock(monkeypatch: pytest.MonkeyPatch, *readings: float) -> None:
     """publish()'s monotonic clock reads these, in turn: start, after send, after the wait."""
     times = iter(readings)
-    monkeypatch.setattr(publishing.time, "monotonic", lambda: next(times))
+    monkeypatch.setattr("orderstream.publishing.time.monotonic", lambda: next(times))
 
 
 def test_the_wait_is_the_budget_less_the_send_and_publish_ms_is_the_whole_time(

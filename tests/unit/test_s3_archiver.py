@@ -402,23 +402,22 @@ def test_an_if_match_write_to_an_object_deleted_since_is_a_conflict(archiver: Mo
 
 def test_the_s3_error_code_is_the_errors_own_or_else_the_http_status(archiver: ModuleType) -> None:
     code = archiver._code
-    with_both = {
-        "Error": {"Code": "PreconditionFailed"},
-        "ResponseMetadata": {"HTTPStatusCode": 412},
-    }
-    assert code(ClientError(with_both, "PutObject")) == "PreconditionFailed"  # type: ignore[arg-type]
-    assert code(ClientError({"ResponseMetadata": {"HTTPStatusCode": 412}}, "PutObject")) == "412"  # type: ignore[arg-type]
-    assert (
-        code(ClientError({"Error": {}, "ResponseMetadata": {"HTTPStatusCode": 409}}, "X")) == "409"
-    )  # type: ignore[arg-type]
+
+    def error(response: Any) -> ClientError:
+        return ClientError(response, "PutObject")
+
+    both = {"Error": {"Code": "PreconditionFailed"}, "ResponseMetadata": {"HTTPStatusCode": 412}}
+    assert code(error(both)) == "PreconditionFailed"
+    assert code(error({"ResponseMetadata": {"HTTPStatusCode": 412}})) == "412"
+    assert code(error({"Error": {}, "ResponseMetadata": {"HTTPStatusCode": 409}})) == "409"
 
 
 def test_a_get_answered_by_a_bare_404_is_an_object_not_there(archiver: ModuleType) -> None:
+    bare_404: Any = {"Error": {"Code": "404"}, "ResponseMetadata": {"HTTPStatusCode": 404}}
+
     class HeadLike:
         def get_object(self, **_: Any) -> Any:
-            raise ClientError(
-                {"Error": {"Code": "404"}, "ResponseMetadata": {"HTTPStatusCode": 404}}, "GetObject"
-            )  # type: ignore[arg-type]
+            raise ClientError(bare_404, "GetObject")
 
     assert archiver.S3ArchiveStore(HeadLike(), BUCKET).get("k") is None
 
