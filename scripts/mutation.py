@@ -301,28 +301,25 @@ def main() -> None:
         help="judge the last run's survivors again with the tests as they are now",
     )
     args = parser.parse_args()
-    if args.again:
+    started = time.monotonic()
+    if args.report_only:
         last = json.loads(LAST_RUN.read_text())
-        started = time.monotonic()
+        finished, seconds = last["finished"], last["seconds"]
+    elif args.again:
+        last = json.loads(LAST_RUN.read_text())
         finished = again(args.minutes) and last["finished"]
-        last = {"finished": finished, "seconds": last["seconds"] + time.monotonic() - started}
-        LAST_RUN.write_text(json.dumps(last))
-        os.chdir(STAGE)
-        section = report(results(), last["finished"], last["seconds"])
-    elif args.report_only:
-        last = json.loads(LAST_RUN.read_text())
-        os.chdir(STAGE)
-        section = report(results(), last["finished"], last["seconds"])
+        seconds = last["seconds"] + time.monotonic() - started
+        LAST_RUN.write_text(json.dumps({"finished": finished, "seconds": seconds}))
     else:
-        started = time.monotonic()
         stage()
         finished = run_mutmut(args.minutes, args.only)
         seconds = time.monotonic() - started
+        # A run of some mutants judged the rest nowhere: as a last run, it did not finish.
         LAST_RUN.write_text(
             json.dumps({"finished": finished and not args.only, "seconds": seconds})
         )
-        os.chdir(STAGE)  # where mutmut's diffs of the mutants are read
-        section = report(results(), finished, seconds)
+    os.chdir(STAGE)  # where mutmut's diffs of the mutants are read
+    section = report(results(), finished, seconds)
     print(section)
     if not args.no_report and not args.only:
         write_report(section)

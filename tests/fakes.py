@@ -118,29 +118,30 @@ def recording_http_server(failures: int = 0) -> Iterator[tuple[str, list[Recorde
         server.server_close()
 
 
-def emitted_metric_values(stdout: str) -> dict[str, list[float]]:
-    """Metric name -> every value, from the CloudWatch EMF blobs Powertools printed."""
-    found: dict[str, list[float]] = {}
+def _emitted(stdout: str) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(EMF blob, metric definition) for every metric of the blobs Powertools printed."""
     for line in stdout.splitlines():
         if line.startswith("{") and '"_aws"' in line:
             blob = json.loads(line)
             for directive in blob["_aws"]["CloudWatchMetrics"]:
                 for metric in directive["Metrics"]:
-                    values = blob[metric["Name"]]
-                    found.setdefault(metric["Name"], []).extend(
-                        values if isinstance(values, list) else [values]
-                    )
+                    yield blob, metric
+
+
+def emitted_metric_values(stdout: str) -> dict[str, list[float]]:
+    """Metric name -> every value, from the CloudWatch EMF blobs Powertools printed."""
+    found: dict[str, list[float]] = {}
+    for blob, metric in _emitted(stdout):
+        values = blob[metric["Name"]]
+        found.setdefault(metric["Name"], []).extend(
+            values if isinstance(values, list) else [values]
+        )
     return found
 
 
 def emitted_metric_units(stdout: str) -> dict[str, str | None]:
     """Metric name -> the unit CloudWatch gets (None when Powertools was given none)."""
-    units: dict[str, str | None] = {}
-    for line in stdout.splitlines():
-        if line.startswith("{") and '"_aws"' in line:
-            for directive in json.loads(line)["_aws"]["CloudWatchMetrics"]:
-                units |= {m["Name"]: m.get("Unit") for m in directive["Metrics"]}
-    return units
+    return {metric["Name"]: metric.get("Unit") for _, metric in _emitted(stdout)}
 
 
 def emitted_metrics(stdout: str) -> dict[str, float]:

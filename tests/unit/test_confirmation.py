@@ -937,42 +937,32 @@ def test_a_reused_order_id_within_one_batch_is_dead_lettered_too() -> None:
     assert "different order" in letter.reason
 
 
-def test_a_refusal_naming_the_sender_is_retried_not_split_or_dead_lettered() -> None:
-    """SES refuses every call while the sender is unverified: that is no customer's fault."""
+@pytest.mark.parametrize(
+    ("address", "redirect_to"),
+    [("orders@shop.example", None), ("dev-inbox@example.org", "dev-inbox@example.org")],
+    ids=["sender", "redirect"],
+)
+def test_a_refusal_naming_an_operators_address_is_retried_not_split_or_dead_lettered(
+    address: str, redirect_to: str | None
+) -> None:
+    """SES refuses every call while the sender, or the redirect (a developer's inbox), is
+    unverified: that is no customer's fault."""
 
-    def sender_unverified(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+    def unverified(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
         raise MailerError(
             "MessageRejected: Email address is not verified. The following identities failed "
-            "the check in region EU-WEST-1: orders@shop.example",
+            f"the check in region EU-WEST-1: {address}",
             permanent=True,
         )
 
-    ports = Ports(mailer=MemoryMailer(sender_unverified))
-    outcome = ports.deliver(msk_batch(kafka_records([order_placed(n) for n in range(10)])))
-    assert len(ports.mailer.calls) == 1
-    assert ports.dead_letters.letters == {}
-    assert len(outcome.failed) == 10
-    assert ports.ledger.state == {}
-
-
-def test_a_refusal_naming_the_redirect_is_retried_not_split_or_dead_lettered() -> None:
-    """The redirect (a developer's inbox) is an operator's address, like the sender."""
-
-    def redirect_unverified(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
-        raise MailerError(
-            "MessageRejected: Email address is not verified. The following identities failed "
-            "the check in region EU-WEST-1: dev-inbox@example.org",
-            permanent=True,
-        )
-
-    ports = Ports(mailer=MemoryMailer(redirect_unverified))
+    ports = Ports(mailer=MemoryMailer(unverified))
     outcome = ports.deliver(
-        msk_batch(kafka_records([order_placed(n) for n in range(10)])),
-        redirect_to="dev-inbox@example.org",
+        msk_batch(kafka_records([order_placed(n) for n in range(10)])), redirect_to=redirect_to
     )
     assert len(ports.mailer.calls) == 1
     assert ports.dead_letters.letters == {}
     assert len(outcome.failed) == 10
+    assert ports.ledger.state == {}
     assert {p.stage for p in outcome.problems} == {"ses"}
 
 

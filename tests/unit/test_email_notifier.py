@@ -711,37 +711,30 @@ def test_a_failed_lookup_of_an_existing_claim_is_a_ledger_error(notifier: Module
         ledger.claim("order-1", "f" * 64)
 
 
-def test_a_failed_release_is_a_ledger_error_that_names_the_cause(notifier: ModuleType) -> None:
+@pytest.mark.parametrize(
+    ("step", "call"),
+    [
+        ("release", lambda ledger: ledger.release("order-1")),
+        ("confirm", lambda ledger: ledger.confirm("order-1", "m-1", "f" * 64)),
+    ],
+)
+def test_a_failed_ledger_write_is_a_ledger_error_that_names_the_cause(
+    notifier: ModuleType, step: str, call: Callable[[Any], None]
+) -> None:
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "x"}}, "Write")
+
     class Persistence:
         def configure(self, *args: Any, **kwargs: Any) -> None:
             pass
 
-        def delete_record(self, *args: Any, **kwargs: Any) -> None:
-            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "x"}}, "Del")
+        delete_record = save_success = staticmethod(refused)
 
-    ledger = notifier.IdempotencyLedger(Persistence(), IdempotencyConfig(), 60_000)
     with pytest.raises(LedgerError) as failed:
-        ledger.release("order-1")
+        call(notifier.IdempotencyLedger(Persistence(), IdempotencyConfig(), 60_000))
     assert str(failed.value) == (
-        "release failed: ClientError: An error occurred (InternalServerError) when calling the "
-        "Del operation: x"
-    )
-
-
-def test_a_failed_confirm_is_a_ledger_error_that_names_the_cause(notifier: ModuleType) -> None:
-    class Persistence:
-        def configure(self, *args: Any, **kwargs: Any) -> None:
-            pass
-
-        def save_success(self, *args: Any, **kwargs: Any) -> None:
-            raise ClientError({"Error": {"Code": "InternalServerError", "Message": "y"}}, "Put")
-
-    ledger = notifier.IdempotencyLedger(Persistence(), IdempotencyConfig(), 60_000)
-    with pytest.raises(LedgerError) as failed:
-        ledger.confirm("order-1", "m-1", "f" * 64)
-    assert str(failed.value) == (
-        "confirm failed: ClientError: An error occurred (InternalServerError) when calling the "
-        "Put operation: y"
+        f"{step} failed: ClientError: An error occurred (InternalServerError) when calling the "
+        "Write operation: x"
     )
 
 
