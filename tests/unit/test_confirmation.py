@@ -6,6 +6,7 @@ each rule, fast, with fakes whose behaviour is obvious.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import uuid
@@ -39,6 +40,7 @@ from orderstream.confirmation import (
     RecordRef,
     TimeBudget,
     confirm_batch,
+    order_fingerprint,
 )
 from orderstream.dead_letter import DeadLetter
 from orderstream.email_content import (
@@ -1170,3 +1172,296 @@ def test_each_deferred_order_is_reported_with_its_id_and_why() -> None:
     deferred = [p for p in outcome.problems if p.stage == "deferred"]
     assert {p.order_id for p in deferred} == {e.order_id for e in events}
     assert all(p.detail for p in deferred)
+
+
+# ------------------------------------------------------------------ what each problem says
+#
+# The notifier logs every problem as it stands (stage, detail, order, records, retried): an
+# operator reads these lines to know what happened to an order and whether the mapping brings
+# it back. Each scenario pins the whole list, not only its stages.
+
+Said = tuple[str, str, str | None, list[tuple[int, int]], bool]
+
+
+def oid(n: int) -> str:
+    return str(uuid.UUID(int=n))
+
+
+def said(outcome: ConfirmationReport) -> list[Said]:
+    return [
+        (p.stage, p.detail, p.order_id, [(r.partition, r.offset) for r in p.records], p.retried)
+        for p in outcome.problems
+    ]
+
+
+def at(n: int) -> list[tuple[int, int]]:
+    return [position(oid(n))]
+
+
+def test_a_failed_claim_says_why_and_is_retried() -> None:
+    ports = Ports()
+    ports.ledger.failing = {"claim"}
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+    assert said(outcome) == [("ledger", "claim failed: table unavailable", oid(0), at(0), True)]
+    assert failed_offsets(outcome) == set(at(0))
+
+
+def test_an_order_held_elsewhere_says_so_and_is_retried() -> None:
+    ports = Ports()
+    ports.ledger.state[oid(0)] = "in-progress"
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+    detail = "claimed by another invocation; retried once it settles"
+    assert said(outcome) == [("in-progress", detail, oid(0), at(0), True)]
+
+
+def test_orders_held_in_different_chunks_are_all_waited_for_and_reported() -> None:
+    ports = Ports()
+    ports.ledger.state.update({oid(0): "in-progress", oid(1): "in-progress"})
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(0), order_placed(1)])), chunk_size=1
+    )
+    assert [p.order_id for p in outcome.problems] == [oid(0), oid(1)]
+    assert failed_offsets(outcome) == {*at(0), *at(1)}
+
+
+def test_a_reused_order_id_says_which_and_is_not_retried() -> None:
+    first, other = order_placed(4), order_placed(4, email="grace@example.com")
+    records = [
+        *kafka_records([first], partitions=1),
+        *kafka_records([other], partitions=1, first_offset=101),
+    ]
+    ports = Ports()
+    in_batch = ports.deliver(msk_batch(records))
+    reason = (
+        f"order_id {oid(4)} is used in this batch for a different order; "
+        "the first one is confirmed, this one was not emailed"
+    )
+    assert said(in_batch) == [("conflict", reason, oid(4), [(0, 101)], False)]
+    assert [letter.reason for letter in in_batch.dead_letters] == [reason]
+
+    later = ports.deliver(msk_batch(kafka_records([other], partitions=1, first_offset=500)))
+    reason = (
+        f"order_id {oid(4)} was confirmed before for a different order; this order was not emailed"
+    )
+    assert said(later) == [("conflict", reason, oid(4), [(0, 500)], False)]
+    assert later.failed == set()
+
+
+def test_one_order_refused_by_name_is_rejected_after_one_call() -> None:
+    ports = Ports(mailer=MemoryMailer(refuses_naming({"customer0@example.com"})))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+    detail = (
+        "SES refused the confirmation: MessageRejected: Address blacklisted: customer0@example.com."
+    )
+    assert said(outcome) == [("ses-rejected", detail, oid(0), at(0), False)]
+    assert len(ports.mailer.calls) == 1  # nothing left to split
+    assert [letter.reason for letter in outcome.dead_letters] == [detail]
+
+
+def test_one_order_refused_for_the_sender_is_retried_not_rejected() -> None:
+    def unverified(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        raise MailerError("MessageRejected: not verified: orders@shop.example", permanent=True)
+
+    ports = Ports(mailer=MemoryMailer(unverified))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+    detail = "MessageRejected: not verified: orders@shop.example"
+    assert said(outcome) == [("ses", detail, oid(0), at(0), True)]
+    assert ports.dead_letters.letters == {}
+
+
+def test_two_orders_one_refused_by_name_the_other_is_sent() -> None:
+    ports = Ports(mailer=MemoryMailer(refuses_naming({"customer1@example.com"})))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0), order_placed(1)])))
+    assert [[c.order_id for c in call] for call in ports.mailer.calls] == [
+        [oid(0), oid(1)],
+        [oid(0)],
+        [oid(1)],
+    ]
+    assert outcome.sent == {oid(0): f"m-{oid(0)}"}
+    assert [p.stage for p in outcome.problems] == ["ses-rejected"]
+
+
+def test_a_claim_not_released_is_retried_with_its_order_or_not_with_it() -> None:
+    """The release's problem tells the truth about the order: retried with a failed call,
+    dead-lettered (not retried) with a rejected destination."""
+
+    def throttled(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        raise MailerError("Throttling: Maximum sending rate exceeded")
+
+    ports = Ports(mailer=MemoryMailer(throttled))
+    ports.ledger.failing = {"release"}
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+    not_released = "claim not released: release failed: table unavailable"
+    assert said(outcome) == [
+        ("ledger", not_released, oid(0), at(0), True),
+        ("ses", "Throttling: Maximum sending rate exceeded", oid(0), at(0), True),
+    ]
+
+    def suppressed(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        return [
+            Delivery(error="MessageRejected: suppressed", retryable=False) for _ in confirmations
+        ]
+
+    ports = Ports(mailer=MemoryMailer(suppressed))
+    ports.ledger.failing = {"release"}
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+    rejected = "SES rejected the confirmation: MessageRejected: suppressed"
+    assert said(outcome) == [
+        ("ledger", not_released, oid(0), at(0), False),
+        ("ses-rejected", rejected, oid(0), at(0), False),
+    ]
+    assert outcome.failed == set()
+
+
+def test_destinations_failing_for_the_moment_each_count_and_say_why() -> None:
+    def busy(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        return [Delivery(error=f"Throttling: {c.order_id}") for c in confirmations]
+
+    ports = Ports(mailer=MemoryMailer(busy))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0), order_placed(1)])))
+    assert said(outcome) == [("ses", f"Throttling: {oid(n)}", oid(n), at(n), True) for n in (0, 1)]
+    assert outcome.ses_failures == 2
+
+
+def test_an_email_accepted_without_a_message_id_is_recorded_with_an_empty_one() -> None:
+    def no_ids(call: int, confirmations: Sequence[Confirmation]) -> list[Delivery]:
+        return [Delivery(message_id=None if i == 0 else "m-1") for i, _ in enumerate(confirmations)]
+
+    ports = Ports(mailer=MemoryMailer(no_ids))
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0), order_placed(1)])))
+    assert outcome.sent == {oid(0): "", oid(1): "m-1"}
+    assert ports.ledger.state == {oid(0): "", oid(1): "m-1"}
+
+
+def test_a_confirmation_never_recorded_is_tried_eight_times_backing_off() -> None:
+    ports = Ports()
+    ports.ledger.failing = {"confirm"}
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+    detail = "sent, but not recorded as sent: confirm failed: table unavailable"
+    assert said(outcome) == [("ledger", detail, oid(0), at(0), False)]
+    assert ports.ledger.calls.count(("confirm", oid(0))) == MAX_SETTLE_ATTEMPTS == 8
+    assert ports.slept == pytest.approx([0.2, 0.4, 0.8, 1.6, 2.0, 2.0, 2.0])
+
+
+def test_a_confirmation_is_retried_while_the_wait_and_a_ledger_phase_fit_exactly() -> None:
+    """After waits of 200, 400 and 800 ms, 2,600 ms are left: exactly the next wait (1,600)
+    and a ledger phase (1,000), so a fourth wait and a fifth attempt happen; then no more."""
+    clock = FakeClock(4_000)
+    ports = Ports()
+    ports.ledger.failing = {"confirm"}
+    ports.deliver(
+        msk_batch(kafka_records([order_placed(0)])),
+        time_left_ms=clock.time_left_ms,
+        sleep=clock.sleep,
+        budget=TimeBudget(ledger_phase_ms=1_000, send_ms=1_000),
+    )
+    assert ports.ledger.calls.count(("confirm", oid(0))) == 5
+    assert clock.left_ms == 1_000
+
+
+def test_a_chunk_starts_when_its_worst_case_fits_exactly() -> None:
+    budget = TimeBudget(ledger_phase_ms=1_000, send_ms=1_000)
+    ports = Ports()
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(0)])),
+        time_left_ms=lambda: budget.chunk_ms,
+        budget=budget,
+    )
+    assert outcome.sent.keys() == {oid(0)}
+
+
+def test_deferred_orders_say_what_there_was_no_time_for() -> None:
+    budget = TimeBudget(ledger_phase_ms=1_000, send_ms=3_000)
+    ports = Ports()
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(0)])), time_left_ms=lambda: 1_000, budget=budget
+    )
+    assert said(outcome) == [("deferred", "too little time left for a chunk", oid(0), at(0), True)]
+
+    left = iter([90_000, 90_000])  # the start and the chunk; the claims took the rest
+    ports = Ports()
+    outcome = ports.deliver(
+        msk_batch(kafka_records([order_placed(0)])),
+        time_left_ms=lambda: next(left, 3_999),
+        budget=budget,
+    )
+    assert said(outcome) == [("deferred", "too little time left to send", oid(0), at(0), True)]
+
+
+def test_held_orders_are_not_waited_for_without_time_for_a_poll_and_a_chunk() -> None:
+    budget = TimeBudget(
+        ledger_phase_ms=1_000, send_ms=1_000, wait_for_claims_ms=15_000, poll_ms=3_000
+    )
+    clock = FakeClock(budget.poll_ms + budget.chunk_ms - 1)
+    ports = Ports()
+    ports.ledger.state[oid(0)] = "in-progress"
+    ports.deliver(
+        msk_batch(kafka_records([order_placed(0)])),
+        time_left_ms=clock.time_left_ms,
+        sleep=clock.sleep,
+        budget=budget,
+    )
+    assert ports.ledger.calls == [("claim", oid(0))]
+    assert ports.slept == []
+
+
+def test_without_a_time_source_any_wait_for_held_orders_polls_once() -> None:
+    ports = Ports()
+    ports.ledger.state[oid(0)] = "in-progress"
+    ports.deliver(
+        msk_batch(kafka_records([order_placed(0)])),
+        budget=TimeBudget(wait_for_claims_ms=1, poll_ms=1_000),
+    )
+    assert ports.slept == [1.0]
+    assert ports.ledger.calls == [("claim", oid(0)), ("claim", oid(0))]
+
+
+@pytest.mark.parametrize("size", [0, MAX_DESTINATIONS_PER_CALL + 1])
+def test_a_chunk_size_outside_one_bulk_call_is_refused(size: int) -> None:
+    with pytest.raises(ValueError, match=r"^chunk_size must be 1 to 50$"):
+        Ports().deliver(msk_batch(kafka_records([order_placed(0)])), chunk_size=size)
+
+
+def test_chunks_of_one_send_one_call_per_order() -> None:
+    ports = Ports()
+    ports.deliver(msk_batch(kafka_records([order_placed(0), order_placed(1)])), chunk_size=1)
+    assert [len(call) for call in ports.mailer.calls] == [1, 1]
+
+
+def test_a_dead_letter_not_stored_says_why_and_for_what() -> None:
+    poison = raw_record(b"nope", offset=101)
+    stored = Ports().deliver(msk_batch([poison]))
+    [reason] = [letter.reason for letter in stored.dead_letters]
+
+    outcome = Ports(dead_letters=MemoryDeadLetters(failing=True)).deliver(msk_batch([poison]))
+    detail = f"dead letter not stored (bucket unavailable) for: {reason}"
+    assert said(outcome) == [("dead-letter", detail, None, [(0, 101)], True)]
+
+
+def test_a_record_that_breaks_the_decoder_is_poison_named_by_the_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(record: object) -> OrderPlaced:
+        raise RuntimeError("decoder bug")
+
+    monkeypatch.setattr("orderstream.confirmation.from_record", broken)
+    outcome = Ports().deliver(msk_batch(kafka_records([order_placed(0)])))
+    assert [letter.reason for letter in outcome.dead_letters] == [
+        "undecodable record: RuntimeError: decoder bug"
+    ]
+    assert outcome.poison == 1
+
+
+def test_an_orders_fingerprint_is_stable_across_releases() -> None:
+    """The ledger keeps fingerprints for as long as it remembers orders: a fingerprint that
+    changed with a release would make every redelivery of a confirmed order a conflict."""
+    canonical = (
+        '{"currency":"EUR","customer":{"email":"customer1@example.com","id":"c-1",'
+        '"name":"Ada Lovelace"},"items":[{"name":"Item 1","quantity":2,"sku":"SKU-0001",'
+        '"unit_price":"12.50"},{"name":"Gift wrap","quantity":1,"sku":"GIFT-WRAP",'
+        '"unit_price":"2.00"}],"order_id":"00000000-0000-0000-0000-000000000001",'
+        '"total":"27.00"}'
+    )
+    expected = "v1:" + hashlib.sha256(canonical.encode()).hexdigest()
+    assert order_fingerprint(order_placed(1)) == expected
+    assert expected.endswith("d51f2651366e1dd6ca362f5f1a0ffeea849a4e03ddf7cf076643151f709cb8d6")

@@ -489,10 +489,13 @@ class _Run:
         if not isinstance(outcome, MailerError):
             self._settle(group, outcome)
             return
-        self._release_all(group)
+        refused = [
+            o for o in group if outcome.permanent and self._blames([o], outcome) is not False
+        ]
+        self._release_all(group, refused)
         for order in group:
             self.outcome.ses_failures += 1
-            if outcome.permanent and self._blames([order], outcome) is not False:
+            if order in refused:
                 self._reject(order, "ses-rejected", f"SES refused the confirmation: {outcome}")
             else:
                 self.outcome._fail(Problem("ses", _cut(str(outcome)), order.refs, order.order_id))
@@ -504,7 +507,7 @@ class _Run:
             self.outcome.duplicates += len(order.records) - 1
         self._record_sent(delivered)
         unsent = [(o, a) for o, a in zip(claimed, answers, strict=True) if not a.sent]
-        self._release_all([o for o, _ in unsent])
+        self._release_all([o for o, _ in unsent], [o for o, a in unsent if not a.retryable])
         for order, answer in unsent:
             self.outcome.ses_failures += 1
             if answer.retryable:
@@ -561,20 +564,21 @@ class _Run:
         for order in orders:
             self.outcome._fail(Problem("deferred", reason, order.refs, order.order_id))
 
-    def _release_all(self, orders: Sequence[_Order]) -> None:
-        """Release claims side by side, as they were taken."""
+    def _release_all(self, orders: Sequence[_Order], rejected: Sequence[_Order] = ()) -> None:
+        """Release claims side by side, as they were taken; `rejected` are about to be
+        dead-lettered, the rest retried."""
         errors = self._each(lambda o: self.ledger.release(o.order_id), orders)
         for order, error in zip(orders, errors, strict=True):
             if isinstance(error, LedgerError):
                 # The claim then blocks this order until its hold ends; the mapping's retries
-                # get through after that.
+                # get through after that (a fixed replay of a dead letter, too).
                 self.outcome.problems.append(
                     Problem(
                         "ledger",
                         f"claim not released: {_cut(str(error))}",
                         order.refs,
                         order.order_id,
-                        retried=True,
+                        retried=order not in rejected,
                     )
                 )
 
