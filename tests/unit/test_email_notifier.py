@@ -682,6 +682,22 @@ def test_a_claim_holds_the_order_for_the_configured_hold(
     assert ledger.claim("order-1", "f" * 64) is Claim.IN_PROGRESS
 
 
+def test_a_claim_outlasts_the_invocation_that_holds_it_when_the_hold_is_shorter(
+    notifier: ModuleType, idempotency_table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that expired while its invocation was still sending would let a redelivery
+    send a second email: it is held for the time left at least."""
+    monkeypatch.setenv(settings.EMAIL_CLAIM_HOLD_SECONDS, "60")
+    notifier.notifier.cache_clear()
+    ledger = notifier.notifier().ledger
+    ledger.register_lambda_context(LambdaContext(timeout_ms=300_000))
+    before = time.time()
+    assert ledger.claim("order-1", "f" * 64) is Claim.CLAIMED
+    [item] = boto3.client("dynamodb").scan(TableName=idempotency_table)["Items"]
+    held_for = int(item["in_progress_expiration"]["N"]) / 1000 - before
+    assert 299 <= held_for <= 302
+
+
 @pytest.mark.parametrize("raw", ["59", "1201", "soon"])
 def test_a_hold_outside_its_bounds_fails_the_configuration(notifier: ModuleType, raw: str) -> None:
     with pytest.raises(settings.ConfigurationError, match=settings.EMAIL_CLAIM_HOLD_SECONDS):
@@ -698,17 +714,27 @@ def test_a_failed_lookup_of_an_existing_claim_is_a_ledger_error(notifier: Module
         def configure(self, *args: Any, **kwargs: Any) -> None:
             pass
 
+        def __init__(self) -> None:
+            self.looked_up: list[Any] = []
+
         def save_inprogress(self, *args: Any, **kwargs: Any) -> None:
             raise IdempotencyItemAlreadyExistsError()  # without the old record
 
-        def get_record(self, *args: Any, **kwargs: Any) -> None:
+        def get_record(self, data: Any) -> None:
+            self.looked_up.append(data)
             raise ClientError(
                 {"Error": {"Code": "ProvisionedThroughputExceededException"}}, "GetItem"
             )
 
-    ledger = notifier.IdempotencyLedger(Persistence(), IdempotencyConfig(), 60_000)
-    with pytest.raises(LedgerError, match="ProvisionedThroughputExceeded"):
+    persistence = Persistence()
+    ledger = notifier.IdempotencyLedger(persistence, IdempotencyConfig(), 60_000)
+    with pytest.raises(LedgerError) as failed:
         ledger.claim("order-1", "f" * 64)
+    assert str(failed.value) == (
+        "claim failed: ClientError: An error occurred (ProvisionedThroughputExceededException) "
+        "when calling the GetItem operation: Unknown"
+    )
+    assert persistence.looked_up == [{"order_id": "order-1"}]  # the claim's own record
 
 
 @pytest.mark.parametrize(

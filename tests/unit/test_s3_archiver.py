@@ -410,6 +410,7 @@ def test_the_s3_error_code_is_the_errors_own_or_else_the_http_status(archiver: M
     assert code(error(both)) == "PreconditionFailed"
     assert code(error({"ResponseMetadata": {"HTTPStatusCode": 412}})) == "412"
     assert code(error({"Error": {}, "ResponseMetadata": {"HTTPStatusCode": 409}})) == "409"
+    assert code(error({"Error": {"Code": "SlowDown"}})) == "SlowDown"  # no metadata at all
 
 
 def test_a_get_answered_by_a_bare_404_is_an_object_not_there(archiver: ModuleType) -> None:
