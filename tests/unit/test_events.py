@@ -12,10 +12,18 @@ import pytest
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from devstack.msk_event import msk_event
 from orderstream import events
-from orderstream.events import InvalidEventError, OrderPlaced, from_bytes, from_record, to_message
+from orderstream.events import (
+    InvalidEventError,
+    OrderPlaced,
+    describe,
+    from_bytes,
+    from_record,
+    to_message,
+)
 from orderstream.models import OrderRequest
 from tests.strategies import order_bodies
 from tests.unit.test_models import VALID
@@ -149,3 +157,27 @@ def test_raw_bytes_are_held_to_the_same_rules_with_exact_reasons() -> None:
     assert not_json.value.reason.startswith("not UTF-8 JSON: Expecting property name")
     assert from_bytes(message.value, None) == event  # a null key is tolerated here too
     assert from_bytes(message.value, b"") == event  # and so is an empty one
+
+
+def _validation_error(adapter: TypeAdapter[Any], value: object) -> ValidationError:
+    with pytest.raises(ValidationError) as failed:
+        adapter.validate_python(value)
+    return failed.value
+
+
+NOT_AN_INT = "Input should be a valid integer, unable to parse string as an integer"
+
+
+def test_describe_names_each_failing_field_by_its_dotted_path_or_the_root() -> None:
+    nested = TypeAdapter(dict[str, list[int]])
+    assert describe(_validation_error(nested, {"items": [1, "x"], "more": ["y"]})) == (
+        f"items.1: {NOT_AN_INT}; more.0: {NOT_AN_INT}"
+    )
+    assert describe(_validation_error(TypeAdapter(int), "x")) == f"(root): {NOT_AN_INT}"
+
+
+@pytest.mark.parametrize(("count", "more"), [(5, ""), (6, " (+1 more)"), (8, " (+3 more)")])
+def test_describe_names_five_fields_at_most_and_counts_the_rest(count: int, more: str) -> None:
+    error = _validation_error(TypeAdapter(list[int]), ["x"] * count)
+    shown = "; ".join(f"{i}: {NOT_AN_INT}" for i in range(min(count, 5)))
+    assert describe(error) == shown + more
