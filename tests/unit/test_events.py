@@ -156,6 +156,10 @@ def test_raw_bytes_are_held_to_the_same_rules_with_exact_reasons() -> None:
         from_bytes(b"{oops", message.key)
     assert not_json.value.reason.startswith("not UTF-8 JSON: Expecting property name")
     assert from_bytes(message.value, None) == event  # a null key is tolerated here too
+    with pytest.raises(InvalidEventError) as long_key:
+        from_bytes(message.value, b"k" * 100)
+    quoted = repr("k" * 64)  # a key is named by its first 64 characters
+    assert long_key.value.reason == f"key {quoted} does not match order_id {event.order_id}"
     assert from_bytes(message.value, b"") == event  # and so is an empty one
 
 
