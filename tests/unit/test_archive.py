@@ -273,6 +273,16 @@ def test_gzip_header_carries_no_time_or_name() -> None:
     assert (magic, method, flags, mtime) == (b"\x1f\x8b", 8, 0, b"\0\0\0\0")
 
 
+def test_objects_are_compressed_at_level_6_the_same_bytes_every_time() -> None:
+    """Level 6, zlib's default, is the archive's format as much as its lines are: a batch
+    archived again must give the same bytes (gzip writes XFL 2 at level 9, 4 at level 1)."""
+    store = ConditionalStore()
+    archive_batch(as_lambda(plain_records(range(200))), store=store, years=YEARS)
+    for body, _ in store.contents().values():
+        assert body[8] == 0  # XFL: neither the best nor the fastest level
+        assert gzip.compress(gzip.decompress(body), compresslevel=6, mtime=0) == body
+
+
 def test_poison_record_is_archived_raw_with_its_error_between_good_ones() -> None:
     event = load_event("msk-poison.json")
     store = ConditionalStore()
@@ -432,7 +442,33 @@ def test_a_whole_object_delivered_again_is_found_archived_not_counted_as_written
     contents = store.contents()
     outcome = archive_batch(as_lambda(records), store=store, years=YEARS)
     assert (outcome.archived, outcome.added, outcome.written) == (5, 0, ())
+    assert [o.size for o in outcome.objects] == [0]  # nothing written, no bytes
+    assert outcome.bytes_written == 0
     assert store.contents() == contents
+
+
+@pytest.mark.parametrize(("first", "gets"), [(1000, 0), (1001, 1)])
+def test_a_batch_holding_its_blocks_first_offset_creates_the_object_without_a_read(
+    first: int, gets: int
+) -> None:
+    store = ConditionalStore()
+    archive_batch(as_lambda(plain_records(range(first, first + 5))), store=store, years=YEARS)
+    assert (store.gets, store.puts) == (gets, 1)
+
+
+def test_the_pause_after_each_lost_write_doubles_from_50_ms_up_to_a_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each pause is drawn between 0 and its cap; drawing the cap itself shows the caps."""
+    monkeypatch.setattr("orderstream.archive.random.uniform", lambda low, high: high)
+    store = ConditionalStore()
+    answers = iter([True] * 7)
+    store.conflict = lambda key: next(answers, False)
+    pauses: list[float] = []
+    archive.archive_batch(
+        as_lambda(plain_records(range(1, 4))), store=store, years=YEARS, pause=pauses.append
+    )
+    assert pauses == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
 
 
 def test_a_create_first_guess_that_meets_the_object_is_not_counted_as_a_conflict() -> None:
@@ -718,6 +754,7 @@ def test_empty_key_is_not_a_null_key() -> None:
         ),
         (b'{"a": 1, "a": 2}', "value is not portable JSON: repeated key 'a'"),
         (b'{"o": {"a": 1, "b": {}, "a": 2}}', "value is not portable JSON: repeated key 'a'"),
+        (b'{"b": 1, "a": 2, "a": 3}', "value is not portable JSON: repeated key 'a'"),
         (b"\xef\xbb\xbf{}", "value is not UTF-8 JSON: JSONDecodeError"),  # a byte-order mark
         (b"[" * 100_000, "value is not portable JSON: nested too deeply"),
     ],

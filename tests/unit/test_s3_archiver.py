@@ -431,8 +431,6 @@ def test_each_object_is_logged_with_what_the_batch_did_to_it(
     def an_object(key: str, added: int, samples: tuple[tuple[int, str], ...]) -> ArchivedObject:
         return ArchivedObject(
             key=key,
-            topic="order-placed",
-            partition=0,
             first_offset=10,
             last_offset=19,
             records=10,

@@ -142,8 +142,6 @@ class ArchiveLine(NamedTuple):
 @dataclass(frozen=True, slots=True)
 class ArchivedObject:
     key: str
-    topic: str
-    partition: int
     first_offset: int  # of the object as it now stands
     last_offset: int
     records: int
@@ -221,7 +219,7 @@ def archive_batch(
         )
         pending = objects.get(key)
         if pending is None:
-            pending = objects[key] = _Pending(key, record.topic, record.partition, {})
+            pending = objects[key] = _Pending(key, {})
         pending.lines.setdefault(line.offset, line)
     return ArchivedBatch(tuple(_settle(store, objects.pop(key), pause) for key in sorted(objects)))
 
@@ -230,8 +228,6 @@ class _Pending(NamedTuple):
     """The batch's lines for one object, by offset."""
 
     key: str
-    topic: str
-    partition: int
     lines: dict[int, ArchiveLine]
 
 
@@ -431,8 +427,6 @@ def _archived(
     poison_added = [(line.offset, line.error) for line in added if line.error is not None]
     return ArchivedObject(
         key=pending.key,
-        topic=pending.topic,
-        partition=pending.partition,
         first_offset=min(merged),
         last_offset=max(merged),
         records=len(merged),
