@@ -769,6 +769,21 @@ def test_values_that_are_not_event_objects_are_kept_raw(value: bytes, reason: st
     assert (line["value"], line["value_base64"]) == (None, base64.b64encode(value).decode())
 
 
+def test_a_key_that_is_not_base64_is_kept_as_it_came_and_named_in_the_error() -> None:
+    raw = msk_record(PlainRecord(b"k", EVENT_TEXT))
+    raw["key"] = "not base64!"
+    archived = archive_line(consumer_record(raw))
+    line = json.loads(archived.data)
+    key_error = "key is not valid base64: Only base64 data is allowed"
+    assert (line["key"], line["key_encoding"]) == ("not base64!", "base64")
+    assert archived.error == line["error"]
+    assert line["error"].startswith(key_error)
+
+    raw["value"] = base64.b64encode(b"[]").decode()  # a bad value too: both are named
+    line = json.loads(archive_line(consumer_record(raw)).data)
+    assert line["error"].startswith("value is JSON but an array, not an event object; " + key_error)
+
+
 @pytest.mark.parametrize("absent", [True, False])
 def test_tombstone_has_no_value_and_says_so(absent: bool) -> None:
     raw = msk_record(PlainRecord(b"k", None))
