@@ -769,6 +769,15 @@ def test_values_that_are_not_event_objects_are_kept_raw(value: bytes, reason: st
     assert (line["value"], line["value_base64"]) == (None, base64.b64encode(value).decode())
 
 
+def test_a_value_that_is_not_strict_base64_is_kept_as_it_came_not_decoded_leniently() -> None:
+    """ "e30=" is {} in base64: a lenient decoder would drop the "!" and read an object."""
+    raw = msk_record(PlainRecord(b"k", b"{}"))
+    raw["value"] = "e30=!"
+    line = json.loads(archive_line(consumer_record(raw)).data)
+    assert line["error"] == "value is not valid base64: Excess data after padding"
+    assert (line["value"], line["value_base64"]) == (None, "e30=!")
+
+
 def test_a_key_that_is_not_base64_is_kept_as_it_came_and_named_in_the_error() -> None:
     raw = msk_record(PlainRecord(b"k", EVENT_TEXT))
     raw["key"] = "not base64!"
@@ -829,6 +838,9 @@ def test_an_event_with_line_breaks_is_embedded_reserialised_with_its_bytes_besid
     assert "\u2028".encode() not in data
     assert (line["value"], line["error"]) == (event, None)
     assert value_bytes(data) == text
+    # One form whatever the producer's layout: sorted keys, compact, ASCII (U+2028 escaped).
+    canonical = json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+    assert data.endswith(b',"value":' + canonical + b"}")
 
 
 @pytest.mark.parametrize(

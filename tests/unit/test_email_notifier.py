@@ -829,3 +829,45 @@ def test_each_invocation_logs_the_records_it_holds_per_partition(
         "order-placed-0": "40..41 (2)",
         "order-placed-1": "140..142 (3)",
     }
+
+
+def test_each_dead_letter_and_the_batch_are_logged_with_what_an_operator_needs(
+    notifier: ModuleType, log_lines: Callable[[], list[dict[str, Any]]]
+) -> None:
+    """The poison sample's dead letter, and the summary line a dashboard's query reads."""
+    batch = load_event("msk-poison.json")
+    [orders] = batch["records"].values()
+    order_ids = sorted(
+        json.loads(base64.b64decode(orders[i]["value"]))["order"]["order_id"] for i in (0, 2)
+    )
+    invoke(notifier, batch)
+    [letter] = [line for line in log_lines() if line["message"] == "Record dead-lettered"]
+    assert letter["level"] == "WARNING"
+    assert letter["record"] == "order-placed-2:241"
+    assert letter["dead_letter_key"] == (
+        "dead-letters/email-notifier/order-placed/2/00000000000000000241.json"
+    )
+    assert letter["reason"].startswith("value is not UTF-8 JSON")
+    [summary_line] = [line for line in log_lines() if line["message"] == "Batch confirmed"]
+    assert summary_line["level"] == "INFO"
+    summary = {k: summary_line[k] for k in ("sent", "duplicates", "poison", "failed_records")}
+    assert summary == {"sent": 2, "duplicates": 0, "poison": 1, "failed_records": 0}
+    assert summary_line["redirected"] is False
+    assert summary_line["order_ids"] == order_ids
+
+
+def test_the_ledger_keys_its_records_by_order_id_and_keeps_them_for_the_expiry(
+    notifier: ModuleType,
+) -> None:
+    config = notifier.ledger_config({settings.IDEMPOTENCY_EXPIRES_SECONDS: "7200"})
+    assert (config.event_key_jmespath, config.raise_on_no_idempotency_key) == ("order_id", True)
+    assert (config.expires_after_seconds, config.hash_function) == (7200, "sha256")
+    assert notifier.ledger_config({}).expires_after_seconds == 8 * 24 * 60 * 60
+    assert notifier.idempotency_expiry({settings.IDEMPOTENCY_EXPIRES_SECONDS: "3600"}) == 3600
+    with pytest.raises(settings.ConfigurationError, match=settings.IDEMPOTENCY_EXPIRES_SECONDS):
+        notifier.idempotency_expiry({settings.IDEMPOTENCY_EXPIRES_SECONDS: "3599"})
+
+
+def test_the_claim_hold_is_read_in_seconds_and_kept_in_milliseconds(notifier: ModuleType) -> None:
+    assert notifier.claim_hold_ms({settings.EMAIL_CLAIM_HOLD_SECONDS: "600"}) == 600_000
+    assert notifier.claim_hold_ms({}) == 15 * 60 * 1000

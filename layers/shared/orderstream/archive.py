@@ -501,7 +501,7 @@ def _value(original: str | None) -> _Value:
     except RecursionError:
         return _Value(None, original, "value is not portable JSON: nested too deeply")
     if not isinstance(parsed, dict):
-        kind = _JSON_TYPE_NAMES.get(type(parsed), type(parsed).__name__)
+        kind = _JSON_TYPE_NAMES[type(parsed)]  # json.loads makes no other type
         return _Value(None, original, f"value is JSON but {kind}, not an event object")
     try:
         OrderPlaced.model_validate(parsed)
