@@ -8,6 +8,7 @@ survivor with the reason it is equivalent, or none) is written to tests/MUTATION
 
     .venv/bin/python scripts/mutation.py                 # everything, then tests/MUTATION.md
     .venv/bin/python scripts/mutation.py --only 'orderstream/text.py' --no-report
+    .venv/bin/python scripts/mutation.py --resume       # finish a run stopped at its limit
 """
 
 from __future__ import annotations
@@ -131,17 +132,24 @@ def results() -> dict[str, str]:
     return found
 
 
-def again(minutes: float) -> bool:
-    """The last run's survivors, judged again by today's tests, in the same mutants.
-
-    Only the tests are copied in: a change to the code under test renumbers its mutants, and
-    that needs a whole run."""
-    for source, staged in (
+def code_unchanged_since_the_run(*, tests_too: bool = False) -> None:
+    """Refuse when the code under test (or the tests) changed since the stage was made: a
+    change to the code renumbers its mutants, and that needs a whole run."""
+    pairs = [
         (ROOT / "layers" / "shared" / "orderstream", STAGE / "orderstream"),
         (ROOT / "functions", STAGE / "functions"),
-    ):
+    ]
+    if tests_too:
+        pairs.append((ROOT / "tests", STAGE / "tests"))
+    for source, staged in pairs:
         if not same_tree(source, staged):
             raise SystemExit(f"{source.relative_to(ROOT)} changed since the run: run it whole")
+
+
+def again(minutes: float) -> bool:
+    """The last run's survivors, judged again by today's tests, in the same mutants. Only the
+    tests are copied in."""
+    code_unchanged_since_the_run()
     for target in (STAGE / "tests", STAGE / "mutants" / "tests"):
         shutil.rmtree(target)
         shutil.copytree(
@@ -149,6 +157,13 @@ def again(minutes: float) -> bool:
         )
     survivors = [n for n, s in results().items() if s in (SURVIVED, NO_TESTS)]
     return run_mutmut(minutes, survivors) if survivors else True
+
+
+def resume(minutes: float) -> bool:
+    """The mutants a run stopped at its limit left unjudged, by the same tests: mutmut keeps
+    every verdict in the stage and runs only the mutants without one."""
+    code_unchanged_since_the_run(tests_too=True)
+    return run_mutmut(minutes, None)
 
 
 def same_tree(one: Path, other: Path) -> bool:
@@ -189,7 +204,7 @@ def module_of(mutant: str) -> str:
     return mutant.partition(".x")[0]
 
 
-def report(found: dict[str, str], finished: bool, seconds: float) -> str:
+def report(found: dict[str, str], finished: bool, seconds: float, sittings: int = 1) -> str:
     known = {(e["function"], e["removed"], e["added"]): e for e in equivalents()}
     survivors = sorted(n for n, s in found.items() if s in (SURVIVED, NO_TESTS))
     changes = {name: change_of(name) for name in survivors}
@@ -242,6 +257,9 @@ def report(found: dict[str, str], finished: bool, seconds: float) -> str:
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}, {os.cpu_count()} CPUs, "
         f"{seconds / 60:.0f} min"
+        + (f" in {sittings} sittings (--resume)" if sittings > 1 else "")
+        + f", {sum(total[s] for s in (KILLED, TIMEOUT, SURVIVED, NO_TESTS)):,} of "
+        f"{len(found):,} mutants judged"
         + ("" if finished else ", STOPPED AT THE TIME LIMIT: the figures cover what ran")
         + ".",
         "",
@@ -296,6 +314,11 @@ def main() -> None:
         f"{EQUIVALENTS.relative_to(ROOT)}",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="judge the mutants a run stopped at its time limit left, with the same tests",
+    )
+    parser.add_argument(
         "--again",
         action="store_true",
         help="judge the last run's survivors again with the tests as they are now",
@@ -304,22 +327,26 @@ def main() -> None:
     started = time.monotonic()
     if args.report_only:
         last = json.loads(LAST_RUN.read_text())
-        finished, seconds = last["finished"], last["seconds"]
-    elif args.again:
+        finished, seconds, sittings = last["finished"], last["seconds"], last.get("sittings", 1)
+    elif args.again or args.resume:
         last = json.loads(LAST_RUN.read_text())
-        finished = again(args.minutes) and last["finished"]
+        # --again re-judges survivors only: the run is as finished as it was.
+        finished = again(args.minutes) and last["finished"] if args.again else resume(args.minutes)
         seconds = last["seconds"] + time.monotonic() - started
-        LAST_RUN.write_text(json.dumps({"finished": finished, "seconds": seconds}))
+        sittings = last.get("sittings", 1) + 1
+        LAST_RUN.write_text(
+            json.dumps({"finished": finished, "seconds": seconds, "sittings": sittings})
+        )
     else:
         stage()
         finished = run_mutmut(args.minutes, args.only)
-        seconds = time.monotonic() - started
+        seconds, sittings = time.monotonic() - started, 1
         # A run of some mutants judged the rest nowhere: as a last run, it did not finish.
         LAST_RUN.write_text(
             json.dumps({"finished": finished and not args.only, "seconds": seconds})
         )
     os.chdir(STAGE)  # where mutmut's diffs of the mutants are read
-    section = report(results(), finished, seconds)
+    section = report(results(), finished, seconds, sittings)
     print(section)
     if not args.no_report and not args.only:
         write_report(section)
