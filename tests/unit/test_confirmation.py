@@ -1302,6 +1302,17 @@ def test_a_claim_not_released_is_retried_with_its_order_or_not_with_it() -> None
             Delivery(error="MessageRejected: suppressed", retryable=False) for _ in confirmations
         ]
 
+    ports = Ports(mailer=MemoryMailer(refuses_naming({"customer0@example.com"})))
+    ports.ledger.failing = {"release"}
+    outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
+    refused = (
+        "SES refused the confirmation: MessageRejected: Address blacklisted: customer0@example.com."
+    )
+    assert said(outcome) == [
+        ("ledger", not_released, oid(0), at(0), False),
+        ("ses-rejected", refused, oid(0), at(0), False),
+    ]
+
     ports = Ports(mailer=MemoryMailer(suppressed))
     ports.ledger.failing = {"release"}
     outcome = ports.deliver(msk_batch(kafka_records([order_placed(0)])))
@@ -1395,14 +1406,15 @@ def test_held_orders_are_not_waited_for_without_time_for_a_poll_and_a_chunk() ->
     clock = FakeClock(budget.poll_ms + budget.chunk_ms - 1)
     ports = Ports()
     ports.ledger.state[oid(0)] = "in-progress"
-    ports.deliver(
+    outcome = ports.deliver(
         msk_batch(kafka_records([order_placed(0)])),
         time_left_ms=clock.time_left_ms,
         sleep=clock.sleep,
         budget=budget,
     )
     assert ports.ledger.calls == [("claim", oid(0))]
-    assert ports.slept == []
+    assert clock.left_ms == budget.poll_ms + budget.chunk_ms - 1  # no poll
+    assert [p.stage for p in outcome.problems] == ["in-progress"]
 
 
 def test_without_a_time_source_any_wait_for_held_orders_polls_once() -> None:

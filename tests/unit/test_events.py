@@ -6,10 +6,12 @@ import base64
 import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords
+from aws_lambda_powertools.utilities.kafka.consumer_records import ConsumerRecordRecords
+from aws_lambda_powertools.utilities.kafka.exceptions import KafkaConsumerDeserializationError
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
@@ -185,3 +187,16 @@ def test_describe_names_five_fields_at_most_and_counts_the_rest(count: int, more
     error = _validation_error(TypeAdapter(list[int]), ["x"] * count)
     shown = "; ".join(f"{i}: {NOT_AN_INT}" for i in range(min(count, 5)))
     assert describe(error) == shown + more
+
+
+def test_a_decoding_error_without_a_cause_is_named_by_itself() -> None:
+    """Powertools chains the JSON error it met; when it has none, its own message stands."""
+
+    class Undecodable:
+        @property
+        def value(self) -> Any:
+            raise KafkaConsumerDeserializationError("Error trying to deserialize json data")
+
+    with pytest.raises(InvalidEventError) as failed:
+        from_record(cast(ConsumerRecordRecords, Undecodable()))
+    assert failed.value.reason == "value is not UTF-8 JSON: Error trying to deserialize json data"
