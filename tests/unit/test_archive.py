@@ -793,6 +793,17 @@ def test_a_key_that_is_not_base64_is_kept_as_it_came_and_named_in_the_error() ->
     assert line["error"].startswith("value is JSON but an array, not an event object; " + key_error)
 
 
+def test_a_null_header_is_kept_and_the_headers_after_it_too() -> None:
+    raw = msk_record(PlainRecord(b"k", EVENT_TEXT))
+    raw["headers"] = [{"trace": None, "source": [104, 105]}, {"after": [33]}]
+    line = json.loads(archive_line(consumer_record(raw)).data)
+    assert line["headers"] == [
+        {"name": "trace", "value": None, "encoding": None},
+        {"name": "source", "value": "hi", "encoding": "utf-8"},
+        {"name": "after", "value": "!", "encoding": "utf-8"},
+    ]
+
+
 @pytest.mark.parametrize("absent", [True, False])
 def test_tombstone_has_no_value_and_says_so(absent: bool) -> None:
     raw = msk_record(PlainRecord(b"k", None))

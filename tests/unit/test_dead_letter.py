@@ -20,6 +20,7 @@ from orderstream.dead_letter import (
     lambda_record,
 )
 from orderstream.events import ORDER_EVENTS
+from orderstream.text import clip
 from tests.samples import load_event
 
 
@@ -163,3 +164,8 @@ def test_a_dead_letter_gives_back_the_record_lambda_sent_key_and_all() -> None:
     }
     keyless = lambda_record({**document, "key": None})
     assert "key" not in keyless  # as Lambda sends a record without a key
+
+
+def test_clip_keeps_text_of_exactly_the_limit_and_cuts_one_more() -> None:
+    assert clip("abcde", 5) == "abcde"
+    assert clip("abcdef", 5) == "ab..."

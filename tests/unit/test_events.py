@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, cast
 
@@ -66,7 +68,17 @@ def test_message_has_key_compact_value_and_headers() -> None:
     }
 
 
-def test_occurred_at_is_normalised_to_utc() -> None:
+@pytest.fixture(params=["UTC", "America/New_York"])
+def local_zone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The machine's own zone: Lambda's is UTC, a developer's laptop's often is not."""
+    monkeypatch.setenv("TZ", request.param)
+    time.tzset()
+    yield request.param
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_occurred_at_is_normalised_to_utc(local_zone: str) -> None:
     local = datetime(2026, 11, 25, 15, 0, tzinfo=timezone(timedelta(hours=1)))
     event = OrderPlaced.new(OrderRequest.model_validate(VALID).to_order(), "c", occurred_at=local)
     assert event.occurred_at.tzinfo == UTC

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from pydantic import ValidationError
 
-from orderstream.models import MAX_ITEMS, MAX_UNIT_PRICE, Order, OrderRequest
+from orderstream.models import MAX_ITEMS, MAX_UNIT_PRICE, Order, OrderRequest, compute_total
 from tests.strategies import order_bodies
 
 VALID: dict[str, Any] = {
@@ -146,3 +146,44 @@ def test_every_generated_valid_body_is_accepted_with_an_exact_total(body: dict[s
     assert order.total == expected
     # The JSON form is a fixed point: validating what we serialized gives the same order.
     assert Order.model_validate_json(order.model_dump_json()) == order
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("unit_price", True, "Value error, price must be a decimal string such as '19.95'"),
+        (
+            "unit_price",
+            "1.234",
+            "Value error, price must be a decimal string with at most 2 decimal places, "
+            "such as '19.95'",
+        ),
+        (
+            "unit_price",
+            1.5,
+            "Value error, price must be a decimal string such as '19.95', not a JSON number",
+        ),
+        ("unit_price", 10**30, "Value error, amount has too many digits"),
+    ],
+)
+def test_each_refused_price_says_why_in_its_own_words(field: str, value: Any, message: str) -> None:
+    item = {"sku": "SKU-1", "name": "Item", "quantity": 1, "unit_price": "1.00", field: value}
+    body = {**copy.deepcopy(VALID), "items": [item]}
+    with pytest.raises(ValidationError) as refused:
+        OrderRequest.model_validate(body)
+    [error] = refused.value.errors()
+    assert (error["loc"], error["msg"]) == (("items", 0, field), message)
+
+
+def test_an_unknown_currency_is_named_in_the_refusal() -> None:
+    with pytest.raises(ValidationError) as refused:
+        OrderRequest.model_validate({**copy.deepcopy(VALID), "currency": "XYZ"})
+    [error] = refused.value.errors()
+    assert error["msg"] == (
+        "Value error, must be an ISO 4217 currency code such as EUR or USD, not 'XYZ'"
+    )
+
+
+def test_the_total_of_no_items_is_zero_to_the_cent() -> None:
+    total = compute_total([])
+    assert (total, str(total)) == (Decimal(0), "0.00")

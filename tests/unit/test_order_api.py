@@ -800,6 +800,7 @@ def test_customer_email_never_reaches_the_logs(
 def test_mask_emails(text: str, masked: str) -> None:
     assert mask_emails(text) == masked
     assert mask_emails({"k": [text], text: 1}) == {"k": [masked], masked: 1}
+    assert mask_emails(SimpleNamespace(note=text)) == f"namespace(note={masked!r})"  # str()'d
 
 
 # --- OpenAPI ---------------------------------------------------------------------------

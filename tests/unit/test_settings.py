@@ -218,3 +218,15 @@ def test_a_producer_that_cannot_be_built_is_not_cached(monkeypatch: pytest.Monke
             {"KAFKA_BOOTSTRAP_SERVERS": "down:1", "KAFKA_SECURITY": "plaintext"}
         )
     assert kafka_client._producer is None
+
+
+def test_seconds_are_refused_outside_their_bounds_naming_the_bounds() -> None:
+    bounded = {"HOLD": "1201"}
+    with pytest.raises(ConfigurationError) as refused:
+        settings.seconds("HOLD", 900, 60, 1200, bounded)
+    assert str(refused.value) == "HOLD must be 60 to 1200 seconds, not 1201"
+    with pytest.raises(ConfigurationError) as refused:
+        settings.seconds("EXPIRY", 86400, 3600, None, {"EXPIRY": "5"})
+    assert str(refused.value) == "EXPIRY must be at least 3600 seconds, not 5"
+    assert settings.seconds("HOLD", 900, 60, 1200, {"HOLD": "1200"}) == 1200  # bounds included
+    assert settings.seconds("HOLD", 900, 60, 1200, {"HOLD": "60"}) == 60
