@@ -147,15 +147,21 @@ def code_unchanged_since_the_run(*, tests_too: bool = False) -> None:
 
 
 def again(minutes: float) -> bool:
-    """The last run's survivors, judged again by today's tests, in the same mutants. Only the
-    tests are copied in."""
+    """The last run's unexplained survivors, judged again by today's tests, in the same
+    mutants. Only the tests are copied in; the equivalent ones wait for the next whole run."""
     code_unchanged_since_the_run()
     for target in (STAGE / "tests", STAGE / "mutants" / "tests"):
         shutil.rmtree(target)
         shutil.copytree(
             ROOT / "tests", target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
         )
-    survivors = [n for n, s in results().items() if s in (SURVIVED, NO_TESTS)]
+    os.chdir(STAGE)  # where mutmut's diffs of the mutants are read
+    known = {(e["function"], e["removed"], e["added"]) for e in equivalents()}
+    survivors = [
+        n
+        for n, s in results().items()
+        if s in (SURVIVED, NO_TESTS) and (function_of(n), *change_of(n)) not in known
+    ]
     return run_mutmut(minutes, survivors) if survivors else True
 
 
@@ -257,7 +263,7 @@ def report(found: dict[str, str], finished: bool, seconds: float, sittings: int 
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}, {os.cpu_count()} CPUs, "
         f"{seconds / 60:.0f} min"
-        + (f" in {sittings} sittings (--resume)" if sittings > 1 else "")
+        + (f" in {sittings} sittings (the run, then --resume or --again)" if sittings > 1 else "")
         + f", {sum(total[s] for s in (KILLED, TIMEOUT, SURVIVED, NO_TESTS)):,} of "
         f"{len(found):,} mutants judged"
         + ("" if finished else ", STOPPED AT THE TIME LIMIT: the figures cover what ran")
@@ -330,8 +336,14 @@ def main() -> None:
         finished, seconds, sittings = last["finished"], last["seconds"], last.get("sittings", 1)
     elif args.again or args.resume:
         last = json.loads(LAST_RUN.read_text())
-        # --again re-judges survivors only: the run is as finished as it was.
-        finished = again(args.minutes) and last["finished"] if args.again else resume(args.minutes)
+        if args.again:
+            # Every mutant keeps its verdict: re-judging survivors leaves the run as whole as
+            # it was, even when this sitting stops at its limit.
+            if not again(args.minutes):
+                print("--again stopped at its limit: some survivors were not judged again")
+            finished = last["finished"]
+        else:
+            finished = resume(args.minutes)
         seconds = last["seconds"] + time.monotonic() - started
         sittings = last.get("sittings", 1) + 1
         LAST_RUN.write_text(

@@ -187,3 +187,15 @@ def test_an_unknown_currency_is_named_in_the_refusal() -> None:
 def test_the_total_of_no_items_is_zero_to_the_cent() -> None:
     total = compute_total([])
     assert (total, str(total)) == (Decimal(0), "0.00")
+
+
+def test_a_control_character_in_a_name_is_refused_saying_which_kind() -> None:
+    body = copy.deepcopy(VALID)
+    body["customer"]["name"] = "Ada\r\nBcc: someone"
+    with pytest.raises(ValidationError) as refused:
+        OrderRequest.model_validate(body)
+    [error] = refused.value.errors()
+    assert (error["loc"], error["msg"]) == (
+        ("customer", "name"),
+        "Value error, must not contain control characters (such as CR or LF)",
+    )
