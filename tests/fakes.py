@@ -164,3 +164,15 @@ def logger_output(logger: Any) -> Iterator[io.StringIO]:
         yield stream
     finally:
         handler.stream = previous
+
+
+def in_this_thread[**P, R](fake: Callable[P, R], real: Callable[P, R]) -> Callable[P, R]:
+    """`fake` for the thread that asks, `real` for every other. Patching a function of the time
+    module patches it for every thread in the process, and a thread another test left running
+    (a Kafka client's I/O thread) must neither read a test's fake clock nor skip its sleeps."""
+    caller = threading.get_ident()
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return fake(*args, **kwargs) if threading.get_ident() == caller else real(*args, **kwargs)
+
+    return call

@@ -18,7 +18,7 @@ from orderstream.custom_resource import (
     put_response,
     while_iam_propagates,
 )
-from tests.fakes import recording_http_server
+from tests.fakes import in_this_thread, recording_http_server
 from tests.samples import load_event
 
 
@@ -306,7 +306,9 @@ def test_put_response_retries_a_refused_put_after_half_a_second_then_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("orderstream.custom_resource.time.sleep", slept.append)
+    monkeypatch.setattr(
+        "orderstream.custom_resource.time.sleep", in_this_thread(slept.append, time.sleep)
+    )
     with recording_http_server(failures=2) as (url, received):
         put_response(url, b"{}")
     assert len(received) == 3
@@ -315,7 +317,9 @@ def test_put_response_retries_a_refused_put_after_half_a_second_then_one(
 
 def test_put_response_gives_up_after_four_attempts(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr("orderstream.custom_resource.time.sleep", slept.append)
+    monkeypatch.setattr(
+        "orderstream.custom_resource.time.sleep", in_this_thread(slept.append, time.sleep)
+    )
     with recording_http_server(failures=10) as (url, received), pytest.raises(OSError, match="503"):
         put_response(url, b"{}")
     assert len(received) == 4

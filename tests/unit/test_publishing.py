@@ -14,6 +14,7 @@ from orderstream.events import OrderPlaced
 from orderstream.models import OrderRequest
 from orderstream.publishing import BrokerUnavailableError, idempotency_expiry, publish
 from orderstream.settings import ConfigurationError
+from tests.fakes import in_this_thread
 from tests.unit.test_models import VALID
 
 
@@ -74,7 +75,9 @@ def test_the_acknowledgement_is_awaited_for_what_is_left_of_the_budget(
 def clock(monkeypatch: pytest.MonkeyPatch, *readings: float) -> None:
     """publish()'s monotonic clock reads these, in turn: start, after send, after the wait."""
     times = iter(readings)
-    monkeypatch.setattr("orderstream.publishing.time.monotonic", lambda: next(times))
+    monkeypatch.setattr(
+        "orderstream.publishing.time.monotonic", in_this_thread(lambda: next(times), time.monotonic)
+    )
 
 
 def test_the_wait_is_the_budget_less_the_send_and_publish_ms_is_the_whole_time(

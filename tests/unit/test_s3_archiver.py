@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -21,7 +22,7 @@ from devstack.msk_event import msk_event, sample_order_records
 from orderstream import settings
 from orderstream.archive import WriteConflict
 from orderstream.events import ORDER_EVENTS
-from tests.fakes import emitted_metric_units, emitted_metrics, logger_output
+from tests.fakes import emitted_metric_units, emitted_metrics, in_this_thread, logger_output
 from tests.samples import load_event, template_archive_years
 from tests.unit.conftest import s3_with_bucket
 
@@ -96,7 +97,7 @@ def inject_put_failures(archiver: ModuleType, key_part: str, times: int | None =
 def no_backoff(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """botocore sleeps between attempts via time.sleep; record the delays instead."""
     delays: list[float] = []
-    monkeypatch.setattr("botocore.endpoint.time.sleep", delays.append)
+    monkeypatch.setattr("botocore.endpoint.time.sleep", in_this_thread(delays.append, time.sleep))
     return delays
 
 
