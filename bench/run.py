@@ -49,7 +49,7 @@ PARTS: Final[dict[str, Part]] = {
     "producer": Part("producer", 180, "POST /orders, warm, vs the I/O it made, replayed"),
     "archiver": Part("archiver", 60, "archive_batch, 10,000 x 1 KB, vs base64-decode + gzip"),
     "email": Part("emails", 60, "SES calls per 1,000 orders, bulk vs one call per order"),
-    "cold": Part("cold", 90, "each handler's import + init in a fresh interpreter vs boto3's"),
+    "cold": Part("cold", 180, "each function's init + first invocation vs the same I/O bare"),
     "e2e": Part("e2e", 240, "2,000 orders through the local stack: POST -> archived, -> email"),
 }
 

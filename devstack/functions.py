@@ -109,8 +109,9 @@ class Invocation:
     ok: bool
     payload: Any
     error: dict[str, Any] | None
-    duration_ms: float
+    duration_ms: float  # as the caller waited for it: the init of a cold container included
     init_ms: float
+    invoke_ms: float = 0.0  # the handler's own run, as Lambda's Duration measures it
 
 
 class FunctionHost:
@@ -259,6 +260,7 @@ class FunctionHost:
             error=reply.get("error"),
             duration_ms=(time.perf_counter() - started) * 1000,
             init_ms=reply.get("init_ms", 0.0),
+            invoke_ms=reply.get("invoke_ms", 0.0),
         )
 
     @staticmethod

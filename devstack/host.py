@@ -68,12 +68,15 @@ def main(argv: list[str]) -> int:
         if init_error is not None:
             results.write(json.dumps({"ok": False, "error": init_error, "init_ms": init_ms}) + "\n")
             continue
+        invoked = time.perf_counter()
         try:
             payload = function(request["event"], Context(request["context"]))
             reply = {"ok": True, "payload": payload}
         except Exception as exc:
             traceback.print_exc()
             reply = {"ok": False, "error": error_of(exc)}
+        # Lambda's own two figures: Init Duration (once per container) and Duration.
+        reply["invoke_ms"] = (time.perf_counter() - invoked) * 1000
         reply["init_ms"], init_ms = init_ms, 0.0
         sys.stdout.flush()
         sys.stderr.flush()
