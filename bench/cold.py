@@ -8,7 +8,7 @@ sample event against an embedded broker and moto_server. Moving an import into t
 cannot improve it.
 
 The baseline does that invocation's I/O and nothing else, in the same kind of fresh interpreter:
-`import boto3` (and kafka-python where the function talks to Kafka), the same clients, the same
+boto3 where the function calls AWS, kafka-python where it talks to Kafka, the same clients, the same
 calls with the same parameters, in order. The calls come from a recording: the same function run
 once more, outside the clock, with hooks on botocore, kafka-python and urllib, against a second
 broker and emulator, so that its keys and offsets are new to the first one when replayed there.
@@ -145,9 +145,10 @@ BARE: Final = r"""
 import sys, time
 sys.path[:0] = sys.argv[1].split(":")
 started = time.perf_counter()
-import boto3
-from botocore import xform_name
-if sys.argv[3] == "1":
+if "aws" in sys.argv[3]:
+    import boto3
+    from botocore import xform_name
+if "kafka" in sys.argv[3]:
     from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient
 import pickle, urllib.request
@@ -326,7 +327,7 @@ def check_result(name: str, payload: Any) -> None:
         raise RuntimeError(f"{name}'s first invocation did not succeed: {payload}")
 
 
-def calls_of(recording: Path) -> tuple[Counter[str], bool]:
+def calls_of(recording: Path) -> tuple[Counter[str], set[str]]:
     import pickle
 
     with recording.open("rb") as f:
@@ -335,7 +336,8 @@ def calls_of(recording: Path) -> tuple[Counter[str], bool]:
     for entry in log:
         kind = entry["kind"]
         counted[entry["operation"] if kind == "aws" else entry.get("method", kind)] += 1
-    return counted, any(entry["kind"] != "aws" and entry["kind"] != "http" for entry in log)
+    kinds = {entry["kind"] for entry in log}
+    return counted, {"aws"} & kinds | ({"kafka"} if kinds - {"aws", "http"} else set())
 
 
 def handler_cold(function: Function, endpoint: str, event: dict[str, Any]) -> float:
@@ -353,7 +355,8 @@ def handler_cold(function: Function, endpoint: str, event: dict[str, Any]) -> fl
     return result.init_ms + result.invoke_ms
 
 
-def bare_cold(function: Function, backing: Backing, recording: Path, kafka: bool) -> float:
+def bare_cold(function: Function, backing: Backing, recording: Path, uses: set[str]) -> float:
+    """The recorded calls made bare; `uses` says which clients to import: "aws", "kafka"."""
     from devstack.functions import process_environment
 
     site = [p for p in function.paths if p.endswith("site-packages")]
@@ -366,7 +369,7 @@ def bare_cold(function: Function, backing: Backing, recording: Path, kafka: bool
             BARE,
             os.pathsep.join(site),
             str(recording),
-            "1" if kafka else "0",
+            ",".join(uses),
             backing.bootstrap,
         ],
         env=process_environment(function.spec, backing.endpoint),
@@ -427,7 +430,7 @@ def part(result: PartResult, quick: bool) -> None:
     handler_ms: defaultdict[str, list[float]] = defaultdict(list)
     bare_ms: defaultdict[str, list[float]] = defaultdict(list)
     calls: dict[str, Counter[str]] = {}
-    uses_kafka: dict[str, bool] = {}
+    uses: dict[str, set[str]] = {}
     catcher = ResponseCatcher()
     with (
         tempfile.TemporaryDirectory(prefix="orderstream-cold-") as state,
@@ -446,7 +449,7 @@ def part(result: PartResult, quick: bool) -> None:
                     first_event(name, 1000 + round_, catcher.url, recorder.bootstrap),
                     work,
                 )
-                calls[name], uses_kafka[name] = calls_of(recording)
+                calls[name], uses[name] = calls_of(recording)
                 event = first_event(name, 1 + round_, catcher.url, measured.bootstrap)
                 # Alternate which side goes first, so neither always finds a warmer cache.
                 sides = ("handler", "bare") if round_ % 2 else ("bare", "handler")
@@ -454,7 +457,7 @@ def part(result: PartResult, quick: bool) -> None:
                     if side == "handler":
                         took = handler_cold(function, measured.endpoint, event)
                     else:
-                        took = bare_cold(function, measured, recording, uses_kafka[name])
+                        took = bare_cold(function, measured, recording, uses[name])
                     if round_:  # the first round compiles .pyc files and warms the file cache
                         (handler_ms if side == "handler" else bare_ms)[name].append(took)
                 if name == "topic_provisioner":
@@ -485,7 +488,8 @@ def part(result: PartResult, quick: bool) -> None:
         "files): Lambda's Init Duration + Duration of a fresh `python -I -S` container (the "
         "function's folder, the layer and site-packages on the path, its template environment) "
         "invoked once with its sample event against an embedded broker and moto_server, vs the "
-        "same calls made bare in the same kind of interpreter (import boto3, kafka-python where "
+        "same calls made bare in the same kind of interpreter (boto3 where the function called "
+        "AWS, kafka-python where "
         "the function used it, the same clients and calls, recorded from one more run). Calls "
         "per first invocation: "
         + "; ".join(

@@ -14,7 +14,7 @@ from functools import cache
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import ClientError
 
@@ -28,7 +28,6 @@ from orderstream.custom_resource import (
 from orderstream.redaction import masked_log_line
 
 logger = Logger(json_serializer=masked_log_line)
-tracer = Tracer()
 
 
 @cache
@@ -108,6 +107,5 @@ def look_up(request: CustomResourceRequest) -> Answer:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
     return respond(event, look_up, context.get_remaining_time_in_millis, logger.append_keys)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.shared.constants import METRICS_NAMESPACE_ENV
 from aws_lambda_powertools.utilities.idempotency import (
@@ -149,7 +149,6 @@ def claim_hold_ms(environ: Mapping[str, str] | None = None) -> int:
 
 
 logger = Logger(json_serializer=masked_log_line)
-tracer = Tracer()
 # Read here, not left to Metrics: the namespace must never be missing when metrics are flushed.
 metrics = Metrics(namespace=os.environ.get(METRICS_NAMESPACE_ENV) or "orderstream")
 
@@ -249,7 +248,6 @@ class SesMailer:
         self.sender = sender
         self.template = template
 
-    @tracer.capture_method(capture_response=False)
     def send(self, confirmations: Sequence[Confirmation]) -> list[Delivery]:
         request = bulk_request(confirmations, sender=self.sender, template=self.template)
         try:
@@ -340,7 +338,6 @@ def _looks_like_address(text: str) -> bool:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 @kafka_consumer(schema_config=ORDER_EVENTS)
 def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> KafkaBatchResponse:

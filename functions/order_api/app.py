@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from typing import Annotated, Any, Final
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
@@ -84,7 +84,6 @@ class ErrorBody(BaseModel):
 
 
 logger = Logger(json_serializer=masked_log_line)
-tracer = Tracer()
 # Read here, not left to Metrics: the namespace must never be missing when metrics are flushed.
 metrics = Metrics(namespace=os.environ.get(METRICS_NAMESPACE_ENV) or "orderstream")
 app = APIGatewayRestResolver(
@@ -394,7 +393,6 @@ def place_order(
     return _answer(HTTPStatus.ACCEPTED, accepted)
 
 
-@tracer.capture_method(capture_response=False)  # the response holds nothing worth a trace
 def _accept(order: OrderRequest) -> IntakeResult:
     return order_intake().accept(
         order,
@@ -406,7 +404,6 @@ def _accept(order: OrderRequest) -> IntakeResult:
 # The resolver keeps the current request in class attributes: like Lambda, which sends a
 # container one request at a time, callers must not run this handler concurrently in a process.
 @logger.inject_lambda_context(log_event=False, clear_state=True)
-@tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     correlation_id = correlation_id_for(event, context)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Final
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.kafka import ConsumerRecords, kafka_consumer
 from botocore.config import Config
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 logger = Logger(json_serializer=masked_log_line)
-tracer = Tracer()
 metrics = Metrics()
 
 # Standard mode retries throttling (503 SlowDown), 5xx and connection errors with jittered
@@ -118,7 +117,6 @@ def archive_years() -> Years:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 @kafka_consumer(schema_config=ORDER_EVENTS)
 def lambda_handler(event: ConsumerRecords, context: LambdaContext) -> dict[str, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Tracer
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from kafka.admin import KafkaAdminClient
 from kafka.errors import AuthorizationError, SaslAuthenticationFailedError
@@ -33,7 +33,6 @@ from orderstream.topics import (
 )
 
 logger = Logger(json_serializer=masked_log_line)
-tracer = Tracer()
 
 
 def physical_id(cluster_arn: str, topic: str) -> str:
@@ -136,6 +135,5 @@ def kafka_denied(error: Exception) -> bool:
 
 
 @logger.inject_lambda_context
-@tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, str]:
     return respond(event, provision, context.get_remaining_time_in_millis, logger.append_keys)

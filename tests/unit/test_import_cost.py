@@ -1,0 +1,50 @@
+"""What each handler imports decides its cold start: every module is read at every cold start.
+
+The X-Ray SDK alone was a quarter of a handler's import time (bench/README.md). Lambda's active
+tracing (template.yaml, Globals) records every invocation without it, so no handler imports it,
+and the layer does not ship it. kafka-python only where a function talks to Kafka.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TALKS_TO_KAFKA = {"order_api", "topic_provisioner"}
+FUNCTIONS = sorted(p.parent.name for p in (ROOT / "functions").glob("*/app.py"))
+
+
+def imported_packages(function: str) -> set[str]:
+    code = (
+        f"import sys; from functions.{function} import app; "
+        "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(done.stdout.split())
+
+
+def test_every_function_is_checked() -> None:
+    assert {"order_api", "email_notifier", "s3_archiver", "topic_provisioner"} <= set(FUNCTIONS)
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_a_handler_imports_no_xray_sdk_and_kafka_only_if_it_talks_to_kafka(function: str) -> None:
+    packages = imported_packages(function)
+    assert "aws_lambda_powertools" in packages  # the probe saw the handler's imports
+    assert "aws_xray_sdk" not in packages
+    assert ("kafka" in packages) == (function in TALKS_TO_KAFKA)
+
+
+def test_the_layer_ships_no_xray_sdk() -> None:
+    wanted = [
+        line.split("#")[0].strip().lower()
+        for line in (ROOT / "layers" / "shared" / "requirements.txt").read_text().splitlines()
+    ]
+    assert any(w.startswith("aws-lambda-powertools==") for w in wanted)
+    assert not [w for w in wanted if "[tracer]" in w or w.startswith("aws-xray-sdk")]
