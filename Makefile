@@ -103,7 +103,7 @@ status: $(STAMP)
 
 # One table of ratios to baselines measured in the same run, also written to bench/README.md.
 # Under 10 minutes, loopback only; not part of `make test`.
-bench: $(STAMP)
+bench: $(STAMP) build
 	$(PY) bench/run.py
 
 # mutmut over the layer and the handlers, driven by the fast unit tests; under an hour, not part

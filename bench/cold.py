@@ -227,17 +227,18 @@ class ResponseCatcher:
     """Where custom resources PUT their answer (CloudFormation's presigned S3 URL, locally)."""
 
     def __init__(self) -> None:
-        answers = self.answers = []
+        answers: list[dict[str, Any]] = []
+        self.answers = answers
 
         class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:  # noqa: N802 -- http.server's naming
+            def do_PUT(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 answers.append(json.loads(body))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -319,9 +320,8 @@ def record(function: Function, endpoint: str, event: dict[str, Any], work: Path)
 
 def check_result(name: str, payload: Any) -> None:
     """A first invocation that failed would time less work than a real one."""
-    failed = (
-        (name == "order_api" and payload.get("statusCode") != 202)
-        or (name in CONSUMERS and payload and payload.get("batchItemFailures"))
+    failed = (name == "order_api" and payload.get("statusCode") != 202) or (
+        name in CONSUMERS and payload and payload.get("batchItemFailures")
     )
     if failed:
         raise RuntimeError(f"{name}'s first invocation did not succeed: {payload}")
@@ -471,7 +471,7 @@ def part(result: PartResult, quick: bool) -> None:
         }
     catcher.close()
     for name in FIRST_EVENTS:
-        breakdown, imports_kafka = profiles[name]
+        imports_kafka = profiles[name][1]
         imports = "imports kafka" if imports_kafka else "no kafka"
         if name in CONSUMERS and imports_kafka:
             imports = "IMPORTS KAFKA (a consumer must not)"

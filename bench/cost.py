@@ -90,7 +90,7 @@ def part(result: PartResult, quick: bool) -> None:
         meter.invoked(host.spec.logical_id, outcome.init_ms, outcome.invoke_ms)
         return outcome
 
-    functions.FunctionHost.invoke = metered_invoke  # type: ignore[method-assign]
+    functions.FunctionHost.invoke = metered_invoke  # type: ignore[method-assign,assignment]
     sample = json.loads(json.loads((ROOT / "events" / "api-post-order.json").read_text())["body"])
 
     def bodies(count: int, first: int) -> list[dict[str, Any]]:

@@ -50,6 +50,7 @@ PARTS: Final[dict[str, Part]] = {
     "archiver": Part("archiver", 60, "archive_batch, 10,000 x 1 KB, vs base64-decode + gzip"),
     "email": Part("emails", 60, "SES calls per 1,000 orders, bulk vs one call per order"),
     "cold": Part("cold", 180, "each function's init + first invocation vs the same I/O bare"),
+    "sizes": Part("sizes", 30, "make build's layer and functions, unzipped, vs Lambda's limit"),
     "cost": Part("cost", 150, "every billable call per order, counted on the local stack"),
     "e2e": Part("e2e", 240, "2,000 orders through the local stack: POST -> archived, -> email"),
 }
@@ -60,6 +61,8 @@ def fmt(value: float, unit: str) -> str:
         return "n/a"
     if unit == "ms":
         return f"{value:,.1f} ms" if value < 100 else f"{value:,.0f} ms"
+    if unit == "MiB":
+        return f"{value:,.1f} MiB"
     if unit == "n":  # a plain count
         return f"{value:,.0f}"
     if unit == "calls":
