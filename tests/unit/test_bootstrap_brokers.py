@@ -32,7 +32,7 @@ def msk() -> Iterator[Stubber]:
 def invoke(event: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
     with recording_http_server() as (url, received):
         event["ResponseURL"] = url
-        result = app.lambda_handler(event, LambdaContext(timeout_ms=60_000))
+        result = app.lambda_handler(event, lambda_context(timeout_ms=60_000))
     [response] = received
     return result, json.loads(response.body)
 
@@ -261,3 +261,8 @@ def test_anything_but_a_denial_fails_at_once(error: Exception) -> None:
         custom_resource.while_iam_propagates(denied, app._access_denied, slept.append, 60.0)
     assert slept == []
     assert app._access_denied(error) is False
+
+
+def lambda_context(**fields: Any) -> Any:
+    """devstack's context, which has every attribute of Powertools' LambdaContext type."""
+    return LambdaContext(**fields)
