@@ -186,11 +186,22 @@ print(took, calls)
 """
 
 
+# `make build`'s output, when there is one (make bench builds first): exactly what Lambda runs,
+# without the dev venv's extras (awscrt, pyOpenSSL) that botocore imports when present.
+BUILT: Final = ROOT / ".aws-sam" / "build"
+
+
+def built_dir() -> Path | None:
+    return BUILT if (BUILT / "template.yaml").exists() else None
+
+
 @dataclass(frozen=True)
 class Function:
     name: str  # its folder under functions/
     spec: Any  # devstack.functions.FunctionSpec
-    paths: list[str]  # as the container's: its folder, the layer, site-packages
+    paths: list[str]  # as the container's: its code, then the layer (built) or source + venv
+    libraries: list[str]  # where the bare side finds boto3 and kafka-python: the same place
+    cwd: Path
 
 
 @dataclass
@@ -212,12 +223,19 @@ def backing(state: Path) -> Iterator[Backing]:
     try:
         bootstrap, endpoint, resolver = stack.start_backing()
         site = [p for p in sys.path if p.endswith("site-packages")]
+        built = built_dir()
+        layer = next(BUILT.glob("SharedLayer*/python"), None) if built else None
         functions = {}
         for spec in load_functions(resolver).values():
             name = spec.code_dir.name
-            if name in FIRST_EVENTS:
+            if name not in FIRST_EVENTS:
+                continue
+            if built and layer:
+                code = built / spec.logical_id
+                functions[name] = Function(name, spec, [str(code), str(layer)], [str(layer)], code)
+            else:
                 paths = [str(spec.code_dir), str(LAYER_SOURCE), *site]
-                functions[name] = Function(name, spec, paths)
+                functions[name] = Function(name, spec, paths, site, spec.code_dir)
         yield Backing(stack, bootstrap, endpoint, functions)
     finally:
         stack.stop()
@@ -306,7 +324,7 @@ def record(function: Function, endpoint: str, event: dict[str, Any], work: Path)
             json.dumps(context_spec(function)),
         ],
         env=process_environment(function.spec, endpoint),
-        cwd=function.spec.code_dir,
+        cwd=function.cwd,
         capture_output=True,
         text=True,
         timeout=120,
@@ -344,7 +362,7 @@ def handler_cold(function: Function, endpoint: str, event: dict[str, Any]) -> fl
     """Init Duration + Duration of a fresh container's first invocation, in ms."""
     from devstack.functions import FunctionHost
 
-    host = FunctionHost(function.spec, endpoint)
+    host = FunctionHost(function.spec, endpoint, built_dir=built_dir())
     try:
         result = host.invoke(event)
     finally:
@@ -359,7 +377,6 @@ def bare_cold(function: Function, backing: Backing, recording: Path, uses: set[s
     """The recorded calls made bare; `uses` says which clients to import: "aws", "kafka"."""
     from devstack.functions import process_environment
 
-    site = [p for p in function.paths if p.endswith("site-packages")]
     done = subprocess.run(
         [
             sys.executable,
@@ -367,13 +384,13 @@ def bare_cold(function: Function, backing: Backing, recording: Path, uses: set[s
             "-S",
             "-c",
             BARE,
-            os.pathsep.join(site),
+            os.pathsep.join(function.libraries),
             str(recording),
             ",".join(uses),
             backing.bootstrap,
         ],
         env=process_environment(function.spec, backing.endpoint),
-        cwd=function.spec.code_dir,
+        cwd=function.cwd,
         capture_output=True,
         text=True,
         timeout=120,
@@ -406,7 +423,7 @@ def import_profile(function: Function, endpoint: str) -> tuple[str, bool]:
             function.spec.handler.rpartition(".")[0],
         ],
         env=process_environment(function.spec, endpoint),
-        cwd=function.spec.code_dir,
+        cwd=function.cwd,
         capture_output=True,
         text=True,
         timeout=60,
@@ -486,7 +503,7 @@ def part(result: PartResult, quick: bool) -> None:
     result.notes.append(
         f"cold start: median of {samples} rounds (after one discarded round that compiles .pyc "
         "files): Lambda's Init Duration + Duration of a fresh `python -I -S` container (the "
-        "function's folder, the layer and site-packages on the path, its template environment) "
+        "function's code and the layer on the path, its template environment) "
         "invoked once with its sample event against an embedded broker and moto_server, vs the "
         "same calls made bare in the same kind of interpreter (boto3 where the function called "
         "AWS, kafka-python where "
@@ -498,7 +515,12 @@ def part(result: PartResult, quick: bool) -> None:
         )
         + ". Import time by package (-X importtime self time): "
         + "; ".join(f"{name}: {profiles[name][0]}" for name in FIRST_EVENTS)
-        + ". The dev venv also holds awscrt and pyOpenSSL, which botocore imports when present "
-        "and the Lambda layer does not ship: absolute times here run higher than in Lambda, for "
-        "functions and baseline alike."
+        + (
+            ". Code and libraries from `make build` (.aws-sam/build), as Lambda runs them; the "
+            "bare side imports boto3 and kafka-python from the same built layer."
+            if built_dir()
+            else ". No `make build` output: code from the source tree and libraries from the "
+            "dev venv, which also holds awscrt and pyOpenSSL (botocore imports them when present, "
+            "the Lambda layer does not ship them), so absolute times run higher than in Lambda."
+        )
     )

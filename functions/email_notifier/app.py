@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -266,13 +266,19 @@ class SesMailer:
 
 
 class S3DeadLetters:
-    def __init__(self, client: S3Client, bucket: str) -> None:
-        self.client = client
+    """Where poison records go. Most containers never write one, so the S3 client (some 30 ms
+    of a cold start) is made for the first letter, not for the first invocation."""
+
+    def __init__(self, connect: Callable[[], S3Client], bucket: str) -> None:
+        self._connect = connect
+        self._client: S3Client | None = None
         self.bucket = bucket
 
     def put(self, letter: DeadLetter) -> None:
+        if self._client is None:
+            self._client = self._connect()
         try:
-            self.client.put_object(
+            self._client.put_object(
                 Bucket=self.bucket,
                 Key=letter.key,
                 Body=letter.body,
@@ -300,8 +306,11 @@ def notifier() -> Notifier:
         raise settings.ConfigurationError(
             f"{settings.EMAIL_REDIRECT_TO}={redirect_to!r} is not an e-mail address"
         )
+    # One boto3 session for every client: a session of its own (Powertools' default) would
+    # read botocore's endpoint and service data a second time at each cold start.
     persistence = DynamoDBPersistenceLayer(
-        table_name=settings.required(settings.IDEMPOTENCY_TABLE), boto_config=DYNAMODB_CONFIG
+        table_name=settings.required(settings.IDEMPOTENCY_TABLE),
+        boto3_client=boto3.client("dynamodb", config=DYNAMODB_CONFIG),
     )
     return Notifier(
         ledger=IdempotencyLedger(persistence, ledger_config(), claim_hold_ms()),
@@ -311,7 +320,8 @@ def notifier() -> Notifier:
             template=settings.required(settings.EMAIL_TEMPLATE),
         ),
         dead_letters=S3DeadLetters(
-            boto3.client("s3", config=S3_CONFIG), settings.required(settings.DEAD_LETTER_BUCKET)
+            lambda: boto3.client("s3", config=S3_CONFIG),
+            settings.required(settings.DEAD_LETTER_BUCKET),
         ),
         redirect_to=redirect_to,
         item_keys=settings.partial_batch_item_keys(),

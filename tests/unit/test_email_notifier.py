@@ -377,10 +377,35 @@ def test_a_dead_letter_put_that_fails_names_its_key_and_the_error(
     [record] = [r for r in ConsumerRecords(event, ORDER_EVENTS).records if r.offset == 241]
     letter = dead_letter(record, reason="test", consumer="email-notifier")
     with pytest.raises(DeadLetterError) as failed:
-        notifier.S3DeadLetters(s3, BUCKET).put(letter)
+        notifier.S3DeadLetters(lambda: s3, BUCKET).put(letter)
     assert str(failed.value).startswith(
         f"PutObject {letter.key} failed: An error occurred (NoSuchBucket)"
     )
+
+
+def test_the_dead_letter_client_is_made_for_the_first_letter_and_kept(
+    notifier: ModuleType, s3: Any
+) -> None:
+    """A cold start that meets no poison record pays for no S3 client."""
+    from aws_lambda_powertools.utilities.kafka import ConsumerRecords
+
+    from orderstream.dead_letter import dead_letter
+    from orderstream.events import ORDER_EVENTS
+
+    connected: list[Any] = []
+
+    def connect() -> Any:
+        connected.append(s3)
+        return s3
+
+    letters = notifier.S3DeadLetters(connect, BUCKET)
+    assert connected == []
+    event = load_event("msk-poison.json")
+    for record in ConsumerRecords(event, ORDER_EVENTS).records:
+        letters.put(dead_letter(record, reason="test", consumer="email-notifier"))
+    assert len(connected) == 1
+    stored = s3.list_objects_v2(Bucket=BUCKET, Prefix="dead-letters/")["KeyCount"]
+    assert stored == len(list(ConsumerRecords(event, ORDER_EVENTS).records)) > 1
 
 
 @pytest.mark.parametrize("keys", ["partition", "topic-partition"])
