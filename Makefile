@@ -85,8 +85,10 @@ pytest: $(STAMP) $(CHECKOV_STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests/unit
 
+# Then bytecode that stays valid in Lambda's read-only folders (scripts/bytecode.py says why).
 build: $(STAMP)
 	sam build --cached --parallel
+	$(PY) scripts/bytecode.py .aws-sam/build
 
 schemas: $(STAMP)
 	$(PY) -m devstack schemas

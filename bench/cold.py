@@ -195,6 +195,10 @@ def built_dir() -> Path | None:
     return BUILT if (BUILT / "template.yaml").exists() else None
 
 
+# As in Lambda's read-only folders: only the bytecode the build shipped is used.
+NO_BYTECODE_WRITES: Final = ["-B"] if built_dir() else []
+
+
 @dataclass(frozen=True)
 class Function:
     name: str  # its folder under functions/
@@ -315,6 +319,7 @@ def record(function: Function, endpoint: str, event: dict[str, Any], work: Path)
             sys.executable,
             "-I",
             "-S",
+            *NO_BYTECODE_WRITES,
             "-c",
             RECORD,
             os.pathsep.join([*function.paths, str(ROOT)]),
@@ -382,6 +387,7 @@ def bare_cold(function: Function, backing: Backing, recording: Path, uses: set[s
             sys.executable,
             "-I",
             "-S",
+            *NO_BYTECODE_WRITES,
             "-c",
             BARE,
             os.pathsep.join(function.libraries),
@@ -415,6 +421,7 @@ def import_profile(function: Function, endpoint: str) -> tuple[str, bool]:
             sys.executable,
             "-I",
             "-S",
+            *NO_BYTECODE_WRITES,
             "-X",
             "importtime",
             "-c",
@@ -475,7 +482,7 @@ def part(result: PartResult, quick: bool) -> None:
                         took = handler_cold(function, measured.endpoint, event)
                     else:
                         took = bare_cold(function, measured, recording, uses[name])
-                    if round_:  # the first round compiles .pyc files and warms the file cache
+                    if round_:  # the first round warms the file cache
                         (handler_ms if side == "handler" else bare_ms)[name].append(took)
                 if name == "topic_provisioner":
                     answers = [a["Status"] for a in catcher.answers]
@@ -501,8 +508,8 @@ def part(result: PartResult, quick: bool) -> None:
             )
         )
     result.notes.append(
-        f"cold start: median of {samples} rounds (after one discarded round that compiles .pyc "
-        "files): Lambda's Init Duration + Duration of a fresh `python -I -S` container (the "
+        f"cold start: median of {samples} rounds (after one discarded round that warms the file "
+        "cache): Lambda's Init Duration + Duration of a fresh `python -I -S` container (the "
         "function's code and the layer on the path, its template environment) "
         "invoked once with its sample event against an embedded broker and moto_server, vs the "
         "same calls made bare in the same kind of interpreter (boto3 where the function called "

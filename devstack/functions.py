@@ -150,6 +150,9 @@ class FunctionHost:
                 sys.executable,
                 "-I",
                 "-S",
+                # A built function runs as in Lambda, whose folders are read-only: no bytecode
+                # is written, so only what the build shipped is used (scripts/bytecode.py).
+                *(["-B"] if self.built_dir is not None else []),
                 str(HOST_SCRIPT),
                 str(write_fd),
                 *self._paths(),

@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 import uuid
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Final, Self
 
-from email_validator import EmailNotValidError, validate_email
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -122,16 +121,52 @@ Currency = Annotated[
 class StrictModel(BaseModel):
     """Unknown fields are errors, and models are immutable once validated."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, str_strip_whitespace=False, defer_build=True
+    )
 
 
 MAX_EMAIL = 254
+# The common address, which email_validator takes as it is: a dot-atom of lower-case letters,
+# digits and `_+-`; a domain of two or more labels of letters and digits joined by single
+# hyphens (so no Punycode and no "ab--" label), lower case, ending in a letter.
+PLAIN_ADDRESS: Final = r"^[a-z0-9_+-]+(?:\.[a-z0-9_+-]+)*@(?:[a-z0-9]+(?:-[a-z0-9]+)*\.)+[a-z]+$"
+_PLAIN_ADDRESS = re.compile(PLAIN_ADDRESS)
+# email_validator's limits (RFC 5321): local part, domain, one label.
+_LOCAL_MAX: Final = 64
+_DOMAIN_MAX: Final = 253
+_LABEL_MAX: Final = 63
+# email_validator's SPECIAL_USE_DOMAIN_NAMES, all top-level labels. Written out rather than
+# imported: importing email_validator compiles its Unicode patterns (some 20 ms of a cold
+# start), which a plain address never needs. tests/unit/test_plain_events.py holds this set to
+# be a superset of the library's, so an upgrade that adds a name fails there.
+_SPECIAL_USE_TLDS: Final = frozenset({"arpa", "invalid", "local", "localhost", "onion", "test"})
+
+
+def plain_address(text: str) -> bool:
+    """True only for an address email_validator accepts and gives back unchanged as its
+    ASCII form (tests/unit/test_plain_events.py checks thousands against it)."""
+    if len(text) > MAX_EMAIL or not _PLAIN_ADDRESS.match(text):
+        return False
+    local, _, domain = text.partition("@")
+    return (
+        len(local) <= _LOCAL_MAX
+        and len(domain) <= _DOMAIN_MAX
+        and all(len(label) <= _LABEL_MAX for label in domain.split("."))
+        and domain.rpartition(".")[2] not in _SPECIAL_USE_TLDS
+    )
 
 
 def _sendable_address(text: str) -> str:
     """The address as SES takes it: 7-bit ASCII, an internationalised domain in its ASCII
     (Punycode) form. A non-ASCII local part cannot be sent without SMTPUTF8, which SES lacks:
     it is refused here, at the API, rather than by SES for the whole bulk call later."""
+    if plain_address(text):
+        return text
+    # Imported on first use: it compiles large Unicode patterns, which a function that only
+    # meets plain addresses never needs at its cold start.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         address = validate_email(text, check_deliverability=False, allow_smtputf8=False)
     except EmailNotValidError as exc:
