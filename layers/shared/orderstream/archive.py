@@ -588,16 +588,6 @@ def _finite_float(text: str) -> float:
     return number
 
 
-def _headers(
-    original: Sequence[Mapping[str, Sequence[int] | None]],
-) -> list[dict[str, str | None]]:
-    # A list, not a map: Kafka headers are ordered and a name may repeat.
-    return [
-        {"name": name, "value": text, "encoding": encoding}
-        for name, text, encoding in _header_fields(original)
-    ]
-
-
 def _header_fields(
     original: Sequence[Mapping[str, Sequence[int] | None]],
 ) -> Iterator[tuple[str, str | None, Encoding | None]]:
