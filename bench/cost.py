@@ -2,9 +2,10 @@
 
 Orders are POSTed to the local stack; every AWS request the functions make is seen by the stack's
 AWS proxy (a fault that never fires, only counts), every Lambda invocation with its Init Duration
-and Duration by a wrapper on the function host, and the Kafka bytes are read back from the archive
-(each record's key, value and headers). docs/capacity.md turns these counts into money with AWS's
-prices. Rows are per order: the baseline is the order count, so the ratio is the count per order.
+and Duration by a wrapper on the function host, the Kafka bytes are read back from the archive
+(each record's key, value and headers), and the log bytes are what the functions wrote.
+docs/capacity.md turns these counts into money with AWS's prices. Rows are per order: the
+baseline is the order count, so the ratio is the count per order.
 
     .venv/bin/python bench/run.py --parts cost
 """
@@ -137,6 +138,8 @@ def part(result: PartResult, quick: bool) -> None:
                 raise RuntimeError("the warm-up orders were not archived and emailed")
             time.sleep(BATCHING_WINDOW_S * 2)  # the last warm-up invocations have ended
             progress(f"cost: {orders} orders, every billable call counted")
+            logs = Path(state) / "logs"
+            log_bytes = -sum(f.stat().st_size for f in logs.glob("*.log"))
             meter.on = True
             before = {m.spec.function: m.totals.delivered for m in stack.mappings}
             posted = post_all(url, bodies(orders, WARMUP))
@@ -144,6 +147,7 @@ def part(result: PartResult, quick: bool) -> None:
             drained = drain(accepted)
             time.sleep(BATCHING_WINDOW_S * 2)
             meter.on = False
+            log_bytes += sum(f.stat().st_size for f in logs.glob("*.log"))
             kafka_bytes = record_bytes(info.aws_endpoint, info.buckets["ArchiveBucket"], accepted)
             memory = {s.logical_id: s.memory_mb for s in stack.functions.values()}
             deliveries = {
@@ -170,6 +174,7 @@ def part(result: PartResult, quick: bool) -> None:
         ("S3 requests", sum(s3_requests.values())),
         ("S3 bytes put", calls["S3 bytes put"]),
         ("Kafka record bytes in (key, value, headers)", kafka_bytes),
+        ("function log bytes (CloudWatch Logs ingestion)", log_bytes),
     ]
     for what, count in rows:
         result.rows.append(Row(f"cost: {what} per order", count, n, "n"))
