@@ -51,7 +51,7 @@ PARTS: Final[dict[str, Part]] = {
     "email": Part("emails", 60, "SES calls per 1,000 orders, bulk vs one call per order"),
     "cold": Part("cold", 180, "each function's init + first invocation vs the same I/O bare"),
     "sizes": Part("sizes", 30, "make build's layer and functions, unzipped, vs Lambda's limit"),
-    "cost": Part("cost", 150, "every billable call per order, counted on the local stack"),
+    "cost": Part("cost", 200, "every billable call per order, counted on the local stack"),
     "e2e": Part("e2e", 240, "2,000 orders through the local stack: POST -> archived, -> email"),
 }
 
