@@ -258,6 +258,40 @@ def test_the_special_use_names_cover_email_validators() -> None:
     assert set(SPECIAL_USE_DOMAIN_NAMES) <= models._SPECIAL_USE_TLDS
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "ada@example.com\n",
+        "ada@example.com\r\n",
+        "\nada@example.com",
+        "ada@example.com ",
+        "Ada@example.com",
+        "ada@Example.com",
+        "ada..b@example.com",
+        ".ada@example.com",
+        "ada.@example.com",
+        "ada@-example.com",
+        "ada@example-.com",
+        "ada@ex--ample.com",
+        "ada@xn--bcher-kva.com",
+        "ada@example.c0m",
+        "ada@example.test",
+        "ada@localhost",
+        "ada@example",
+        "a" * 65 + "@example.com",
+        "ada@" + "a" * 64 + ".com",
+    ],
+)
+def test_an_address_near_the_edge_is_not_plain(address: str) -> None:
+    assert not models.plain_address(address)
+
+
+def test_a_newline_after_an_address_is_refused_as_before() -> None:
+    """email_validator refuses it; a `$` that matched before the newline once let it through."""
+    with pytest.raises(ValueError, match="valid email address"):
+        models.Customer(id="c-1", email="ada@example.com\n", name="Ada")
+
+
 def random_addresses(count: int, seed: int) -> Iterator[str]:
     """Addresses near the edge of what email_validator takes: dots, hyphens, case, length,
     special-use and numeric top-level domains, Punycode-like labels."""

@@ -146,7 +146,8 @@ _SPECIAL_USE_TLDS: Final = frozenset({"arpa", "invalid", "local", "localhost", "
 def plain_address(text: str) -> bool:
     """True only for an address email_validator accepts and gives back unchanged as its
     ASCII form (tests/unit/test_plain_events.py checks thousands against it)."""
-    if len(text) > MAX_EMAIL or not _PLAIN_ADDRESS.match(text):
+    # fullmatch: a Python `$` also matches before a final newline, which Rust's does not.
+    if len(text) > MAX_EMAIL or not _PLAIN_ADDRESS.fullmatch(text):
         return False
     local, _, domain = text.partition("@")
     return (
