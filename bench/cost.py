@@ -252,11 +252,10 @@ def record_bytes(endpoint: str, bucket: str, ids: set[str]) -> int:
         for item in page.get("Contents", []):
             body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
             for line in read_lines(body):
-                record = lambda_record(line)
-                value = _b64len(record.get("value"))
                 if not any(i.encode() in line for i in ids):
                     continue
-                total += value + _b64len(record.get("key"))
+                record = lambda_record(line)
+                total += _b64len(record.get("value")) + _b64len(record.get("key"))
                 for header in record["headers"]:
                     for name, octets in header.items():
                         total += len(name.encode()) + len(octets or [])

@@ -68,3 +68,29 @@ def test_the_template_names_the_runtime_the_venv_runs() -> None:
 
 def test_a_missing_folder_is_a_usage_error(tmp_path: Path) -> None:
     assert bytecode.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_library_file_that_does_not_compile_is_left_as_pip_leaves_it(tmp_path: Path) -> None:
+    build = build_tree(tmp_path, this_runtime())
+    broken = build / "Layer" / "python" / "pkg" / "py2_example.py"
+    broken.write_text("print 'hello'\n")
+    (build / "Layer").rename(build / "SharedLayer")  # as sam build names the layer's folder
+    layer = build / "SharedLayer" / "python"
+    assert bytecode.main([str(build)]) == 0
+    assert Path(importlib.util.cache_from_source(str(layer / "pkg" / "mod.py"))).exists()
+    assert not Path(
+        importlib.util.cache_from_source(str(layer / "pkg" / "py2_example.py"))
+    ).exists()
+
+
+def test_our_own_code_that_does_not_compile_fails_the_build(tmp_path: Path) -> None:
+    build = build_tree(tmp_path, this_runtime())
+    (build / "Fn" / "app.py").write_text("def broken(:\n")
+    assert bytecode.main([str(build)]) == 1
+
+
+def test_two_runtimes_in_one_template_are_refused(tmp_path: Path) -> None:
+    template = tmp_path / "template.yaml"
+    template.write_text("A:\n    Runtime: python3.13\nB:\n    Runtime: python3.12\n")
+    with pytest.raises(ValueError, match="not one python Runtime"):
+        bytecode.runtime_version(template)

@@ -223,6 +223,21 @@ def mutations() -> Iterator[tuple[str, str]]:
     yield "pretty", json.dumps(parsed, indent=2)
     yield "spaces", json.dumps(parsed)
     yield "space before a colon", base.replace('"currency":', '"currency" :', 1)
+    # A repeated key whose colon is spaced must not hide from the key count.
+    for space in [" ", "\t", "\n", "\r", "  \n "]:
+        yield (
+            f"repeated key, {space!r} before one colon",
+            base.replace(
+                '"correlation_id":"req-0000"',
+                f'"correlation_id":"x","correlation_id"{space}:"req-0000"',
+                1,
+            ),
+        )
+        yield (
+            f"repeated key in an item, {space!r} before its colon",
+            base.replace('"sku":"SKU-1"', f'"sku":"X","sku"{space}:"SKU-1"', 1),
+        )
+    yield "a value opening with a colon", base.replace("Ada Lovelace", ": Ada", 1)
     yield "BOM", "\ufeff" + base
     yield "trailing garbage", base + "x"
     yield "trailing comma", base[:-1] + ",}"

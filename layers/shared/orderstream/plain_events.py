@@ -17,6 +17,7 @@ stays the model's. `plain_event(payload)` is the same for a decoded event, and b
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -104,6 +105,7 @@ _KEYS_BESIDE_ITEMS: Final = (
     len(_Event.__annotations__) + len(_Order.__annotations__) + len(_Customer.__annotations__)
 )
 _KEYS_PER_ITEM: Final = len(_Item.__annotations__)
+_KEY_END: Final = re.compile(r'"[ \t\n\r]*:')
 
 
 def plainly_valid(text: str) -> bool:
@@ -115,9 +117,11 @@ def plainly_valid(text: str) -> bool:
     except ValidationError:
         return False
     # Every object had its keys and no others; a repeated key (the last would win) would show
-    # as one key too many.
+    # as one key too many. Without escapes every quote is a string's edge, and only a key's
+    # closing quote is followed by a colon (JSON whitespace between them counted too); a
+    # string value that opens with a colon is miscounted the safe way, as one key too many.
     keys = _KEYS_BESIDE_ITEMS + _KEYS_PER_ITEM * len(event["order"]["items"])
-    return text.count('":') == keys and _rest_holds(event)
+    return len(_KEY_END.findall(text)) == keys and _rest_holds(event)
 
 
 def plain_event(payload: object) -> OrderPlaced | None:
