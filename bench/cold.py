@@ -31,7 +31,7 @@ import tempfile
 import threading
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -315,30 +315,19 @@ def context_spec(function: Function) -> dict[str, Any]:
 
 def record(function: Function, endpoint: str, event: dict[str, Any], work: Path) -> Path:
     """Run the handler once with hooks on its I/O; the file holds the calls it made."""
-    from devstack.functions import process_environment
-
     event_file, out = work / f"{function.name}-event.json", work / f"{function.name}.calls"
     event_file.write_text(json.dumps(event))
-    done = subprocess.run(
+    done = in_fresh_interpreter(
+        function,
+        endpoint,
+        RECORD,
         [
-            sys.executable,
-            "-I",
-            "-S",
-            *NO_BYTECODE_WRITES,
-            "-c",
-            RECORD,
             os.pathsep.join([*function.paths, str(ROOT)]),
             str(out),
             function.spec.handler.rpartition(".")[0],
             str(event_file),
             json.dumps(context_spec(function)),
         ],
-        env=process_environment(function.spec, endpoint),
-        cwd=function.cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"recording {function.name} failed: {done.stderr[-3000:]}")
@@ -385,27 +374,16 @@ def handler_cold(function: Function, endpoint: str, event: dict[str, Any]) -> fl
 
 def bare_cold(function: Function, backing: Backing, recording: Path, uses: set[str]) -> float:
     """The recorded calls made bare; `uses` says which clients to import: "aws", "kafka"."""
-    from devstack.functions import process_environment
-
-    done = subprocess.run(
+    done = in_fresh_interpreter(
+        function,
+        backing.endpoint,
+        BARE,
         [
-            sys.executable,
-            "-I",
-            "-S",
-            *NO_BYTECODE_WRITES,
-            "-c",
-            BARE,
             os.pathsep.join(function.libraries),
             str(recording),
             ",".join(uses),
             backing.bootstrap,
         ],
-        env=process_environment(function.spec, backing.endpoint),
-        cwd=function.cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
     )
     if done.returncode != 0:
         raise RuntimeError(f"the bare I/O of {function.name} failed: {done.stderr[-3000:]}")
@@ -418,33 +396,42 @@ def bare_cold(function: Function, backing: Backing, recording: Path, uses: set[s
 def import_profile(function: Function, endpoint: str) -> tuple[str, bool]:
     """Where the handler module's import time goes, by top-level package (-X importtime self
     times, which never overlap), and whether it imported kafka-python."""
-    from devstack.functions import process_environment
-
     script = (
         "import sys; sys.path[:0] = sys.argv[1].split(':'); __import__(sys.argv[2]); "
         "print(int('kafka' in sys.modules))"
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-S",
-            *NO_BYTECODE_WRITES,
-            "-X",
-            "importtime",
-            "-c",
-            script,
-            os.pathsep.join(function.paths),
-            function.spec.handler.rpartition(".")[0],
-        ],
+    done = in_fresh_interpreter(
+        function,
+        endpoint,
+        script,
+        [os.pathsep.join(function.paths), function.spec.handler.rpartition(".")[0]],
+        flags=["-X", "importtime"],
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"importing {function.name} failed: {done.stderr[-3000:]}")
+    return import_breakdown(done.stderr), done.stdout.strip() == "1"
+
+
+def in_fresh_interpreter(
+    function: Function,
+    endpoint: str,
+    script: str,
+    args: list[str],
+    flags: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """`script` in a `python -I -S` with the function's environment and folder, as its
+    container runs."""
+    from devstack.functions import process_environment
+
+    return subprocess.run(
+        [sys.executable, "-I", "-S", *NO_BYTECODE_WRITES, *flags, "-c", script, *args],
         env=process_environment(function.spec, endpoint),
         cwd=function.cwd,
         capture_output=True,
         text=True,
-        timeout=60,
-        check=True,
+        timeout=120,
+        check=False,
     )
-    return import_breakdown(done.stderr), done.stdout.strip() == "1"
 
 
 def import_breakdown(stderr: str, top: int = 5) -> str:
