@@ -33,7 +33,7 @@ class Sent:
 
 
 def request(name: str = "cfn-topics-create.json") -> CustomResourceRequest:
-    return CustomResourceRequest.model_validate(load_event(name))
+    return CustomResourceRequest.from_event(load_event(name))
 
 
 def test_success_reports_data_and_the_physical_id() -> None:
@@ -117,9 +117,45 @@ def test_put_response_over_real_http() -> None:
 
 def test_unparseable_requests_are_refused() -> None:
     with pytest.raises(ValueError, match="RequestType"):
-        CustomResourceRequest.model_validate(
+        CustomResourceRequest.from_event(
             {**load_event("cfn-topics-create.json"), "RequestType": "Upsert"}
         )
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"RequestType": None}, "RequestType must be one of"),
+        ({"ResponseURL": None}, "ResponseURL must be a string, not None"),
+        ({"StackId": 7}, "StackId must be a string, not 7"),
+        ({"RequestId": ["r"]}, "RequestId must be a string"),
+        ({"LogicalResourceId": None}, "LogicalResourceId must be a string"),
+        ({"PhysicalResourceId": 5}, "PhysicalResourceId must be a string, not 5"),
+        ({"ResourceProperties": "x"}, "ResourceProperties must be an object, not 'x'"),
+        ({"OldResourceProperties": []}, "OldResourceProperties must be an object, not \\[\\]"),
+    ],
+)
+def test_each_field_is_checked_and_named(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CustomResourceRequest.from_event({**load_event("cfn-topics-create.json"), **change})
+
+
+def test_a_create_reads_as_cloudformation_wrote_it() -> None:
+    event = load_event("cfn-topics-create.json")
+    parsed = CustomResourceRequest.from_event(event)
+    assert parsed.request_type == "Create"
+    assert parsed.response_url == event["ResponseURL"]
+    assert parsed.stack_id == event["StackId"]
+    assert parsed.request_id == event["RequestId"]
+    assert parsed.logical_resource_id == event["LogicalResourceId"]
+    assert parsed.physical_resource_id is None
+    assert parsed.properties == event["ResourceProperties"]
+    assert parsed.old_properties is None
+    bare = {k: v for k, v in event.items() if k != "ResourceProperties"}
+    assert CustomResourceRequest.from_event(bare).properties == {}
+    delete = CustomResourceRequest.from_event(load_event("cfn-topics-delete.json"))
+    assert delete.request_type == "Delete"
+    assert delete.physical_resource_id == load_event("cfn-topics-delete.json")["PhysicalResourceId"]
 
 
 def test_a_policy_not_yet_in_force_is_waited_for_a_minute_at_most() -> None:

@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TALKS_TO_KAFKA = {"order_api", "topic_provisioner"}
+CUSTOM_RESOURCES = {"topic_provisioner", "bootstrap_brokers"}
 FUNCTIONS = sorted(p.parent.name for p in (ROOT / "functions").glob("*/app.py"))
 
 
@@ -40,6 +41,8 @@ def test_a_handler_imports_no_xray_sdk_and_kafka_only_if_it_talks_to_kafka(funct
     assert "aws_lambda_powertools" in packages  # the probe saw the handler's imports
     assert "aws_xray_sdk" not in packages
     assert ("kafka" in packages) == (function in TALKS_TO_KAFKA)
+    # pydantic is for the functions that read orders; the custom resources read eight keys.
+    assert ("pydantic" in packages) == (function not in CUSTOM_RESOURCES)
 
 
 def test_the_layer_ships_no_xray_sdk() -> None:

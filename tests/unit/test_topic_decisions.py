@@ -76,7 +76,7 @@ def request(
     if physical_id is not None:
         event["PhysicalResourceId"] = physical_id
     event["ResourceProperties"] |= {"ConsumerGroups": GROUPS, **props}
-    return CustomResourceRequest.model_validate(event)
+    return CustomResourceRequest.from_event(event)
 
 
 def test_physical_ids_name_the_cluster_and_the_topic() -> None:
@@ -274,5 +274,5 @@ def test_without_consumer_groups_no_group_can_be_behind_so_a_found_topic_is_adop
     cluster["admin"] = ClusterAdmin({"order-placed": 2}, unread=5)
     event = copy.deepcopy(load_event("cfn-topics-create.json"))
     event["ResourceProperties"].pop("ConsumerGroups", None)
-    answer = app.provision(CustomResourceRequest.model_validate(event))
+    answer = app.provision(CustomResourceRequest.from_event(event))
     assert answer.physical_resource_id == ADOPTED_ID

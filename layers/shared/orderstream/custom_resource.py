@@ -15,9 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any, Final, Literal
 
 logger = logging.getLogger(__name__)
 
@@ -49,17 +47,58 @@ def while_iam_propagates[T](
             waited, delay = waited + delay, min(delay * 2, 10.0)
 
 
-class CustomResourceRequest(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+RequestType = Literal["Create", "Update", "Delete"]
+_REQUEST_TYPES: Final = ("Create", "Update", "Delete")
 
-    request_type: Literal["Create", "Update", "Delete"] = Field(alias="RequestType")
-    response_url: str = Field(alias="ResponseURL")
-    stack_id: str = Field(alias="StackId")
-    request_id: str = Field(alias="RequestId")
-    logical_resource_id: str = Field(alias="LogicalResourceId")
-    physical_resource_id: str | None = Field(default=None, alias="PhysicalResourceId")
-    properties: dict[str, Any] = Field(default_factory=dict, alias="ResourceProperties")
-    old_properties: dict[str, Any] | None = Field(default=None, alias="OldResourceProperties")
+
+@dataclass(frozen=True, slots=True)
+class CustomResourceRequest:
+    """The fields of CloudFormation's custom-resource request that the functions use.
+
+    Read by hand rather than by a pydantic model: pydantic's import was a fifth of the topic
+    provisioner's cold start, and these are eight keys of a document CloudFormation writes."""
+
+    request_type: RequestType
+    response_url: str
+    stack_id: str
+    request_id: str
+    logical_resource_id: str
+    physical_resource_id: str | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    old_properties: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_event(cls, event: Mapping[str, Any]) -> CustomResourceRequest:
+        """The request in `event`; ValueError naming the first field that is missing or wrong."""
+        request_type = event.get("RequestType")
+        if request_type not in _REQUEST_TYPES:
+            raise ValueError(f"RequestType must be one of {_REQUEST_TYPES}, not {request_type!r}")
+        return cls(
+            request_type=request_type,
+            response_url=_text(event, "ResponseURL"),
+            stack_id=_text(event, "StackId"),
+            request_id=_text(event, "RequestId"),
+            logical_resource_id=_text(event, "LogicalResourceId"),
+            physical_resource_id=_text(event, "PhysicalResourceId", required=False),
+            properties=_object(event, "ResourceProperties") or {},
+            old_properties=_object(event, "OldResourceProperties"),
+        )
+
+
+def _text(event: Mapping[str, Any], name: str, *, required: bool = True) -> Any:
+    value = event.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, not {value!r}"[:200])
+    return value
+
+
+def _object(event: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    value = event.get(name)
+    if value is not None and not isinstance(value, Mapping):
+        raise ValueError(f"{name} must be an object, not {value!r}"[:200])
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +203,6 @@ def respond(
 ) -> dict[str, str]:
     """A custom-resource handler's whole body: parse the request, name it in the logs
     (`log_keys`, say a Powertools logger's `append_keys`), run `work` and answer once."""
-    request = CustomResourceRequest.model_validate(event)
+    request = CustomResourceRequest.from_event(event)
     log_keys(request_type=request.request_type, stack_request_id=request.request_id)
     return {"Status": answer(request, work, remaining_ms)}
