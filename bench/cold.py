@@ -89,22 +89,21 @@ def api_call(self, operation, params):
     return recorded(entry, lambda: real_api_call(self, operation, params))
 BaseClient._make_api_call = api_call
 
-real_producer_init = KafkaProducer.__init__
-def producer_init(self, **configs):
-    log.append({"kind": "producer", "configs": portable(configs)})
-    real_producer_init(self, **configs)
-KafkaProducer.__init__ = producer_init
+def record_clients(cls, kind):
+    real_init = cls.__init__
+    def init(self, **configs):
+        log.append({"kind": kind, "configs": portable(configs)})
+        real_init(self, **configs)
+    cls.__init__ = init
+record_clients(KafkaProducer, "producer")
+record_clients(KafkaAdminClient, "admin")
+
 real_send = KafkaProducer.send
 def send(self, topic, *args, **kwargs):
     entry = {"kind": "send", "topic": topic, "args": args, "kwargs": kwargs}
     return recorded(entry, lambda: real_send(self, topic, *args, **kwargs))
 KafkaProducer.send = send
 
-real_admin_init = KafkaAdminClient.__init__
-def admin_init(self, **configs):
-    log.append({"kind": "admin", "configs": portable(configs)})
-    real_admin_init(self, **configs)
-KafkaAdminClient.__init__ = admin_init
 depth = [0]
 def admin_method(name, real):
     def method(self, *args, **kwargs):
