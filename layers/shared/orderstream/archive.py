@@ -221,10 +221,10 @@ def archive_batch(
     for record in records:
         line = archive_line(record)
         topic, timestamp = record.topic, record.timestamp
-        prefix = prefixes.get((topic, timestamp // _HOUR_MS))
+        clock_hour = (topic, timestamp // _HOUR_MS)
+        prefix = prefixes.get(clock_hour)
         if prefix is None:
-            prefix = hour_prefix(topic, years.hour_of(timestamp))
-            prefixes[topic, timestamp // _HOUR_MS] = prefix
+            prefix = prefixes[clock_hour] = hour_prefix(topic, years.hour_of(timestamp))
         key = _object_name(prefix, topic, record.partition, record.offset)
         pending = objects.get(key)
         if pending is None:

@@ -15,7 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, cast, get_args
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def while_iam_propagates[T](
 
 
 RequestType = Literal["Create", "Update", "Delete"]
-_REQUEST_TYPES: Final = ("Create", "Update", "Delete")
+_REQUEST_TYPES: Final = get_args(RequestType)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class CustomResourceRequest:
         if request_type not in _REQUEST_TYPES:
             raise ValueError(f"RequestType must be one of {_REQUEST_TYPES}, not {request_type!r}")
         return cls(
-            request_type=request_type,
+            request_type=cast(RequestType, request_type),
             response_url=_text(event, "ResponseURL"),
             stack_id=_text(event, "StackId"),
             request_id=_text(event, "RequestId"),

@@ -101,6 +101,7 @@ UnitPrice = Annotated[
 
 
 Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_control_characters)]
+Quantity = Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 CustomerId = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -194,7 +195,7 @@ class Customer(StrictModel):
 class LineItem(StrictModel):
     sku: Sku
     name: Name
-    quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
+    quantity: Quantity
     unit_price: UnitPrice
 
     @property

@@ -26,15 +26,17 @@ from typing import Annotated, Final, Literal, TypedDict
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 
 from orderstream.currencies import ISO_4217
-from orderstream.events import SCHEMA_VERSION, OrderPlaced
+from orderstream.events import SCHEMA_VERSION, CorrelationId, OrderPlaced
 from orderstream.models import (
     MAX_EMAIL,
     MAX_ITEMS,
-    MAX_QUANTITY,
     PLAIN_ADDRESS,
     Customer,
+    CustomerId,
     LineItem,
     Order,
+    Quantity,
+    Sku,
     plain_address,
 )
 
@@ -56,26 +58,22 @@ _UTC_STAMP = Annotated[
     ),
 ]
 _CLOSED = ConfigDict(extra="forbid")
+# The model's own constrained types where they hold no Python validator, made strict.
+_STRICT: Final = Field(strict=True)
 
 
 @with_config(_CLOSED)
 class _Customer(TypedDict):
-    id: Annotated[
-        str,
-        Field(strict=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"),
-    ]
+    id: Annotated[CustomerId, _STRICT]
     email: _EMAIL
     name: _NAME
 
 
 @with_config(_CLOSED)
 class _Item(TypedDict):
-    sku: Annotated[
-        str,
-        Field(strict=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
-    ]
+    sku: Annotated[Sku, _STRICT]
     name: _NAME
-    quantity: Annotated[int, Field(strict=True, ge=1, le=MAX_QUANTITY)]
+    quantity: Quantity
     unit_price: _UNIT_PRICE
 
 
@@ -94,9 +92,7 @@ class _Event(TypedDict):
     event_type: Literal["order-placed"]  # events.EVENT_TYPE (the tests hold them equal)
     schema_version: Annotated[int, Field(strict=True, ge=SCHEMA_VERSION, le=SCHEMA_VERSION)]
     occurred_at: _UTC_STAMP
-    correlation_id: Annotated[
-        str, Field(strict=True, min_length=1, max_length=128, pattern=r"^[\x21-\x7e]+$")
-    ]
+    correlation_id: Annotated[CorrelationId, _STRICT]
     order: _Order
 
 
