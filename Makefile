@@ -76,9 +76,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# pytest exits 5 when it collected nothing: that is a failure here, never a pass.
+# pytest exits 5 when it collected nothing: that is a failure here, never a pass. The console's
+# browser test drives the system's Chromium: scripts/find-chromium finds it, or installs
+# Debian's package (never a browser download, which fails offline).
 pytest: $(STAMP) $(CHECKOV_STAMP)
-	$(PY) -m pytest
+	CHROMIUM="$$(scripts/find-chromium)" $(PY) -m pytest
 
 # The inner loop: the fast tests only (no broker, no stack, no template tools, nothing marked
 # slow), under a minute; `make test` runs them all.

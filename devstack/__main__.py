@@ -99,6 +99,7 @@ def run_stack(built: Path | None) -> int:
             aws_port=ports["AWS_PORT"],
             api_port=ports["API_PORT"],
             lambda_port=ports["LAMBDA_PORT"],
+            console_port=ports["CONSOLE_PORT"],
             external_bootstrap=os.environ.get(settings.KAFKA_BOOTSTRAP_SERVERS) or None,
             built_dir=built_dir(built),
             log=say,

@@ -23,6 +23,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 
 from devstack.functions import Invocation
+from devstack.journal import Entry, batch_entry
 from devstack.msk_event import (
     MAX_PAYLOAD_BYTES,
     KafkaRecord,
@@ -229,6 +230,7 @@ class BatchResult:
 
 Invoke = Callable[[dict[str, Any]], Invocation]
 Log = Callable[[str], None]
+Record = Callable[[Entry], None]
 PutObject = Callable[[str, str, bytes], None]
 
 
@@ -242,6 +244,7 @@ class EventSourceMapping:
         invoke: Invoke,
         put_object: PutObject | None = None,
         log: Log = print,
+        journal: Record | None = None,
         retry_backoff_s: float = 0.5,
         refresh_s: float = 2.0,
         clock: Callable[[], float] = time.time,
@@ -251,6 +254,7 @@ class EventSourceMapping:
         self.invoke = invoke
         self.put_object = put_object
         self.log = log
+        self.journal = journal
         self.retry_backoff_s = retry_backoff_s
         self.refresh_s = refresh_s
         self.clock = clock
@@ -702,10 +706,22 @@ class _Poller:
                 if not records:
                     return True
             event = msk_event(records, self.spec.event_source_arn, self.mapping.bootstrap_servers)
+            started = time.time()
             result = self.mapping.invoke(event)
             self.mapping.count(invocations=1)
             failed = failed_records(self.spec, records, result)
-            self._log(_describe(records, result, attempt, len(failed)))
+            entry = batch_entry(
+                self.spec.function,
+                f"mapping {self.spec.name}",
+                [(r.topic, r.partition, r.offset) for r in records],
+                result,
+                started,
+                len(failed),
+                attempt,
+            )
+            self._log(entry.describe())
+            if self.mapping.journal is not None:
+                self.mapping.journal(entry)
             if not failed:
                 self.mapping.count(delivered=len(records))
                 return True
@@ -777,20 +793,3 @@ def failed_records(
 
 def _record_size(record: KafkaRecord) -> int:
     return len(json.dumps(msk_record(record)))
-
-
-def _describe(records: list[KafkaRecord], result: Invocation, attempt: int, failed: int) -> str:
-    spans: dict[str, list[int]] = {}
-    for record in records:
-        spans.setdefault(f"{record.topic}-{record.partition}", []).append(record.offset)
-    where = " ".join(f"{p}@{min(o)}..{max(o)}" for p, o in sorted(spans.items()))
-    if result.ok and not failed:
-        outcome = "ok"
-    elif result.ok:
-        outcome = f"{failed} item failures reported"
-    else:
-        error = result.error or {}
-        outcome = f"error {error.get('errorType')}: {str(error.get('errorMessage'))[:120]}"
-    retry = f" retry {attempt}" if attempt else ""
-    took = f"{result.duration_ms:7.0f} ms"
-    return f"{len(records):>5} records {where} {took}{retry} {outcome}"

@@ -23,8 +23,9 @@ from devstack.broker import EmbeddedBroker
 from devstack.esm import EventSourceMapping, MappingSpec
 from devstack.faults import HttpFaultProxy, TcpFaultProxy
 from devstack.functions import FunctionHost, FunctionPool, FunctionSpec, Invocation, load_functions
+from devstack.journal import Journal
 from devstack.lambda_api import LambdaApiServer, template_properties
-from devstack.mail import sent_emails, write_outbox
+from devstack.mail import SentEmail, sent_emails, write_outbox
 from devstack.ports import LOOPBACK, clear_leftovers, port_in_use, record_servers
 from devstack.template import ROOT, Resolver, load_template
 from orderstream import settings
@@ -38,13 +39,14 @@ API_CONTAINERS = 4  # concurrent requests served per function, like Lambda scali
 
 # Ports, each overridable by an environment variable.
 BROKER_PORT_VAR, AWS_PORT_VAR, API_PORT_VAR = "BROKER_PORT", "AWS_PORT", "API_PORT"
-LAMBDA_PORT_VAR = "LAMBDA_PORT"
+LAMBDA_PORT_VAR, CONSOLE_PORT_VAR = "LAMBDA_PORT", "CONSOLE_PORT"
 # 3001 for Lambda's API, as `sam local start-lambda` has it.
 DEFAULT_PORTS = {
     BROKER_PORT_VAR: 9092,
     AWS_PORT_VAR: 5000,
     API_PORT_VAR: 3000,
     LAMBDA_PORT_VAR: 3001,
+    CONSOLE_PORT_VAR: 8000,
 }
 
 
@@ -64,6 +66,7 @@ class StackInfo:
     buckets: dict[str, str]  # logical id -> name
     lambda_endpoint: str  # Lambda's API for the functions (boto3's endpoint_url)
     functions: dict[str, str]  # logical id -> function name
+    console_url: str = ""  # empty: the stack serves no console
     pid: int = field(default_factory=os.getpid)
 
 
@@ -93,6 +96,7 @@ class LocalStack:
         parameters: dict[str, str] | None = None,
         max_batching_window_s: float | None = None,
         faults: bool = False,
+        console_port: int | None = None,
     ) -> None:
         self.broker_port, self.aws_port, self.api_port = broker_port, aws_port, api_port
         self.lambda_port = lambda_port
@@ -107,6 +111,11 @@ class LocalStack:
         # With faults, functions reach AWS and every client reaches Kafka through proxies that
         # tests can make fail (see devstack/faults.py).
         self.faults = faults
+        self.console_port = console_port  # None: no console (devstack/console.py)
+        self.console: Any = None
+        # The last invocations of each function, and every email sent: what the console shows.
+        self.journal = Journal()
+        self.emails: list[SentEmail] = []
         self.aws_faults: HttpFaultProxy | None = None
         self.kafka_faults: TcpFaultProxy | None = None
         self.function_endpoint = ""
@@ -204,6 +213,7 @@ class LocalStack:
                     Bucket=bucket, Key=key, Body=body
                 ),
                 log=self.log,
+                journal=self.journal.add,
             )
             self.mappings.append(mapping.start())
             groups[logical_id] = mapping_spec.group_id
@@ -215,9 +225,7 @@ class LocalStack:
 
         routes = routes_of(self.functions)
         try:
-            self.api = LocalApi(
-                routes, lambda fn, event: self.pools[fn].invoke(event), self.api_port, log=self.log
-            ).start()
+            self.api = LocalApi(routes, self._recorded("api"), self.api_port, log=self.log).start()
         except OSError as exc:
             raise StackError(
                 f"the local API cannot listen on {LOOPBACK}:{self.api_port}: {exc}"
@@ -229,7 +237,7 @@ class LocalStack:
         try:
             self.lambda_api = LambdaApiServer(
                 {lid: (functions[lid], spec) for lid, spec in self.functions.items()},
-                lambda fn, event: self.pools[fn].invoke(event),
+                self._recorded("invoke"),
                 lambda: [mapping.spec for mapping in self.mappings],
                 self.lambda_port,
                 properties=template_properties(resolver),
@@ -241,11 +249,12 @@ class LocalStack:
             ) from exc
         self.log(f"lambda    {self.lambda_api.url} (Lambda's API: boto3 endpoint_url)")
 
-        if self.outbox is not None:
+        if self.outbox is not None or self.console_port is not None:
             self._outbox_thread = threading.Thread(
                 target=self._watch_outbox, name="outbox", daemon=True
             )
             self._outbox_thread.start()
+        if self.outbox is not None:
             self.log(f"outbox    {self.outbox}")
 
         buckets = {
@@ -263,6 +272,18 @@ class LocalStack:
             lambda_endpoint=self.lambda_api.url,
             functions=functions,
         )
+        if self.console_port is not None:
+            from devstack.console import Console
+
+            try:
+                self.console = Console(self, self.console_port).start()
+            except OSError as exc:
+                raise StackError(
+                    f"the console cannot listen on {LOOPBACK}:{self.console_port}: {exc} "
+                    f"(set {CONSOLE_PORT_VAR})"
+                ) from exc
+            self.info.console_url = self.console.url
+            self.log(f"console   {self.console.url}")
         (self.state_dir / "stack.json").write_text(json.dumps(asdict(self.info), indent=2))
         self.log("ready")
         return self.info
@@ -271,6 +292,9 @@ class LocalStack:
         self._stop.set()
         for mapping in self.mappings:
             mapping.request_stop()  # all at once, so none starts another batch
+        if self.console is not None:
+            self.console.stop()
+            self.console = None
         if self.api is not None:
             self.api.stop()
             self.api = None
@@ -343,6 +367,17 @@ class LocalStack:
     def _invoker(self, logical_id: str) -> Callable[[dict[str, Any]], Invocation]:
         return lambda event: self.pools[logical_id].invoke(event)
 
+    def _recorded(self, source: str) -> Callable[[str, Any], Invocation]:
+        """Invoke a function for the API or Lambda's API, and write the call in the journal."""
+
+        def invoke(function: str, event: Any) -> Invocation:
+            label = source
+            if source == "api" and isinstance(event, dict):
+                label = f"api {event.get('httpMethod')} {event.get('path')}"
+            return self.journal.recording(function, label, self._invoker(function))(event)
+
+        return invoke
+
     def restart_mappings(self) -> None:
         """Stop every mapping (uncommitted batches are redelivered) and start them afresh."""
         assert self.info is not None
@@ -356,17 +391,20 @@ class LocalStack:
                 self._invoker(spec.function),
                 put_object=put,
                 log=self.log,
+                journal=self.journal.add,
             ).start()
             for spec, put in specs
         ]
 
     def _watch_outbox(self) -> None:
+        """Every second: the emails SES accepted, kept for the console and written to outbox/."""
         assert self.moto is not None
-        assert self.outbox is not None
         while not self._stop.wait(1.0):
             try:
-                emails = sent_emails(self.moto.data(), self._templates())
-                for path in write_outbox(self.outbox, emails):
+                self.emails = sent_emails(self.moto.data(), self._templates())
+                if self.outbox is None:
+                    continue
+                for path in write_outbox(self.outbox, self.emails):
                     self.log(f"email     {path.name}")
             except Exception as exc:  # the emulator is going away; the next pass retries
                 if not self._stop.is_set():

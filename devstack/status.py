@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from devstack import aws
@@ -47,8 +49,27 @@ def group_lag(
     return sum(end - committed.get(tp, 0) for tp, end in ends.items()), committed
 
 
-def report(info: StackInfo) -> str:
-    lines: list[str] = []
+@dataclass(frozen=True)
+class GroupFigures:
+    function: str  # logical id
+    group: str
+    committed: dict[TopicPartition, int]  # a partition never committed is absent
+    lag: int
+
+
+@dataclass(frozen=True)
+class TopicFigures:
+    """What `make status` and the console show of the topic: one reading, one place."""
+
+    ends: dict[TopicPartition, int]
+    groups: list[GroupFigures]
+
+    @property
+    def partitions(self) -> list[TopicPartition]:
+        return sorted(self.ends)
+
+
+def topic_figures(info: StackInfo) -> TopicFigures:
     admin = KafkaAdminClient(bootstrap_servers=info.bootstrap_servers, client_id="devstack-status")
     try:
         described = admin.describe_topics(info.topics)
@@ -58,18 +79,27 @@ def report(info: StackInfo) -> str:
             for p in t["partitions"]
         ]
         ends = end_offsets(info.bootstrap_servers, partitions)
-        lines.append("topics")
-        for tp in sorted(partitions):
-            lines.append(f"  {tp.topic}-{tp.partition:<3} end offset {ends[tp]}")
-        lines.append("consumer groups (committed offset, lag)")
+        groups = []
         for function, group in sorted(info.groups.items()):
             lag, committed = group_lag(admin, group, ends)
-            detail = " ".join(
-                f"{tp.partition}:{committed.get(tp, '-')}" for tp in sorted(partitions)
-            )
-            lines.append(f"  {group:<24} ({function}) lag {lag}  [{detail}]")
+            groups.append(GroupFigures(function, group, committed, lag))
     finally:
         admin.close()
+    return TopicFigures(ends, groups)
+
+
+def report(info: StackInfo) -> str:
+    lines: list[str] = []
+    figures = topic_figures(info)
+    lines.append("topics")
+    for tp in figures.partitions:
+        lines.append(f"  {tp.topic}-{tp.partition:<3} end offset {figures.ends[tp]}")
+    lines.append("consumer groups (committed offset, lag)")
+    for group in figures.groups:
+        detail = " ".join(
+            f"{tp.partition}:{group.committed.get(tp, '-')}" for tp in figures.partitions
+        )
+        lines.append(f"  {group.group:<24} ({group.function}) lag {group.lag}  [{detail}]")
 
     ses = aws.client("ses", info.aws_endpoint)
     templates = {

@@ -169,14 +169,17 @@ def _place(args: argparse.Namespace) -> Place:
 
 def _replay(args: argparse.Namespace, place: Place, out: TextIO, err: TextIO) -> int:
     since, until = replay.parse_time(args.since), replay.parse_time(args.until)
-    if until <= since:
-        raise ValueError("--until must come after --since")
-    place.function(args.target)
-    include_poison = args.include_poison or not replay.dead_letters_poison(place, args.target)
-    plan = replay.plan(place, args.topic, since, until, args.partition, include_poison)
+    plan = replay.prepare(
+        place,
+        args.target,
+        args.topic,
+        since,
+        until,
+        args.partition,
+        include_poison=args.include_poison,
+        allow_resend=args.allow_resend,
+    )
     _print(out, [f"replay to {args.target} in {place.description}", *plan.describe()])
-    if not args.allow_resend:
-        replay.check_memory(place, args.target, plan, replay.now())
     if args.dry_run:
         _print(out, ["dry run: nothing was invoked"])
         return OK

@@ -156,6 +156,28 @@ def plan(
     return result
 
 
+def prepare(
+    place: Place,
+    target: str,
+    topic: str,
+    since: datetime,
+    until: datetime,
+    partition: int | None = None,
+    include_poison: bool = False,
+    allow_resend: bool = False,
+) -> ReplayPlan:
+    """The plan a replay runs, after every check that can refuse it (the command line and the
+    local console ask the same questions): raises ValueError, PlaceError or RefusedError."""
+    if until <= since:
+        raise ValueError("--until must come after --since")
+    place.function(target)
+    include_poison = include_poison or not dead_letters_poison(place, target)
+    surveyed = plan(place, topic, since, until, partition, include_poison)
+    if not allow_resend:
+        check_memory(place, target, surveyed, now())
+    return surveyed
+
+
 def _read(place: Place, bucket: str, key: str) -> bytes:
     body: bytes = place.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     return body

@@ -1,0 +1,36 @@
+"use strict";
+// The local console's only script (devstack/console.py serves it). It asks /live for every
+// element marked data-live again and again; what comes back is HTML the server escaped.
+(function () {
+  const every = Number(document.body.dataset.refreshMs || "2000");
+
+  async function refresh() {
+    try {
+      const response = await fetch("/live", { cache: "no-store" });
+      if (response.ok) {
+        const parts = await response.json();
+        for (const node of document.querySelectorAll("[data-live]")) {
+          const html = parts[node.id];
+          if (typeof html === "string" && node.innerHTML !== html) {
+            node.innerHTML = html;
+          }
+        }
+        document.body.dataset.refreshed = String(Date.now());
+      }
+    } catch (error) {
+      // the stack is stopping or restarting: the next round tries again
+    }
+    window.setTimeout(refresh, every);
+  }
+  window.setTimeout(refresh, every);
+
+  // One submission per form: a second press while the first is on its way does nothing.
+  document.addEventListener("submit", function (event) {
+    const form = event.target;
+    if (form.dataset.sent) {
+      event.preventDefault();
+      return;
+    }
+    form.dataset.sent = "1";
+  });
+})();

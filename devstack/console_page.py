@@ -1,0 +1,670 @@
+"""The console's page, rendered on the server from plain data: no value reaches it but as text.
+
+Pure functions: console.py reads the stack and calls these. Every section that changes by
+itself is marked data-live; the page's script (console.js) asks /live for them again every
+REFRESH_MS.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from devstack.journal import Entry
+from devstack.mail import SentEmail
+from devstack.markup import Markup, document, el, join, text, url
+from devstack.status import TopicFigures
+
+TITLE = "orderstream local console"
+REFRESH_MS = 2000
+SHOWN_LINES = 1000  # of an archive object; the rest is counted
+
+
+@dataclass(frozen=True)
+class ArchiveObject:
+    key: str
+    size: int
+    modified: datetime
+    records: int | None
+    first_offset: int | None
+    last_offset: int | None
+    poison: int | None
+
+
+@dataclass(frozen=True)
+class DeadLetterObject:
+    key: str
+    size: int
+    modified: datetime
+    kind: str  # "dead letter", "on-failure", "redriven"
+    reason: str
+    where: str  # topic-partition@offsets
+
+
+@dataclass(frozen=True)
+class OrderAnswer:
+    status: int
+    body: Any  # the API's JSON, or its text if it sent none
+    fields: Mapping[str, Any]  # what the form sent, to show it again
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    title: str
+    lines: Sequence[str]
+    ok: bool
+    run_label: str = ""  # a button that runs what the dry run showed
+    run_path: str = ""
+    plan_id: str = ""
+
+
+@dataclass
+class Page:
+    """Everything the page shows, read once per request."""
+
+    stack_lines: Sequence[tuple[str, str]]
+    order_fields: Mapping[str, Any]
+    answer: OrderAnswer | None
+    live: Mapping[str, Markup]
+    consumers: Sequence[str]
+    replay_defaults: Mapping[str, str]
+    action: ActionOutcome | None = None
+    viewer: Markup | None = None
+    functions: Sequence[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- the page
+
+
+def page(data: Page) -> bytes:
+    head = [
+        el("meta", name="viewport", content="width=device-width, initial-scale=1"),
+        el("link", rel="stylesheet", href="/console.css"),
+        el("script", src="/console.js", defer=True),
+    ]
+    body = [
+        el(
+            "header",
+            el("h1", TITLE),
+            el(
+                "dl",
+                [(el("dt", name), el("dd", el("code", value))) for name, value in data.stack_lines],
+            ),
+        ),
+        el(
+            "main",
+            el("section", el("h2", "Place an order"), _order(data), id="order"),
+            el(
+                "section",
+                el("h2", "Topic"),
+                el("div", data.live["live-topic"], id="live-topic", data_live=True),
+            ),
+            el(
+                "section",
+                el("h2", "Invocations"),
+                el("div", data.live["live-invocations"], id="live-invocations", data_live=True),
+                class_="wide",
+            ),
+            el(
+                "section",
+                el("h2", "Emails"),
+                el("div", data.live["live-emails"], id="live-emails", data_live=True),
+            ),
+            el(
+                "section",
+                el("h2", "Archive"),
+                el("div", data.live["live-archive"], id="live-archive", data_live=True),
+            ),
+            el(
+                "section",
+                el("h2", "Dead letters"),
+                el("div", data.live["live-dead-letters"], id="live-dead-letters", data_live=True),
+            ),
+            el("section", el("h2", "Actions"), _actions(data), id="actions"),
+            el(
+                "section",
+                el("h2", "Viewer"),
+                data.viewer or el("p", _hint()),
+                id="viewer",
+                class_="wide",
+            ),
+        ),
+    ]
+    return _document(head, body)
+
+
+def _hint() -> Markup:
+    return text("Open an email, an archive object or a dead letter to see it here.")
+
+
+def _document(head: Sequence[Markup], body: Sequence[Markup]) -> bytes:
+    return document(TITLE, head, body, data_refresh_ms=REFRESH_MS)
+
+
+# --------------------------------------------------------------------------- order
+
+
+ITEM_ROWS = 3
+
+
+def _order(data: Page) -> Markup:
+    fields = data.order_fields
+
+    def field_(label: str, name: str, **extra: Any) -> Markup:
+        return el(
+            "label",
+            el("span", label),
+            el("input", name=name, value=fields.get(name, ""), **extra),
+        )
+
+    rows = []
+    for index in range(ITEM_ROWS):
+        rows.append(
+            el(
+                "tr",
+                [
+                    el(
+                        "td",
+                        el(
+                            "input",
+                            name=f"item{index}_{part}",
+                            value=fields.get(f"item{index}_{part}", ""),
+                            aria_label=f"item {index + 1} {part}",
+                            size=size,
+                        ),
+                    )
+                    for part, size in (
+                        ("sku", 10),
+                        ("name", 22),
+                        ("quantity", 4),
+                        ("unit_price", 7),
+                    )
+                ],
+            )
+        )
+    form = el(
+        "form",
+        el(
+            "div",
+            field_("order id", "order_id", size=38),
+            field_("customer id", "customer_id", size=10),
+            field_("name", "customer_name", size=24),
+            field_("email", "customer_email", size=24),
+            field_("currency", "currency", size=4),
+            class_="fields",
+        ),
+        el(
+            "table",
+            el("thead", el("tr", [el("th", h) for h in ("sku", "name", "quantity", "unit price")])),
+            el("tbody", rows),
+            class_="items",
+        ),
+        el("button", "Place order", type="submit"),
+        el(
+            "p",
+            "Prefilled from events/api-post-order.json with a new order id; posted to the local "
+            "API as JSON. Empty item rows are left out.",
+            class_="note",
+        ),
+        method="post",
+        action="/order",
+        id="order-form",
+    )
+    return join([form, el("div", _answer(data.answer), id="order-answer")])
+
+
+def _answer(answer: OrderAnswer | None) -> Markup:
+    if answer is None:
+        return el("p", "The API's answer appears here.", class_="note")
+    body = answer.body
+    summary: list[Markup] = []
+    if answer.status == 202 and isinstance(body, Mapping):
+        summary.append(
+            el(
+                "p",
+                el("strong", f"{answer.status} {body.get('status', '')}"),
+                " — partition ",
+                el("span", body.get("partition"), class_="partition"),
+                ", offset ",
+                el("span", body.get("offset"), class_="offset"),
+                class_="ok",
+            )
+        )
+    else:
+        message = body.get("message", "") if isinstance(body, Mapping) else ""
+        summary.append(el("p", el("strong", answer.status), " ", message, class_="error"))
+        errors = body.get("errors") if isinstance(body, Mapping) else None
+        if isinstance(errors, list) and errors:
+            summary.append(
+                el(
+                    "table",
+                    el("thead", el("tr", el("th", "field"), el("th", "reason"))),
+                    el(
+                        "tbody",
+                        [
+                            el(
+                                "tr",
+                                el("td", el("code", e.get("field"))),
+                                el("td", e.get("reason")),
+                            )
+                            for e in errors
+                            if isinstance(e, Mapping)
+                        ],
+                    ),
+                    class_="field-errors",
+                )
+            )
+    shown = json.dumps(body, indent=2) if not isinstance(body, str) else body
+    summary.append(el("pre", shown, class_="answer-body"))
+    return join(summary)
+
+
+# --------------------------------------------------------------------------- live sections
+
+
+def topic_section(figures: TopicFigures) -> Markup:
+    """The same figures as `make status`: each partition's end offset, each group's committed
+    offset and lag."""
+    head = [el("th", "partition"), el("th", "end offset")]
+    for group in figures.groups:
+        head.append(el("th", group.group, el("br"), el("small", group.function), colspan=2))
+    sub = [el("th", ""), el("th", "")] + [
+        cell for _ in figures.groups for cell in (el("th", "committed"), el("th", "lag"))
+    ]
+    rows = []
+    for tp in figures.partitions:
+        cells = [el("td", f"{tp.topic}-{tp.partition}"), el("td", figures.ends[tp], class_="num")]
+        for group in figures.groups:
+            committed = group.committed.get(tp)
+            lag = figures.ends[tp] - (committed or 0)
+            cells.append(el("td", "-" if committed is None else committed, class_="num"))
+            cells.append(el("td", lag, class_="num lag" if lag else "num"))
+        rows.append(el("tr", cells, data_partition=tp.partition))
+    totals = [el("td", "total"), el("td", sum(figures.ends.values()), class_="num")]
+    for group in figures.groups:
+        totals += [el("td", ""), el("td", group.lag, class_="num", data_group_lag=group.group)]
+    return el(
+        "table",
+        el("thead", el("tr", head), el("tr", sub)),
+        el("tbody", rows),
+        el("tfoot", el("tr", totals)),
+        class_="topic",
+    )
+
+
+def invocations_section(entries: Mapping[str, Sequence[Entry]]) -> Markup:
+    parts = []
+    for function, latest in entries.items():
+        rows = [
+            el(
+                "tr",
+                el("td", _clock(entry.started)),
+                el("td", entry.source),
+                el("td", "" if entry.records is None else entry.records, class_="num"),
+                el(
+                    "td",
+                    " ".join(
+                        f"{name}@{first}..{last}"
+                        for name, (first, last) in sorted(entry.spans.items())
+                    ),
+                ),
+                el("td", f"{entry.duration_ms:.0f} ms", class_="num"),
+                el("td", entry.outcome + (f" (retry {entry.attempt})" if entry.attempt else "")),
+                el("td", entry.detail, class_="detail"),
+                class_=entry.outcome.replace(" ", "-"),
+            )
+            for entry in latest
+        ]
+        parts.append(
+            el(
+                "div",
+                el("h3", function),
+                el(
+                    "table",
+                    el(
+                        "thead",
+                        el(
+                            "tr",
+                            [
+                                el("th", h)
+                                for h in (
+                                    "at (UTC)",
+                                    "by",
+                                    "records",
+                                    "offsets",
+                                    "duration",
+                                    "outcome",
+                                    "detail",
+                                )
+                            ],
+                        ),
+                    ),
+                    el("tbody", rows or el("tr", el("td", "none yet", colspan=7))),
+                ),
+                class_="function",
+                data_function=function,
+            )
+        )
+    return join(parts)
+
+
+def emails_section(emails: Sequence[SentEmail], shown: int = 20) -> Markup:
+    rows = [
+        el(
+            "tr",
+            el("td", len(emails) - index, class_="num"),
+            el("td", ", ".join(email.to)),
+            el(
+                "td",
+                el(
+                    "a",
+                    email.subject or "(no subject)",
+                    href=url("/", {"view": "email", "id": email.message_id}, "viewer"),
+                ),
+            ),
+            data_message_id=email.message_id,
+        )
+        for index, email in enumerate(list(reversed(emails))[:shown])
+    ]
+    return join(
+        [
+            el("p", f"{len(emails)} sent", class_="count", data_count=len(emails)),
+            el(
+                "table",
+                el("thead", el("tr", el("th", "#"), el("th", "to"), el("th", "subject"))),
+                el("tbody", rows or el("tr", el("td", "none yet", colspan=3))),
+                class_="emails",
+            ),
+        ]
+    )
+
+
+def archive_section(objects: Sequence[ArchiveObject], bucket: str, shown: int = 50) -> Markup:
+    rows = [
+        el(
+            "tr",
+            el(
+                "td",
+                el(
+                    "a",
+                    o.key,
+                    href=url("/", {"view": "archive", "key": o.key}, "viewer"),
+                    class_="key",
+                ),
+            ),
+            el("td", "?" if o.records is None else o.records, class_="num"),
+            el(
+                "td",
+                "?" if o.first_offset is None else f"{o.first_offset}..{o.last_offset}",
+                class_="num",
+            ),
+            el("td", "" if not o.poison else o.poison, class_="num"),
+            el("td", _size(o.size), class_="num"),
+            el("td", _clock(o.modified.timestamp())),
+        )
+        for o in sorted(objects, key=lambda o: o.modified, reverse=True)[:shown]
+    ]
+    return join(
+        [
+            el(
+                "p",
+                f"s3://{bucket}: {len(objects)} objects",
+                class_="count",
+                data_count=len(objects),
+            ),
+            el(
+                "table",
+                el(
+                    "thead",
+                    el(
+                        "tr",
+                        [
+                            el("th", h)
+                            for h in ("key", "records", "offsets", "poison", "size", "written")
+                        ],
+                    ),
+                ),
+                el("tbody", rows or el("tr", el("td", "none yet", colspan=6))),
+                class_="archive",
+            ),
+        ]
+    )
+
+
+def dead_letters_section(
+    objects: Sequence[DeadLetterObject], bucket: str, shown: int = 50
+) -> Markup:
+    rows = [
+        el(
+            "tr",
+            el("td", o.kind),
+            el("td", o.where),
+            el("td", o.reason, class_="detail"),
+            el("td", _size(o.size), class_="num"),
+            el(
+                "td",
+                el(
+                    "a",
+                    o.key,
+                    href=url("/", {"view": "dead-letter", "key": o.key}, "viewer"),
+                    class_="key",
+                ),
+            ),
+        )
+        for o in sorted(objects, key=lambda o: o.modified, reverse=True)[:shown]
+    ]
+    return join(
+        [
+            el(
+                "p",
+                f"s3://{bucket}: {len(objects)} objects",
+                class_="count",
+                data_count=len(objects),
+            ),
+            el(
+                "table",
+                el(
+                    "thead",
+                    el("tr", [el("th", h) for h in ("kind", "record", "reason", "size", "key")]),
+                ),
+                el("tbody", rows or el("tr", el("td", "none", colspan=5))),
+                class_="dead-letters",
+            ),
+        ]
+    )
+
+
+def failed_section(error: BaseException) -> Markup:
+    """A section that could not be read this time (the stack is starting or stopping)."""
+    return el("p", f"cannot read this now: {type(error).__name__}: {error}", class_="error")
+
+
+# --------------------------------------------------------------------------- viewers
+
+
+def archive_view(key: str, metadata: Mapping[str, str], lines: Sequence[bytes]) -> Markup:
+    shown = lines[:SHOWN_LINES]
+    more = len(lines) - len(shown)
+    return join(
+        [
+            el("h3", "archive object ", el("code", key)),
+            _metadata(metadata),
+            el(
+                "p",
+                f"{len(lines)} JSON lines, ungzipped"
+                + (f"; the first {len(shown)} shown" if more else ""),
+            ),
+            el(
+                "ol",
+                [el("li", el("code", line.decode("utf-8", "replace"))) for line in shown],
+                class_="lines",
+            ),
+        ]
+    )
+
+
+def dead_letter_view(key: str, document: Any) -> Markup:
+    parts = [el("h3", "dead-letter object ", el("code", key))]
+    if isinstance(document, Mapping):
+        reason = document.get("reason")
+        condition = (document.get("requestContext") or {}).get("condition")
+        if reason is not None or condition is not None:
+            parts.append(el("p", el("strong", "reason: "), reason or condition, class_="reason"))
+        value = document.get("value")
+        if isinstance(value, str):
+            parts.append(el("p", el("strong", "value, decoded: "), _decoded(value)))
+    parts.append(el("pre", json.dumps(document, indent=2, ensure_ascii=False), class_="document"))
+    return join(parts)
+
+
+def _decoded(base64_text: str) -> Markup:
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(base64_text, validate=True)
+    except (binascii.Error, ValueError):
+        return text("(not base64)")
+    try:
+        return el("code", raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return text(f"({len(raw)} bytes, not UTF-8)")
+
+
+def email_view(email: SentEmail) -> Markup:
+    return join(
+        [
+            el("h3", "email ", el("code", email.message_id)),
+            el(
+                "dl",
+                el("dt", "from"),
+                el("dd", email.source),
+                el("dt", "to"),
+                el("dd", ", ".join(email.to)),
+                el("dt", "subject"),
+                el("dd", email.subject),
+            ),
+            el("h4", "HTML part, as the customer sees it"),
+            el(
+                "iframe",
+                src=url("/email.html", {"id": email.message_id}),
+                sandbox="",
+                referrerpolicy="no-referrer",
+                title="the email's HTML part",
+                class_="email",
+            )
+            if email.html
+            else el("p", "(no HTML part)"),
+            el("h4", "Text part"),
+            el("pre", email.text, class_="email-text"),
+        ]
+    )
+
+
+def not_found_view(what: str) -> Markup:
+    return el("p", f"{what} is not there (any more).", class_="error")
+
+
+def _metadata(metadata: Mapping[str, str]) -> Markup:
+    if not metadata:
+        return text("")
+    return el(
+        "dl",
+        [(el("dt", name), el("dd", value)) for name, value in sorted(metadata.items())],
+        class_="metadata",
+    )
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def _actions(data: Page) -> Markup:
+    consumers = [el("option", c, value=c) for c in data.consumers]
+    defaults = data.replay_defaults
+    replay = el(
+        "form",
+        el("h3", "Replay a time range to a consumer"),
+        el("label", el("span", "to"), el("select", consumers, name="target")),
+        el(
+            "label",
+            el("span", "since"),
+            el("input", name="since", value=defaults.get("since", ""), size=20),
+        ),
+        el(
+            "label",
+            el("span", "until"),
+            el("input", name="until", value=defaults.get("until", ""), size=20),
+        ),
+        el(
+            "label",
+            el("span", "partition"),
+            el("input", name="partition", size=3, placeholder="all"),
+        ),
+        el("label", el("input", type="checkbox", name="include_poison"), " include poison"),
+        el("label", el("input", type="checkbox", name="allow_resend"), " allow resend"),
+        el("button", "Dry run", type="submit"),
+        el("p", "ISO 8601 times, UTC unless zoned; until is exclusive.", class_="note"),
+        method="post",
+        action="/replay/dry-run",
+        id="replay-form",
+    )
+    targets = [el("option", "the function it came from", value="")] + [
+        el("option", f, value=f) for f in data.consumers
+    ]
+    redrive = el(
+        "form",
+        el("h3", "Redrive"),
+        el(
+            "label",
+            el("span", "what"),
+            el(
+                "select",
+                el("option", "dead letters (poison records)", value="dead-letters"),
+                el("option", "failures (on-failure records)", value="failures"),
+                name="source",
+            ),
+        ),
+        el("label", el("span", "to"), el("select", targets, name="target")),
+        el("button", "Dry run", type="submit"),
+        method="post",
+        action="/redrive/dry-run",
+        id="redrive-form",
+    )
+    return join([replay, redrive, el("div", _outcome(data.action), id="action-outcome")])
+
+
+def _outcome(outcome: ActionOutcome | None) -> Markup:
+    if outcome is None:
+        return el(
+            "p", "Each action shows its dry run first; the run is a second button.", class_="note"
+        )
+    parts = [
+        el("h3", outcome.title),
+        el("pre", "\n".join(outcome.lines), class_="ok" if outcome.ok else "error"),
+    ]
+    if outcome.run_path:
+        parts.append(
+            el(
+                "form",
+                el("input", type="hidden", name="plan", value=outcome.plan_id),
+                el("button", outcome.run_label, type="submit", class_="run"),
+                method="post",
+                action=outcome.run_path,
+                id="run-form",
+            )
+        )
+    return join(parts)
+
+
+# --------------------------------------------------------------------------- small parts
+
+
+def _clock(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%H:%M:%S.%f")[:-3]
+
+
+def _size(size: int) -> str:
+    return f"{size} B" if size < 10_000 else f"{size / 1024:.1f} KiB"

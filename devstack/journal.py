@@ -1,0 +1,153 @@
+"""The last invocations of each function, as the local stack made them: what the console shows.
+
+The mapping emulator writes one entry per invocation with its own reading of the answer (a
+response it cannot read fails the whole batch); the API and Lambda's Invoke API write theirs.
+One entry also makes the mapping's log line, so the console and the log never disagree.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from devstack.functions import Invocation
+
+Outcome = Literal["ok", "partial failure", "error"]
+DEFAULT_KEPT = 50  # entries kept per function
+
+
+@dataclass(frozen=True)
+class Entry:
+    function: str  # logical id
+    source: str  # "mapping MskEvent", "api POST /orders", "invoke"
+    started: float  # epoch seconds
+    duration_ms: float  # as the caller waited: a cold start's init included
+    outcome: Outcome
+    detail: str  # the error, the failures reported, the HTTP status
+    records: int | None = None  # None: not a batch of Kafka records
+    spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # topic-partition -> offsets
+    attempt: int = 0  # the mapping's retry number
+
+    def describe(self) -> str:
+        """The mapping emulator's log line for this invocation."""
+        where = " ".join(f"{p}@{first}..{last}" for p, (first, last) in sorted(self.spans.items()))
+        retry = f" retry {self.attempt}" if self.attempt else ""
+        outcome = "ok" if self.outcome == "ok" else self.detail
+        return f"{self.records or 0:>5} records {where} {self.duration_ms:7.0f} ms{retry} {outcome}"
+
+
+def spans_of(positions: Sequence[tuple[str, int, int]]) -> dict[str, tuple[int, int]]:
+    """(topic, partition, offset) triples -> each topic-partition's lowest and highest offset."""
+    spans: dict[str, tuple[int, int]] = {}
+    for topic, partition, offset in positions:
+        name = f"{topic}-{partition}"
+        first, last = spans.get(name, (offset, offset))
+        spans[name] = (min(first, offset), max(last, offset))
+    return spans
+
+
+def error_detail(result: Invocation) -> str:
+    error = result.error or {}
+    return f"error {error.get('errorType')}: {str(error.get('errorMessage'))[:120]}"
+
+
+def batch_entry(
+    function: str,
+    source: str,
+    positions: Sequence[tuple[str, int, int]],
+    result: Invocation,
+    started: float,
+    failed: int,
+    attempt: int = 0,
+) -> Entry:
+    """An invocation with Kafka records; `failed` is how many of them are to be retried."""
+    if not result.ok:
+        outcome: Outcome = "error"
+        detail = error_detail(result)
+    elif failed:
+        outcome, detail = "partial failure", f"{failed} item failures reported"
+    else:
+        outcome, detail = "ok", ""
+    return Entry(
+        function,
+        source,
+        started,
+        result.duration_ms,
+        outcome,
+        detail,
+        records=len(positions),
+        spans=spans_of(positions),
+        attempt=attempt,
+    )
+
+
+def call_entry(function: str, source: str, event: Any, result: Invocation, started: float) -> Entry:
+    """An invocation by the API or by Lambda's Invoke API (a replay or a redrive, say)."""
+    records = _msk_positions(event)
+    if records is not None:
+        failures = _reported_failures(result.payload) if result.ok else 0
+        return batch_entry(function, source, records, result, started, failures)
+    if not result.ok:
+        return Entry(function, source, started, result.duration_ms, "error", error_detail(result))
+    status = result.payload.get("statusCode") if isinstance(result.payload, Mapping) else None
+    detail = f"HTTP {status}" if status is not None else ""
+    outcome: Outcome = "error" if isinstance(status, int) and status >= 500 else "ok"
+    return Entry(function, source, started, result.duration_ms, outcome, detail)
+
+
+def _msk_positions(event: Any) -> list[tuple[str, int, int]] | None:
+    if not isinstance(event, Mapping) or event.get("eventSource") != "aws:kafka":
+        return None
+    positions = []
+    for batch in (event.get("records") or {}).values():
+        for record in batch if isinstance(batch, list) else []:
+            if isinstance(record, Mapping):
+                positions.append(
+                    (
+                        str(record.get("topic")),
+                        int(record.get("partition", -1)),
+                        int(record.get("offset", -1)),
+                    )
+                )
+    return positions
+
+
+def _reported_failures(payload: Any) -> int:
+    failures = payload.get("batchItemFailures") if isinstance(payload, Mapping) else None
+    return len(failures) if isinstance(failures, list) else 0
+
+
+class Journal:
+    """Thread-safe: the mappings' pollers, the API and the console all reach it."""
+
+    def __init__(self, kept: int = DEFAULT_KEPT) -> None:
+        self._kept = kept
+        self._lock = threading.Lock()
+        self._entries: dict[str, deque[Entry]] = {}
+
+    def add(self, entry: Entry) -> None:
+        with self._lock:
+            self._entries.setdefault(entry.function, deque(maxlen=self._kept)).append(entry)
+
+    def latest(self, function: str, count: int) -> list[Entry]:
+        """Newest first."""
+        with self._lock:
+            entries = list(self._entries.get(function, ()))
+        return entries[::-1][:count]
+
+    def recording(
+        self, function: str, source: str, invoke: Callable[[Any], Invocation]
+    ) -> Callable[[Any], Invocation]:
+        """`invoke`, with each call written down."""
+
+        def call(event: Any) -> Invocation:
+            started = time.time()
+            result = invoke(event)
+            self.add(call_entry(function, source, event, result, started))
+            return result
+
+        return call
