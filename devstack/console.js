@@ -24,6 +24,25 @@
   }
   window.setTimeout(refresh, every);
 
+  // A link into the viewer fetches the viewer alone: the order's answer and the action's
+  // outcome stay on the page.
+  document.addEventListener("click", async function (event) {
+    const link = event.target.closest("a[data-viewer]");
+    if (!link || event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) {
+      return;
+    }
+    event.preventDefault();
+    const viewer = document.getElementById("viewer-body");
+    try {
+      const response = await fetch(link.dataset.viewer, { cache: "no-store" });
+      viewer.innerHTML = await response.text();
+    } catch (error) {
+      window.location.assign(link.href);
+      return;
+    }
+    document.getElementById("viewer").scrollIntoView();
+  });
+
   // One submission per form: a second press while the first is on its way does nothing.
   document.addEventListener("submit", function (event) {
     const form = event.target;

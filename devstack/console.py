@@ -149,10 +149,13 @@ class Console:
         return str(self._info().buckets[logical_id])
 
     def _invocations(self) -> Markup:
-        functions = sorted(self._info().functions, key=_function_order)
-        return view.invocations_section(
-            {f: self.stack.journal.latest(f, INVOCATIONS_SHOWN) for f in functions}
-        )
+        """The functions the API and the mappings invoke, and any other that was invoked (the
+        custom resources run in CloudFormation only)."""
+        info = self._info()
+        latest = {f: self.stack.journal.latest(f, INVOCATIONS_SHOWN) for f in info.functions}
+        first = [*self.stack.api_functions, *sorted(info.groups)]  # the order's path
+        others = sorted(f for f in latest if f not in first and latest[f])
+        return view.invocations_section({f: latest[f] for f in [*first, *others] if f in latest})
 
     def _listed(self, logical_id: str) -> Iterator[dict[str, Any]]:
         paginator = self.place.s3.get_paginator("list_objects_v2")
@@ -445,12 +448,6 @@ def order_body(form: dict[str, str]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- small parts
 
 
-def _function_order(logical_id: str) -> tuple[int, str]:
-    """The order's path first: the API, then the consumers, then the custom resources."""
-    rank = {"OrderApiFunction": 0, "EmailNotifierFunction": 1, "S3ArchiverFunction": 2}
-    return rank.get(logical_id, 9), logical_id
-
-
 def _number(raw: str | None) -> int | None:
     return int(raw) if raw is not None and raw.lstrip("-").isdigit() else None
 
@@ -568,6 +565,9 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
             try:
                 if split.path == "/":
                     return self._send(200, console.render(query), "text/html; charset=utf-8")
+                if split.path == "/viewer":
+                    shown = console.viewer(query) or view.not_found_view("that")
+                    return self._send(200, shown.encode(), "text/html; charset=utf-8")
                 if split.path == "/live":
                     body = json.dumps(console.live()).encode()
                     return self._send(200, body, "application/json")

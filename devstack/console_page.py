@@ -85,51 +85,32 @@ def page(data: Page) -> bytes:
         el("link", rel="stylesheet", href="/console.css"),
         el("script", src="/console.js", defer=True),
     ]
+
+    def live(title: str, name: str, wide: bool = False) -> Markup:
+        return el(
+            "section",
+            el("h2", title),
+            el("div", data.live[name], id=name, data_live=True),
+            class_="wide" if wide else None,
+        )
+
+    stack = [(el("dt", name), el("dd", el("code", value))) for name, value in data.stack_lines]
     body = [
-        el(
-            "header",
-            el("h1", TITLE),
-            el(
-                "dl",
-                [(el("dt", name), el("dd", el("code", value))) for name, value in data.stack_lines],
-            ),
-        ),
+        el("header", el("h1", TITLE), el("dl", stack)),
         el(
             "main",
             el("section", el("h2", "Place an order"), _order(data), id="order"),
-            el(
-                "section",
-                el("h2", "Topic"),
-                el("div", data.live["live-topic"], id="live-topic", data_live=True),
-            ),
-            el(
-                "section",
-                el("h2", "Invocations"),
-                el("div", data.live["live-invocations"], id="live-invocations", data_live=True),
-                class_="wide",
-            ),
-            el(
-                "section",
-                el("h2", "Emails"),
-                el("div", data.live["live-emails"], id="live-emails", data_live=True),
-            ),
-            el(
-                "section",
-                el("h2", "Archive"),
-                el("div", data.live["live-archive"], id="live-archive", data_live=True),
-            ),
-            el(
-                "section",
-                el("h2", "Dead letters"),
-                el("div", data.live["live-dead-letters"], id="live-dead-letters", data_live=True),
-            ),
+            live("Topic", "live-topic"),
+            live("Invocations", "live-invocations", wide=True),
+            live("Emails", "live-emails"),
+            live("Archive", "live-archive"),
+            live("Dead letters", "live-dead-letters"),
             el("section", el("h2", "Actions"), _actions(data), id="actions"),
             el(
                 "section",
                 el("h2", "Viewer"),
-                data.viewer or el("p", _hint()),
+                el("div", data.viewer or el("p", _hint()), id="viewer-body"),
                 id="viewer",
-                class_="wide",
             ),
         ),
     ]
@@ -362,7 +343,7 @@ def emails_section(emails: Sequence[SentEmail], shown: int = 20) -> Markup:
                 el(
                     "a",
                     email.subject or "(no subject)",
-                    href=url("/", {"view": "email", "id": email.message_id}, "viewer"),
+                    **_opens({"view": "email", "id": email.message_id}),
                 ),
             ),
             data_message_id=email.message_id,
@@ -391,7 +372,7 @@ def archive_section(objects: Sequence[ArchiveObject], bucket: str, shown: int = 
                 el(
                     "a",
                     o.key,
-                    href=url("/", {"view": "archive", "key": o.key}, "viewer"),
+                    **_opens({"view": "archive", "key": o.key}),
                     class_="key",
                 ),
             ),
@@ -449,7 +430,7 @@ def dead_letters_section(
                 el(
                     "a",
                     o.key,
-                    href=url("/", {"view": "dead-letter", "key": o.key}, "viewer"),
+                    **_opens({"view": "dead-letter", "key": o.key}),
                     class_="key",
                 ),
             ),
@@ -475,6 +456,12 @@ def dead_letters_section(
             ),
         ]
     )
+
+
+def _opens(query: Mapping[str, str]) -> dict[str, str]:
+    """A link that opens something in the viewer: the script fetches the viewer alone, so the
+    rest of the page stays as it is; without the script, the whole page comes with it."""
+    return {"href": url("/", query, "viewer"), "data_viewer": url("/viewer", query)}
 
 
 def failed_section(error: BaseException) -> Markup:

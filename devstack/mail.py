@@ -40,9 +40,15 @@ class SentEmail:
 
 
 def _render(template: dict[str, str], data: dict[str, Any]) -> tuple[str, str, str]:
+    """Subject, text and HTML. A part moto cannot render says why in its place: one email
+    that SES would have refused must not hide the others (from outbox/ and the console)."""
+
     def part(name: str) -> str:
         text = template.get(name) or ""
-        return parse_template(text, data) if text else ""
+        try:
+            return parse_template(text, data) if text else ""
+        except Exception as exc:  # moto's renderer raises its own types for missing data
+            return f"(the emulator could not render this part: {type(exc).__name__}: {exc})"
 
     return part("SubjectPart"), part("TextPart"), part("HtmlPart")
 

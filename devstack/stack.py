@@ -115,6 +115,7 @@ class LocalStack:
         self.console: Any = None
         # The last invocations of each function, and every email sent: what the console shows.
         self.journal = Journal()
+        self.api_functions: list[str] = []  # logical ids the local API invokes
         self.emails: list[SentEmail] = []
         self.aws_faults: HttpFaultProxy | None = None
         self.kafka_faults: TcpFaultProxy | None = None
@@ -183,7 +184,11 @@ class LocalStack:
         return bootstrap, self.moto.endpoint_url, self.resolver
 
     def _start(self) -> StackInfo:
-        for port, variable in ((self.api_port, API_PORT_VAR), (self.lambda_port, LAMBDA_PORT_VAR)):
+        for port, variable in (
+            (self.api_port, API_PORT_VAR),
+            (self.lambda_port, LAMBDA_PORT_VAR),
+            (self.console_port, CONSOLE_PORT_VAR),
+        ):
             if port and port_in_use(port):
                 raise StackError(f"port {port} on {LOOPBACK} is already in use (set {variable})")
         bootstrap, endpoint, resolver = self.start_backing()
@@ -224,6 +229,7 @@ class LocalStack:
             )
 
         routes = routes_of(self.functions)
+        self.api_functions = sorted({route.function for route in routes})
         try:
             self.api = LocalApi(routes, self._recorded("api"), self.api_port, log=self.log).start()
         except OSError as exc:

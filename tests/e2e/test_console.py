@@ -8,18 +8,31 @@ is kept in test-artifacts/ (ORDERSTREAM_ARTIFACTS moves it).
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
+import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
-from devstack.stack import LocalStack, StackInfo
+from devstack import aws
+from devstack.ports import free_port
+from devstack.stack import (
+    CONSOLE_PORT_VAR,
+    DEFAULT_PORTS,
+    LOCAL_PARAMETERS,
+    LocalStack,
+    StackInfo,
+)
 from devstack.template import ROOT
 
 pytestmark = pytest.mark.slow
@@ -88,7 +101,12 @@ def page(browser: Browser, console_stack: StackInfo) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     opened = context.new_page()
     dialogs: list[str] = []
-    opened.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def dialog(shown: Dialog) -> None:
+        dialogs.append(shown.message)
+        shown.dismiss()
+
+    opened.on("dialog", dialog)
     opened.goto(console_stack.console_url)
     yield opened
     assert opened.evaluate("window.__xss") is None, "a value ran as script"
@@ -137,7 +155,9 @@ def test_an_order_placed_in_the_form_shows_its_offset_email_and_archive_object(
     expect(api).to_contain_text("HTTP 202")
     for consumer in ("EmailNotifierFunction", "S3ArchiverFunction"):
         rows = page.locator(f"#live-invocations [data-function={consumer}] tbody tr")
-        expect(rows.filter(has_text=re.compile(rf"order-placed-{partition}@\d+\.\.\d+"))).not_to_have_count(0)
+        expect(
+            rows.filter(has_text=re.compile(rf"order-placed-{partition}@\d+\.\.\d+"))
+        ).not_to_have_count(0)
 
     # The email: listed, and opened as the customer would see it, in a sandboxed frame.
     email = page.locator("#live-emails tr[data-message-id]").first
@@ -158,6 +178,7 @@ def test_an_order_placed_in_the_form_shows_its_offset_email_and_archive_object(
     archived.locator("a").click()
     lines = page.locator("#viewer ol.lines li")
     expect(lines.filter(has_text=order_id)).to_have_count(1)
+    expect(answer.locator(".offset")).to_have_text(str(offset))  # the viewer opened in place
     # The customer's name is text on the page, never an element.
     expect(lines.filter(has_text=order_id)).to_contain_text(HOSTILE_NAME.replace('"', '\\"'))
     assert page.locator("img").count() == 0
@@ -236,3 +257,100 @@ def test_a_poison_record_is_shown_as_text_and_redriven_and_replayed_after_a_dry_
     expect(outcome).to_contain_text("replayed to S3ArchiverFunction")
     expect(outcome).to_contain_text(f"succeeded    {records}")
     expect(outcome).to_contain_text(f"duplicates   {records}")
+
+
+def test_an_email_opens_in_a_frame_where_its_html_cannot_run_script(
+    page: Page, console_stack: StackInfo
+) -> None:
+    """Our confirmations carry inert text, but the viewer does not rely on it: an HTML part
+    with script in it, sent straight to SES, shows and runs nothing."""
+    ses = aws.client("ses", console_stack.aws_endpoint)
+    template = ses.list_templates()["TemplatesMetadata"][0]["Name"]
+    script = "<script>document.body.dataset.ran = '1'; parent.__xss = 3;</script>"
+    ses.send_templated_email(
+        Source=LOCAL_PARAMETERS["SenderEmail"],
+        Destination={"ToAddresses": ["eve@example.com"]},
+        Template=template,
+        TemplateData=json.dumps(
+            {
+                "customer_name": script,
+                "order_id": "sandboxed",
+                "currency": "EUR",
+                "total": "1.00",
+                "items": [
+                    {
+                        "name": "Pen",
+                        "sku": "PEN-1",
+                        "quantity": "1",
+                        "unit_price": "1.00",
+                        "line_total": "1.00",
+                        "currency": "EUR",
+                    }
+                ],
+            }
+        ),
+    )
+    row = page.locator("#live-emails tr[data-message-id]").filter(has_text="eve@example.com")
+    expect(row).to_have_count(1, timeout=WAIT_MS)
+    row.locator("a").click()
+    body = page.frame_locator("#viewer iframe.email").locator("body")
+    expect(body).to_contain_text("thank you for your order")
+    assert page.frame_locator("#viewer iframe.email").locator("script").count() == 1
+    expect(page.frame_locator("#viewer iframe.email").locator("body[data-ran]")).to_have_count(0)
+
+
+def test_make_run_prints_the_console_before_ready_on_console_port(tmp_path: Path) -> None:
+    """`python -m devstack run`, which `make run` starts, with every port of its own."""
+    ports = {name: str(free_port()) for name in DEFAULT_PORTS}
+    env = {**os.environ, **ports}
+    env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    run = subprocess.Popen(
+        [sys.executable, "-m", "devstack", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    printed: list[str] = []
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            printed.append(line.rstrip())
+            if line.strip() in ("ready", "stopped") or line.startswith("error"):
+                break
+        assert printed[-1] == "ready", printed
+        console = f"http://127.0.0.1:{ports[CONSOLE_PORT_VAR]}"
+        assert f"console   {console}" in printed, printed
+        with urllib.request.urlopen(console + "/", timeout=30) as response:
+            assert response.status == 200
+            assert b"Place an order" in response.read()
+    finally:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.wait(60)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert run.returncode == 0
+
+
+def test_make_run_refuses_a_console_port_in_use_before_starting_anything() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, CONSOLE_PORT_VAR: str(port)}
+        env.update({name: str(free_port()) for name in DEFAULT_PORTS if name != CONSOLE_PORT_VAR})
+        done = subprocess.run(
+            [sys.executable, "-m", "devstack", "run"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use (set CONSOLE_PORT)" in done.stderr
+    assert "broker" not in done.stdout
