@@ -77,7 +77,9 @@ def url(path: str, query: Mapping[str, object] | None = None, fragment: str = ""
     if not path.startswith("/") or path.startswith("//"):
         raise ValueError(f"not a path on this server: {path!r}")
     shown = {k: str(v) for k, v in (query or {}).items() if v is not None}
-    return path + (f"?{urlencode(shown)}" if shown else "") + (f"#{fragment}" if fragment else "")
+    # A key no S3 could hold (a lone surrogate) still makes a link, if one to nothing.
+    encoded = urlencode(shown, encoding="utf-8", errors="replace")
+    return path + (f"?{encoded}" if shown else "") + (f"#{fragment}" if fragment else "")
 
 
 def document(
