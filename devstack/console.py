@@ -3,6 +3,7 @@
 It reads what `make status` reads (the broker, moto), what the stack keeps (the invocation
 journal, the sent emails), and acts through `operate` (replay, redrive) exactly as the
 `orderstream --local` command does, each action a dry run first. Rendering: console_page.py.
+Why it works as it does: docs/design.md, "The local console".
 
 A page on 127.0.0.1 can still be reached by other sites in the same browser: requests must name
 this server in Host (no DNS rebinding), and a POST must come from the console's own page (no
