@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from devstack import console_page as view
@@ -61,6 +61,7 @@ PAGE_POLICY = (
 EMAIL_POLICY = (
     "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'"
 )
+T = TypeVar("T")
 _ITEM_FIELD = re.compile(r"item(\d)_(sku|name|quantity|unit_price)")
 _WHOLE_NUMBER = re.compile(r"-?\d{1,18}")
 
@@ -164,42 +165,63 @@ class Console:
             yield from page.get("Contents", [])
 
     def archive_objects(self) -> list[view.ArchiveObject]:
-        """Each object's counts come from its metadata (asked once per object version)."""
-        found = []
-        for listed in self._listed(ARCHIVE):
-            cache_key = (listed["Key"], listed["ETag"])
-            if cache_key not in self._archive_cache:
-                head = self.place.s3.head_object(Bucket=self._bucket(ARCHIVE), Key=listed["Key"])
-                metadata = head.get("Metadata", {})
-                self._archive_cache[cache_key] = view.ArchiveObject(
-                    key=listed["Key"],
-                    size=int(listed["Size"]),
-                    modified=listed["LastModified"],
-                    records=_number(metadata.get("record-count")),
-                    first_offset=_number(metadata.get("first-offset")),
-                    last_offset=_number(metadata.get("last-offset")),
-                    poison=_number(metadata.get("poison-count")),
-                )
-            found.append(self._archive_cache[cache_key])
-        return found
+        """Each object's counts come from its metadata."""
+
+        def describe(listed: dict[str, Any]) -> view.ArchiveObject:
+            head = self.place.s3.head_object(Bucket=self._bucket(ARCHIVE), Key=listed["Key"])
+            metadata = head.get("Metadata", {})
+            return view.ArchiveObject(
+                key=listed["Key"],
+                size=int(listed["Size"]),
+                modified=listed["LastModified"],
+                records=_number(metadata.get("record-count")),
+                first_offset=_number(metadata.get("first-offset")),
+                last_offset=_number(metadata.get("last-offset")),
+                poison=_number(metadata.get("poison-count")),
+            )
+
+        return self._described(ARCHIVE, self._archive_cache, describe)
 
     def dead_letter_objects(self) -> list[view.DeadLetterObject]:
-        found = []
-        for listed in self._listed(DEAD_LETTERS):
+        def describe(listed: dict[str, Any]) -> view.DeadLetterObject:
+            document = self._document(DEAD_LETTERS, listed["Key"])
+            kind, reason, where = _dead_letter_facts(listed["Key"], document)
+            return view.DeadLetterObject(
+                key=listed["Key"],
+                size=int(listed["Size"]),
+                modified=listed["LastModified"],
+                kind=kind,
+                reason=reason,
+                where=where,
+            )
+
+        return self._described(DEAD_LETTERS, self._dead_letter_cache, describe)
+
+    def _described(
+        self,
+        logical_id: str,
+        cache: dict[tuple[str, str], T],
+        describe: Callable[[dict[str, Any]], T],
+    ) -> list[T]:
+        """The bucket's objects, each read once per version (an object that went between the
+        listing and the reading is left out until the next round). The cache keeps only what
+        the last listing held."""
+        from botocore.exceptions import ClientError
+
+        found: dict[tuple[str, str], T] = {}
+        for listed in self._listed(logical_id):
             cache_key = (listed["Key"], listed["ETag"])
-            if cache_key not in self._dead_letter_cache:
-                document = self._document(DEAD_LETTERS, listed["Key"])
-                kind, reason, where = _dead_letter_facts(listed["Key"], document)
-                self._dead_letter_cache[cache_key] = view.DeadLetterObject(
-                    key=listed["Key"],
-                    size=int(listed["Size"]),
-                    modified=listed["LastModified"],
-                    kind=kind,
-                    reason=reason,
-                    where=where,
-                )
-            found.append(self._dead_letter_cache[cache_key])
-        return found
+            described = cache.get(cache_key)  # another request may be replacing the cache
+            if described is None:
+                try:
+                    described = cache[cache_key] = describe(listed)
+                except ClientError:
+                    continue
+            found[cache_key] = described
+        with self._lock:
+            cache.clear()
+            cache.update(found)
+        return list(found.values())
 
     def _body(self, logical_id: str, key: str) -> tuple[bytes, dict[str, str]] | None:
         from botocore.exceptions import ClientError

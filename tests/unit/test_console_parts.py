@@ -500,3 +500,48 @@ def test_a_plan_runs_once_and_only_as_its_own_kind(console: Console) -> None:
     )
     assert status == 303
     assert headers["Location"].startswith("/?action=")
+
+
+class CountingS3:
+    """moto's S3, counting the reads the console makes of each object."""
+
+    def __init__(self, s3: Any) -> None:
+        self.s3, self.heads = s3, 0
+
+    def head_object(self, **kwargs: Any) -> Any:
+        self.heads += 1
+        return self.s3.head_object(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.s3, name)
+
+
+def test_objects_are_read_once_per_version_and_forgotten_when_gone() -> None:
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="archive")
+        info = type("Info", (), {"buckets": {"ArchiveBucket": "archive"}})()
+        console = Console(QuietStack(info=info), 0)  # type: ignore[arg-type]
+        counting = CountingS3(s3)
+        console._place = type("P", (), {"s3": counting})()
+        try:
+            for key, count in (("a", "3"), ("b", "5")):
+                s3.put_object(
+                    Bucket="archive", Key=key, Body=b"x", Metadata={"record-count": count}
+                )
+            assert sorted((o.key, o.records) for o in console.archive_objects()) == [
+                ("a", 3),
+                ("b", 5),
+            ]
+            console.archive_objects()
+            assert counting.heads == 2  # not read again
+            s3.delete_object(Bucket="archive", Key="a")
+            s3.put_object(Bucket="archive", Key="b", Body=b"yy", Metadata={"record-count": "6"})
+            assert [(o.key, o.records) for o in console.archive_objects()] == [("b", 6)]
+            assert counting.heads == 3
+            assert [key for key, _ in console._archive_cache] == ["b"]
+        finally:
+            console._server.server_close()
