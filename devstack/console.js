@@ -3,6 +3,7 @@
 // element marked data-live again and again; what comes back is HTML the server escaped.
 (function () {
   const every = Number(document.body.dataset.refreshMs || "2000");
+  const shown = new Map();
 
   async function refresh() {
     try {
@@ -11,8 +12,11 @@
         const parts = await response.json();
         for (const node of document.querySelectorAll("[data-live]")) {
           const html = parts[node.id];
-          if (typeof html === "string" && node.innerHTML !== html) {
+          // Compared with what was last set, not with innerHTML (which the browser re-serializes):
+          // an unchanged section keeps its selection.
+          if (typeof html === "string" && shown.get(node.id) !== html) {
             node.innerHTML = html;
+            shown.set(node.id, html);
           }
         }
         document.body.dataset.refreshed = String(Date.now());
@@ -35,9 +39,13 @@
     const viewer = document.getElementById("viewer-body");
     try {
       const response = await fetch(link.dataset.viewer, { cache: "no-store" });
+      const type = response.headers.get("Content-Type") || "";
+      if (!response.ok || !type.startsWith("text/html")) {
+        throw new Error(String(response.status));
+      }
       viewer.innerHTML = await response.text();
     } catch (error) {
-      window.location.assign(link.href);
+      window.location.assign(link.href);  // the whole page, which says what went wrong
       return;
     }
     document.getElementById("viewer").scrollIntoView();

@@ -16,12 +16,13 @@ import json
 import re
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from devstack import console_page as view
 from devstack.markup import Markup
 from devstack.ports import LOOPBACK
-from devstack.status import topic_figures
+from devstack.status import TopicFigures, topic_figures
 from devstack.template import ROOT
 from orderstream import dead_letter as dead_letters
 from orderstream.archive import read_lines
@@ -50,6 +51,9 @@ STATIC = {
 ARCHIVE, DEAD_LETTERS = "ArchiveBucket", "DeadLetterBucket"
 INVOCATIONS_SHOWN = 10
 KEPT_RESULTS = 50
+# A plan older than this is not run: what it surveyed may have changed; dry-run it again.
+PLAN_LIFETIME_S = 600
+TOPIC_FIGURES_MAX_AGE_S = 1.0  # one reading of the broker serves every tab asking within it
 MAX_FORM_BYTES = 64 * 1024
 # Served with every page: nothing runs or loads that this server did not send.
 PAGE_POLICY = (
@@ -73,6 +77,7 @@ class _Plan:
     kind: str  # "replay" or "redrive"
     title: str
     run: Callable[[], list[str]]
+    made: float = field(default_factory=time.monotonic)
 
 
 class Console:
@@ -89,6 +94,9 @@ class Console:
         self._archive_cache: dict[tuple[str, str], view.ArchiveObject] = {}
         self._dead_letter_cache: dict[tuple[str, str], view.DeadLetterObject] = {}
         self._place: Place | None = None
+        self._figures_lock = threading.Lock()
+        self._figures: tuple[float, TopicFigures | None] = (0.0, None)  # (read started, figures)
+        self._acted = 0.0  # when this console last placed an order or ran an action
 
     @property
     def port(self) -> int:
@@ -116,16 +124,28 @@ class Console:
     @property
     def place(self) -> Place:
         """The local stack, as `orderstream --local` reaches it."""
-        if self._place is None:
-            from operate.where import of_local_stack
+        with self._lock:  # boto3's default session makes clients one thread at a time
+            if self._place is None:
+                from operate.where import of_local_stack
 
-            assert self.stack.info is not None
-            self._place = of_local_stack(self.stack.info)
-        return self._place
+                assert self.stack.info is not None
+                self._place = of_local_stack(self.stack.info)
+            return self._place
+
+    def topic_figures(self) -> TopicFigures:
+        """The broker's figures, read at most once a second whoever asks, and read again after
+        an order or an action of this console (its page then shows what it just did)."""
+        with self._figures_lock:
+            started, figures = self._figures
+            now = time.monotonic()
+            if figures is None or now - started > TOPIC_FIGURES_MAX_AGE_S or started < self._acted:
+                figures = topic_figures(self._info())
+                self._figures = (now, figures)
+            return figures
 
     def live(self) -> dict[str, Markup]:
         sections: dict[str, Callable[[], Markup]] = {
-            "live-topic": lambda: view.topic_section(topic_figures(self._info())),
+            "live-topic": lambda: view.topic_section(self.topic_figures()),
             "live-invocations": self._invocations,
             "live-emails": lambda: view.emails_section(self.stack.emails),
             "live-archive": lambda: view.archive_section(
@@ -307,6 +327,11 @@ class Console:
                 status, raw = response.status, response.read()
         except urllib.error.HTTPError as error:
             status, raw = error.code, error.read()
+        except OSError as exc:  # the API is down or did not answer in time: say so beside the form
+            reason = f"the local API did not answer: {type(exc).__name__}: {exc}"
+            return self._keep(self._answers, view.OrderAnswer(0, reason, form))
+        finally:
+            self._acted = time.monotonic()
         try:
             body: Any = json.loads(raw)
         except ValueError:
@@ -324,33 +349,37 @@ class Console:
         return self._keep(self._outcomes, outcome)
 
     def run(self, kind: str, form: dict[str, str]) -> str:
-        """Run what a dry run showed, once: a plan is gone after its run."""
-        with self._lock:
-            plan = self._plans.get(form.get("plan", ""))
-            if plan is not None and plan.kind == kind:
-                del self._plans[form["plan"]]
-            else:
-                plan = None
-        if plan is None:
-            outcome = view.ActionOutcome(
-                "nothing run",
-                ["That plan was run already, or never made: start with its dry run."],
-                False,
-            )
-            return self._keep(self._outcomes, outcome)
+        """Run what a dry run showed, once: a plan is gone after its run, and one older than
+        PLAN_LIFETIME_S is not run. One action at a time; a plan waits for its turn."""
         if not self._action_lock.acquire(blocking=False):
             outcome = view.ActionOutcome(
                 "nothing run", ["Another action is running: try again when it ends."], False
             )
             return self._keep(self._outcomes, outcome)
         try:
-            lines = plan.run()
-            ok = not any(line.startswith("  error:") for line in lines)
-        except Exception as exc:
-            lines, ok = [f"{type(exc).__name__}: {exc}"], False
+            plan = self._take_plan(kind, form.get("plan", ""))
+            if isinstance(plan, str):
+                return self._keep(self._outcomes, view.ActionOutcome("nothing run", [plan], False))
+            try:
+                lines = plan.run()
+                ok = not any(line.startswith("  error:") for line in lines)
+            except Exception as exc:
+                lines, ok = [f"{type(exc).__name__}: {exc}"], False
+            return self._keep(self._outcomes, view.ActionOutcome(plan.title, lines, ok))
         finally:
+            self._acted = time.monotonic()
             self._action_lock.release()
-        return self._keep(self._outcomes, view.ActionOutcome(plan.title, lines, ok))
+
+    def _take_plan(self, kind: str, plan_id: str) -> _Plan | str:
+        """The plan, taken out so that it cannot run twice; or why there is none to run."""
+        with self._lock:
+            plan = self._plans.get(plan_id)
+            if plan is None or plan.kind != kind:
+                return "That plan was run already, or never made: start with its dry run."
+            del self._plans[plan_id]
+        if time.monotonic() - plan.made > PLAN_LIFETIME_S:
+            return f"That plan is older than {PLAN_LIFETIME_S} s: dry-run it again."
+        return plan
 
     def _plan_replay(self, form: dict[str, str]) -> view.ActionOutcome:
         from operate import replay
@@ -373,6 +402,8 @@ class Console:
             return view.ActionOutcome("replay: nothing to replay", lines, True)
 
         def go() -> list[str]:
+            if not form.get("allow_resend"):  # the notifier may have forgotten since the dry run
+                replay.check_memory(self.place, target, planned, replay.now())
             tally = replay.run(self.place, target, planned)
             return _summary(f"replayed to {target}", tally)
 
@@ -472,7 +503,7 @@ def order_body(form: dict[str, str]) -> dict[str, Any]:
 
 
 def _number(raw: str | None) -> int | None:
-    return int(raw) if raw is not None and raw.lstrip("-").isdigit() else None
+    return int(raw) if raw is not None and _WHOLE_NUMBER.fullmatch(raw) else None
 
 
 def _dead_letter_facts(key: str, document: Any) -> tuple[str, str, str]:
@@ -491,11 +522,11 @@ def _dead_letter_facts(key: str, document: Any) -> tuple[str, str, str]:
     if not isinstance(document, dict):
         return kind, "(not a JSON document)", ""
     if "KafkaBatchInfo" in document:
-        context = document.get("requestContext") or {}
-        info = document.get("KafkaBatchInfo") or {}
+        context = _mapping(document.get("requestContext"))
+        spans = _mapping(_mapping(document.get("KafkaBatchInfo")).get("recordsInfo"))
         where = " ".join(
             f"{name}@{span.get('firstRecordOffset')}..{span.get('lastRecordOffset')}"
-            for name, span in sorted((info.get("recordsInfo") or {}).items())
+            for name, span in sorted(spans.items())
             if isinstance(span, dict)
         )
         reason = (
@@ -504,6 +535,10 @@ def _dead_letter_facts(key: str, document: Any) -> tuple[str, str, str]:
         return kind, reason, where
     where = f"{document.get('topic')}-{document.get('partition')}@{document.get('offset')}"
     return kind, str(document.get("reason", "")), where
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _summary(title: str, tally: Any) -> list[str]:
@@ -575,7 +610,12 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
 
         def _refuse(self, status: HTTPStatus, why: str) -> None:
-            self._send(status, why.encode(), "text/plain; charset=utf-8")
+            """Answer and hang up: a body left unread must never be read as the next request
+            on this connection (it could carry a Host and no Origin, and pass both checks)."""
+            self.close_connection = True
+            self._send(
+                status, why.encode(), "text/plain; charset=utf-8", headers={"Connection": "close"}
+            )
 
         def _see(self, location: str) -> None:
             self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", headers={"Location": location})
@@ -616,21 +656,24 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
             if not self._same_origin():
                 return self._refuse(HTTPStatus.FORBIDDEN, "only the console's own page may post")
             length = self.headers.get("Content-Length", "")
-            if not length.isdigit() or int(length) > MAX_FORM_BYTES:
+            if not (length.isascii() and length.isdigit()) or int(length) > MAX_FORM_BYTES:
                 return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "form too large")
             if self.headers.get_content_type() != "application/x-www-form-urlencoded":
                 return self._refuse(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "a form post only")
             raw = self.rfile.read(int(length)).decode("utf-8", "replace")
             form = {k: v[-1] for k, v in parse_qs(raw, keep_blank_values=True).items()}
             path = urlsplit(self.path).path
-            if path == "/order":
-                return self._see(f"/?answer={console.place_order(form)}#order")
-            if path in ("/replay/dry-run", "/redrive/dry-run"):
-                kind = path.split("/")[1]
-                return self._see(f"/?action={console.dry_run(kind, form)}#actions")
-            if path in ("/replay/run", "/redrive/run"):
-                kind = path.split("/")[1]
-                return self._see(f"/?action={console.run(kind, form)}#actions")
+            try:
+                if path == "/order":
+                    return self._see(f"/?answer={console.place_order(form)}#order")
+                if path in ("/replay/dry-run", "/redrive/dry-run"):
+                    kind = path.split("/")[1]
+                    return self._see(f"/?action={console.dry_run(kind, form)}#actions")
+                if path in ("/replay/run", "/redrive/run"):
+                    kind = path.split("/")[1]
+                    return self._see(f"/?action={console.run(kind, form)}#actions")
+            except Exception as exc:
+                return self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"{type(exc).__name__}: {exc}")
             return self._refuse(HTTPStatus.NOT_FOUND, "no such action")
 
     return Handler

@@ -497,7 +497,8 @@ def dead_letter_view(key: str, document: Any) -> Markup:
     parts = [el("h3", "dead-letter object ", el("code", key))]
     if isinstance(document, Mapping):
         reason = document.get("reason")
-        condition = (document.get("requestContext") or {}).get("condition")
+        context = document.get("requestContext")
+        condition = context.get("condition") if isinstance(context, Mapping) else None
         if reason is not None or condition is not None:
             parts.append(el("p", el("strong", "reason: "), reason or condition, class_="reason"))
         value = document.get("value")

@@ -709,7 +709,7 @@ class _Poller:
             started = time.time()
             result = self.mapping.invoke(event)
             self.mapping.count(invocations=1)
-            failed = failed_records(self.spec, records, result)
+            failed, unreadable = failed_records(self.spec, records, result)
             entry = batch_entry(
                 self.spec.function,
                 f"mapping {self.spec.name}",
@@ -718,6 +718,7 @@ class _Poller:
                 started,
                 len(failed),
                 attempt,
+                unreadable=unreadable,
             )
             self._log(entry.describe())
             if self.mapping.journal is not None:
@@ -771,24 +772,26 @@ class _Poller:
 
 def failed_records(
     spec: MappingSpec, records: list[KafkaRecord], result: Invocation
-) -> list[KafkaRecord]:
+) -> tuple[list[KafkaRecord], bool]:
     """The records to retry: all of them on an error or a response Lambda cannot read; with
-    ReportBatchItemFailures, each reported partition from its lowest reported offset on."""
+    ReportBatchItemFailures, each reported partition from its lowest reported offset on. And
+    whether the function answered but its response could not be read."""
     if not result.ok:
-        return records
+        return records, False
     if not spec.report_batch_item_failures:
-        return []
+        return [], False
     reported = reported_failures(
         result.payload, {(f"{r.topic}-{r.partition}", r.offset) for r in records}
     )
     if reported is None:
-        return records  # "treated as failure and entire batch will be retried"
-    return [
+        return records, True  # "treated as failure and entire batch will be retried"
+    failed = [
         r
         for r in records
         if f"{r.topic}-{r.partition}" in reported
         and r.offset >= reported[f"{r.topic}-{r.partition}"]
     ]
+    return failed, False
 
 
 def _record_size(record: KafkaRecord) -> int:

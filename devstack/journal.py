@@ -7,6 +7,7 @@ One entry also makes the mapping's log line, so the console and the log never di
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -63,11 +64,16 @@ def batch_entry(
     started: float,
     failed: int,
     attempt: int = 0,
+    unreadable: bool = False,
 ) -> Entry:
-    """An invocation with Kafka records; `failed` is how many of them are to be retried."""
+    """An invocation with Kafka records; `failed` is how many of them are to be retried, and
+    `unreadable` that the function answered in a shape the mapping cannot read."""
     if not result.ok:
         outcome: Outcome = "error"
         detail = error_detail(result)
+    elif unreadable:
+        outcome = "error"
+        detail = "error: response unreadable, the whole batch fails"
     elif failed:
         outcome, detail = "partial failure", f"{failed} item failures reported"
     else:
@@ -100,19 +106,20 @@ def call_entry(function: str, source: str, event: Any, result: Invocation, start
 
 
 def _msk_positions(event: Any) -> list[tuple[str, int, int]] | None:
+    """The (topic, partition, offset) of each record of an MSK event; None for other events.
+    A record without whole-number positions is left out: the journal describes, it does not
+    judge the event."""
     if not isinstance(event, Mapping) or event.get("eventSource") != "aws:kafka":
         return None
+    batches = event.get("records")
     positions = []
-    for batch in (event.get("records") or {}).values():
+    for batch in batches.values() if isinstance(batches, Mapping) else []:
         for record in batch if isinstance(batch, list) else []:
-            if isinstance(record, Mapping):
-                positions.append(
-                    (
-                        str(record.get("topic")),
-                        int(record.get("partition", -1)),
-                        int(record.get("offset", -1)),
-                    )
-                )
+            if not isinstance(record, Mapping):
+                continue
+            partition, offset = record.get("partition"), record.get("offset")
+            if isinstance(partition, int) and isinstance(offset, int):
+                positions.append((str(record.get("topic")), partition, offset))
     return positions
 
 
@@ -147,7 +154,10 @@ class Journal:
         def call(event: Any) -> Invocation:
             started = time.time()
             result = invoke(event)
-            self.add(call_entry(function, source, event, result, started))
+            # An event of a shape the journal cannot read: the caller's answer matters more
+            # than the console's row.
+            with contextlib.suppress(Exception):
+                self.add(call_entry(function, source, event, result, started))
             return result
 
         return call

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from hypothesis import given
@@ -20,6 +20,7 @@ from devstack import console_page as view
 from devstack.console import (
     EMAIL_POLICY,
     PAGE_POLICY,
+    PLAN_LIFETIME_S,
     Console,
     _dead_letter_facts,
     _Plan,
@@ -545,3 +546,141 @@ def test_objects_are_read_once_per_version_and_forgotten_when_gone() -> None:
             assert [key for key, _ in console._archive_cache] == ["b"]
         finally:
             console._server.server_close()
+
+
+# --------------------------------------------------------------------------- review findings
+
+
+def test_a_refused_post_hangs_up_so_its_body_is_never_read_as_a_request(console: Console) -> None:
+    """A cross-site POST whose body is a whole second request (with this server's Host and no
+    Origin) must not get that second request served on the same connection."""
+    import socket
+
+    hidden = (
+        f"POST /order HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 10\r\n\r\norder_id=x"
+    ).encode()
+    outer = (
+        f"POST /redrive/run HTTP/1.1\r\nHost: 127.0.0.1:{console.port}\r\n"
+        "Origin: https://evil.example\r\nContent-Type: text/plain\r\n"
+        f"Content-Length: {len(hidden)}\r\n\r\n"
+    ).encode() + hidden
+    with socket.create_connection(("127.0.0.1", console.port), timeout=10) as sock:
+        sock.sendall(outer)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 403")
+    assert received.count(b"HTTP/1.1 ") == 1  # then the server hung up
+    assert b"Connection: close" in received
+    assert console._answers == {}
+
+
+def test_a_plan_waits_for_another_action_and_an_old_plan_is_not_run(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[str] = []
+
+    def run() -> list[str]:
+        runs.append("ran")
+        return ["done"]
+
+    plan_id = console._keep(console._plans, _Plan("redrive", "redrive", run))
+    with console._action_lock:
+        busy = console._outcomes[console.run("redrive", {"plan": plan_id})]
+    assert busy.lines == ["Another action is running: try again when it ends."]
+    assert console._outcomes[console.run("redrive", {"plan": plan_id})].lines == ["done"]
+
+    stale = _Plan("redrive", "redrive", run)
+    stale.made -= PLAN_LIFETIME_S + 1
+    stale_id = console._keep(console._plans, stale)
+    refused = console._outcomes[console.run("redrive", {"plan": stale_id})]
+    assert "older than" in refused.lines[0]
+    assert runs == ["ran"]
+
+
+def test_an_order_the_api_does_not_answer_is_said_beside_the_form(console: Console) -> None:
+    from devstack.ports import free_port
+
+    console.stack.info = type("Info", (), {"api_url": f"http://127.0.0.1:{free_port()}"})()
+    answer = console._answers[console.place_order({"order_id": "x"})]
+    assert answer.status == 0
+    assert "the local API did not answer" in answer.body
+    assert "did not answer" in Parsed(view._answer(answer)).text
+
+
+def test_the_journal_says_when_the_mapping_could_not_read_the_answer() -> None:
+    from devstack.esm import MappingSpec, failed_records
+
+    @dataclass
+    class Record:
+        topic: str = "t"
+        partition: int = 0
+        offset: int = 5
+
+    spec = MappingSpec("Fn", "M", "arn", ["t"], "g", report_batch_item_failures=True)
+    records: list[Any] = [Record()]
+    failed, unreadable = failed_records(spec, records, invocation(payload={"batchItemFailures": 7}))
+    assert (len(failed), unreadable) == (1, True)
+    failed, unreadable = failed_records(
+        spec,
+        records,
+        invocation(
+            payload={"batchItemFailures": [{"itemIdentifier": {"partition": "t-0", "offset": 5}}]}
+        ),
+    )
+    assert (len(failed), unreadable) == (1, False)
+    entry = batch_entry("Fn", "m", [("t", 0, 5)], invocation(), 0, failed=1, unreadable=True)
+    assert entry.outcome == "error"
+    assert entry.describe().endswith("error: response unreadable, the whole batch fails")
+
+
+@pytest.mark.parametrize(
+    "records",
+    [None, [], {"t-0": None}, {"t-0": [{"partition": "x", "offset": None}]}, {"t-0": [7]}],
+)
+def test_an_invoked_event_the_journal_cannot_read_still_gets_its_answer(records: Any) -> None:
+    journal = Journal()
+    call = journal.recording("Fn", "invoke", lambda event: invocation(payload={"ok": 1}))
+    assert call({"eventSource": "aws:kafka", "records": records}).payload == {"ok": 1}
+    assert journal.latest("Fn", 1)[0].records == 0
+
+
+def test_odd_object_metadata_and_documents_hide_nothing() -> None:
+    from devstack.console import _number
+
+    assert [_number(v) for v in ("12", "-3", "²", "--5", "", None, "1e3")] == [
+        12,
+        -3,
+        None,
+        None,
+        None,
+        None,
+        None,
+    ]
+    odd = {"requestContext": "x", "KafkaBatchInfo": {"recordsInfo": [1]}}
+    assert _dead_letter_facts("aws/lambda/x", odd)[0] == "on-failure"
+    assert Parsed(view.dead_letter_view("k", odd)).tags
+
+
+def test_the_broker_is_read_once_a_second_and_again_after_this_console_acted(
+    console: Console, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import devstack.console as module
+
+    reads: list[int] = []
+
+    def read(info: Any) -> TopicFigures:
+        reads.append(1)
+        return figures()
+
+    monkeypatch.setattr(module, "topic_figures", read)
+    console.stack.info = cast(Any, object())
+    first = console.topic_figures()
+    assert console.topic_figures() is first
+    assert len(reads) == 1  # every tab within the second shares one reading
+    console._acted = time.monotonic()  # an order was placed, or an action ran
+    assert console.topic_figures() is not first
+    assert len(reads) == 2
