@@ -25,14 +25,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from devstack import console_page as view
 from devstack.markup import Markup
-from devstack.ports import LOOPBACK
+from devstack.ports import LOOPBACK, LoopbackServer
 from devstack.status import TopicFigures, topic_figures
 from devstack.template import ROOT
 from orderstream import dead_letter as dead_letters
@@ -80,12 +80,12 @@ class _Plan:
     made: float = field(default_factory=time.monotonic)
 
 
-class Console:
+class Console(LoopbackServer):
+    thread_name = "console"
+
     def __init__(self, stack: LocalStack, port: int = 0) -> None:
+        super().__init__(port, _handler(self))
         self.stack = stack
-        self._server = ThreadingHTTPServer((LOOPBACK, port), _handler(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._action_lock = threading.Lock()
         self._answers: OrderedDict[str, view.OrderAnswer] = OrderedDict()
@@ -97,27 +97,6 @@ class Console:
         self._figures_lock = threading.Lock()
         self._figures: tuple[float, TopicFigures | None] = (0.0, None)  # (read started, figures)
         self._acted = 0.0  # when this console last placed an order or ran an action
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
-
-    def start(self) -> Console:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="console", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(5)
 
     # ----------------------------------------------------------------- what it reads
 
@@ -407,15 +386,7 @@ class Console:
             tally = replay.run(self.place, target, planned)
             return _summary(f"replayed to {target}", tally)
 
-        plan_id = self._keep_plan(_Plan("replay", f"replay to {target}", go))
-        return view.ActionOutcome(
-            "replay: dry run",
-            lines,
-            True,
-            run_label=f"Replay {planned.records} records to {target}",
-            run_path="/replay/run",
-            plan_id=plan_id,
-        )
+        return self._offer("replay", lines, f"Replay {planned.records} records to {target}", go)
 
     def _plan_redrive(self, form: dict[str, str]) -> view.ActionOutcome:
         from operate import redrive
@@ -432,18 +403,17 @@ class Console:
         def go() -> list[str]:
             return _summary(f"redrove {source}", redrive.run(self.place, planned))
 
-        plan_id = self._keep_plan(_Plan("redrive", f"redrive {source}", go))
-        return view.ActionOutcome(
-            "redrive: dry run",
-            lines,
-            True,
-            run_label=f"Redrive {len(planned.items)} objects ({len(planned.records)} records)",
-            run_path="/redrive/run",
-            plan_id=plan_id,
-        )
+        label = f"Redrive {len(planned.items)} objects ({len(planned.records)} records)"
+        return self._offer("redrive", lines, label, go)
 
-    def _keep_plan(self, plan: _Plan) -> str:
-        return self._keep(self._plans, plan)
+    def _offer(
+        self, kind: str, lines: list[str], label: str, go: Callable[[], list[str]]
+    ) -> view.ActionOutcome:
+        """The dry run's outcome, with a button that runs its plan."""
+        plan_id = self._keep(self._plans, _Plan(kind, lines[0].removeprefix("dry run: "), go))
+        return view.ActionOutcome(
+            f"{kind}: dry run", lines, True, label, run_path=f"/{kind}/run", plan_id=plan_id
+        )
 
     def _keep(self, kept: OrderedDict[str, Any], value: Any) -> str:
         key = secrets.token_urlsafe(12)

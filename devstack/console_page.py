@@ -276,6 +276,9 @@ def topic_section(figures: TopicFigures) -> Markup:
     )
 
 
+INVOCATION_COLUMNS = ("at (UTC)", "by", "records", "offsets", "duration", "outcome", "detail")
+
+
 def invocations_section(entries: Mapping[str, Sequence[Entry]]) -> Markup:
     parts = []
     for function, latest in entries.items():
@@ -303,28 +306,7 @@ def invocations_section(entries: Mapping[str, Sequence[Entry]]) -> Markup:
             el(
                 "div",
                 el("h3", function),
-                el(
-                    "table",
-                    el(
-                        "thead",
-                        el(
-                            "tr",
-                            [
-                                el("th", h)
-                                for h in (
-                                    "at (UTC)",
-                                    "by",
-                                    "records",
-                                    "offsets",
-                                    "duration",
-                                    "outcome",
-                                    "detail",
-                                )
-                            ],
-                        ),
-                    ),
-                    el("tbody", rows or el("tr", el("td", "none yet", colspan=7))),
-                ),
+                _table(INVOCATION_COLUMNS, rows),
                 class_="function",
                 data_function=function,
             )
@@ -352,13 +334,8 @@ def emails_section(emails: Sequence[SentEmail], shown: int = 20) -> Markup:
     ]
     return join(
         [
-            el("p", f"{len(emails)} sent", class_="count", data_count=len(emails)),
-            el(
-                "table",
-                el("thead", el("tr", el("th", "#"), el("th", "to"), el("th", "subject"))),
-                el("tbody", rows or el("tr", el("td", "none yet", colspan=3))),
-                class_="emails",
-            ),
+            _count(f"{len(emails)} sent", len(emails)),
+            _table(("#", "to", "subject"), rows, class_="emails"),
         ]
     )
 
@@ -367,15 +344,7 @@ def archive_section(objects: Sequence[ArchiveObject], bucket: str, shown: int = 
     rows = [
         el(
             "tr",
-            el(
-                "td",
-                el(
-                    "a",
-                    o.key,
-                    **_opens({"view": "archive", "key": o.key}),
-                    class_="key",
-                ),
-            ),
+            el("td", _key_link("archive", o.key)),
             el("td", "?" if o.records is None else o.records, class_="num"),
             el(
                 "td",
@@ -386,33 +355,10 @@ def archive_section(objects: Sequence[ArchiveObject], bucket: str, shown: int = 
             el("td", _size(o.size), class_="num"),
             el("td", _clock(o.modified.timestamp())),
         )
-        for o in sorted(objects, key=lambda o: o.modified, reverse=True)[:shown]
+        for o in _newest(objects, shown)
     ]
-    return join(
-        [
-            el(
-                "p",
-                f"s3://{bucket}: {len(objects)} objects",
-                class_="count",
-                data_count=len(objects),
-            ),
-            el(
-                "table",
-                el(
-                    "thead",
-                    el(
-                        "tr",
-                        [
-                            el("th", h)
-                            for h in ("key", "records", "offsets", "poison", "size", "written")
-                        ],
-                    ),
-                ),
-                el("tbody", rows or el("tr", el("td", "none yet", colspan=6))),
-                class_="archive",
-            ),
-        ]
-    )
+    columns = ("key", "records", "offsets", "poison", "size", "written")
+    return join([_bucket_count(bucket, objects), _table(columns, rows, class_="archive")])
 
 
 def dead_letters_section(
@@ -425,37 +371,38 @@ def dead_letters_section(
             el("td", o.where),
             el("td", o.reason, class_="detail"),
             el("td", _size(o.size), class_="num"),
-            el(
-                "td",
-                el(
-                    "a",
-                    o.key,
-                    **_opens({"view": "dead-letter", "key": o.key}),
-                    class_="key",
-                ),
-            ),
+            el("td", _key_link("dead-letter", o.key)),
         )
-        for o in sorted(objects, key=lambda o: o.modified, reverse=True)[:shown]
+        for o in _newest(objects, shown)
     ]
-    return join(
-        [
-            el(
-                "p",
-                f"s3://{bucket}: {len(objects)} objects",
-                class_="count",
-                data_count=len(objects),
-            ),
-            el(
-                "table",
-                el(
-                    "thead",
-                    el("tr", [el("th", h) for h in ("kind", "record", "reason", "size", "key")]),
-                ),
-                el("tbody", rows or el("tr", el("td", "none", colspan=5))),
-                class_="dead-letters",
-            ),
-        ]
+    columns = ("kind", "record", "reason", "size", "key")
+    return join([_bucket_count(bucket, objects), _table(columns, rows, class_="dead-letters")])
+
+
+def _table(columns: Sequence[str], rows: Sequence[Markup], class_: str | None = None) -> Markup:
+    empty = el("tr", el("td", "none yet", colspan=len(columns)))
+    return el(
+        "table",
+        el("thead", el("tr", [el("th", c) for c in columns])),
+        el("tbody", rows or empty),
+        class_=class_,
     )
+
+
+def _count(said: str, count: int) -> Markup:
+    return el("p", said, class_="count", data_count=count)
+
+
+def _bucket_count(bucket: str, objects: Sequence[Any]) -> Markup:
+    return _count(f"s3://{bucket}: {len(objects)} objects", len(objects))
+
+
+def _newest(objects: Sequence[Any], shown: int) -> list[Any]:
+    return sorted(objects, key=lambda o: o.modified, reverse=True)[:shown]
+
+
+def _key_link(view: str, key: str) -> Markup:
+    return el("a", key, **_opens({"view": view, "key": key}), class_="key")
 
 
 def _opens(query: Mapping[str, str]) -> dict[str, str]:
@@ -534,6 +481,7 @@ def email_view(email: SentEmail) -> Markup:
                 el("dd", ", ".join(email.to)),
                 el("dt", "subject"),
                 el("dd", email.subject),
+                class_="metadata",
             ),
             el("h4", "HTML part, as the customer sees it"),
             el(
