@@ -39,6 +39,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="BUILD_DIR",
         help="run the functions from `sam build` output (default .aws-sam/build)",
     )
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="where stack.json, logs and the servers' record go (default devstack/.state); "
+        "`status`, `invoke` and `orderstream --local` find only the stack in the default one",
+    )
+    run.add_argument(
+        "--outbox", type=Path, metavar="DIR", help="where sent emails go (default outbox/)"
+    )
 
     invoke = commands.add_parser("invoke", help="invoke one function with one event")
     invoke.add_argument("function", help="logical id in template.yaml, e.g. OrderApiFunction")
@@ -67,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     match args.command:
         case "run":
-            return run_stack(built=args.built)
+            return run_stack(built=args.built, state_dir=args.state_dir, outbox=args.outbox)
         case "invoke":
             return invoke_function(args.function, args.event, built=args.built)
         case "status":
@@ -85,8 +95,8 @@ def built_dir(built: Path | None) -> Path | None:
     return built.resolve()
 
 
-def run_stack(built: Path | None) -> int:
-    from devstack.stack import LocalStack, StackError, configured_ports
+def run_stack(built: Path | None, state_dir: Path | None = None, outbox: Path | None = None) -> int:
+    from devstack.stack import OUTBOX, STATE_DIR, LocalStack, StackError, configured_ports
     from orderstream import settings
 
     def say(line: str) -> None:
@@ -103,6 +113,8 @@ def run_stack(built: Path | None) -> int:
             external_bootstrap=os.environ.get(settings.KAFKA_BOOTSTRAP_SERVERS) or None,
             built_dir=built_dir(built),
             log=say,
+            state_dir=state_dir or STATE_DIR,
+            outbox=outbox or OUTBOX,
         )
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,10 +51,12 @@ STATIC = {
 }
 ARCHIVE, DEAD_LETTERS = "ArchiveBucket", "DeadLetterBucket"
 INVOCATIONS_SHOWN = 10
+OBJECTS_SHOWN = 50  # of each bucket, newest first; the count says how many there are
 KEPT_RESULTS = 50
 # A plan older than this is not run: what it surveyed may have changed; dry-run it again.
 PLAN_LIFETIME_S = 600
 TOPIC_FIGURES_MAX_AGE_S = 1.0  # one reading of the broker serves every tab asking within it
+TOPIC_FIGURES_RETRY_S = 5.0  # a broker that did not answer is asked again after this
 MAX_FORM_BYTES = 64 * 1024
 # Served with every page: nothing runs or loads that this server did not send.
 PAGE_POLICY = (
@@ -91,19 +94,34 @@ class Console(LoopbackServer):
         self._answers: OrderedDict[str, view.OrderAnswer] = OrderedDict()
         self._outcomes: OrderedDict[str, view.ActionOutcome] = OrderedDict()
         self._plans: OrderedDict[str, _Plan] = OrderedDict()
+        self._forms: OrderedDict[str, dict[str, str]] = OrderedDict()  # an action's form, again
         self._archive_cache: dict[tuple[str, str], view.ArchiveObject] = {}
         self._dead_letter_cache: dict[tuple[str, str], view.DeadLetterObject] = {}
         self._place: Place | None = None
+        self._stopping = False
         self._figures_lock = threading.Lock()
         self._figures: tuple[float, TopicFigures | None] = (0.0, None)  # (read started, figures)
+        self._figures_failure: tuple[float, Exception | None] = (0.0, None)
         self._acted = 0.0  # when this console last placed an order or ran an action
+
+    def start(self) -> Console:
+        self._stopping = False
+        if self.stack.info is not None:
+            self.place  # made before any request, not by the first few at once  # noqa: B018
+        super().start()
+        return self
+
+    def stop(self) -> None:
+        """Refuse what still arrives on open connections (a polling tab keeps one), then stop."""
+        self._stopping = True
+        super().stop()
 
     # ----------------------------------------------------------------- what it reads
 
     @property
     def place(self) -> Place:
         """The local stack, as `orderstream --local` reaches it."""
-        with self._lock:  # boto3's default session makes clients one thread at a time
+        with self._lock:
             if self._place is None:
                 from operate.where import of_local_stack
 
@@ -113,14 +131,39 @@ class Console(LoopbackServer):
 
     def topic_figures(self) -> TopicFigures:
         """The broker's figures, read at most once a second whoever asks, and read again after
-        an order or an action of this console (its page then shows what it just did)."""
-        with self._figures_lock:
+        an order or an action of this console (its page then shows what it just did). One
+        request reads at a time; the others take the last reading meanwhile, and a failed
+        reading is said again for a few seconds rather than tried by every request."""
+        # Wait for the reading in progress only when the last one will not do: none yet, or
+        # one made before this console acted.
+        must_wait = self._figures[1] is None or self._figures[0] < self._acted
+        if not self._figures_lock.acquire(blocking=must_wait):
+            return self._last_figures()
+        try:
             started, figures = self._figures
             now = time.monotonic()
-            if figures is None or now - started > TOPIC_FIGURES_MAX_AGE_S or started < self._acted:
-                figures = topic_figures(self._info())
-                self._figures = (now, figures)
-            return figures
+            fresh = figures is not None and started >= self._acted
+            if fresh and now - started <= TOPIC_FIGURES_MAX_AGE_S:
+                return self._last_figures()
+            failed_at, failure = self._figures_failure
+            if failure is not None and now - failed_at <= TOPIC_FIGURES_RETRY_S:
+                raise failure
+            try:
+                self._figures = (now, topic_figures(self._info()))
+                self._figures_failure = (0.0, None)
+            except Exception as exc:
+                self._figures_failure = (now, exc)
+                raise
+            return self._last_figures()
+        finally:
+            self._figures_lock.release()
+
+    def _last_figures(self) -> TopicFigures:
+        figures = self._figures[1]
+        if figures is None:
+            failure = self._figures_failure[1]
+            raise failure if failure is not None else RuntimeError("reading the broker")
+        return figures
 
     def live(self) -> dict[str, Markup]:
         sections: dict[str, Callable[[], Markup]] = {
@@ -128,10 +171,10 @@ class Console(LoopbackServer):
             "live-invocations": self._invocations,
             "live-emails": lambda: view.emails_section(self.stack.emails),
             "live-archive": lambda: view.archive_section(
-                self.archive_objects(), self._bucket(ARCHIVE)
+                *self.archive_objects(), self._bucket(ARCHIVE)
             ),
             "live-dead-letters": lambda: view.dead_letters_section(
-                self.dead_letter_objects(), self._bucket(DEAD_LETTERS)
+                *self.dead_letter_objects(), self._bucket(DEAD_LETTERS)
             ),
         }
         rendered = {}
@@ -163,7 +206,7 @@ class Console(LoopbackServer):
         for page in paginator.paginate(Bucket=self._bucket(logical_id)):
             yield from page.get("Contents", [])
 
-    def archive_objects(self) -> list[view.ArchiveObject]:
+    def archive_objects(self) -> tuple[int, list[view.ArchiveObject]]:
         """Each object's counts come from its metadata."""
 
         def describe(listed: dict[str, Any]) -> view.ArchiveObject:
@@ -181,7 +224,7 @@ class Console(LoopbackServer):
 
         return self._described(ARCHIVE, self._archive_cache, describe)
 
-    def dead_letter_objects(self) -> list[view.DeadLetterObject]:
+    def dead_letter_objects(self) -> tuple[int, list[view.DeadLetterObject]]:
         def describe(listed: dict[str, Any]) -> view.DeadLetterObject:
             document = self._document(DEAD_LETTERS, listed["Key"])
             kind, reason, where = _dead_letter_facts(listed["Key"], document)
@@ -201,14 +244,15 @@ class Console(LoopbackServer):
         logical_id: str,
         cache: dict[tuple[str, str], T],
         describe: Callable[[dict[str, Any]], T],
-    ) -> list[T]:
-        """The bucket's objects, each read once per version (an object that went between the
-        listing and the reading is left out until the next round). The cache keeps only what
-        the last listing held."""
+    ) -> tuple[int, list[T]]:
+        """How many objects the bucket holds, and the newest OBJECTS_SHOWN of them described,
+        each read once per version (an object that went between the listing and the reading
+        is left out until the next round). The cache keeps only what was last shown."""
         from botocore.exceptions import ClientError
 
+        listing = sorted(self._listed(logical_id), key=lambda o: o["LastModified"], reverse=True)
         found: dict[tuple[str, str], T] = {}
-        for listed in self._listed(logical_id):
+        for listed in listing[:OBJECTS_SHOWN]:
             cache_key = (listed["Key"], listed["ETag"])
             described = cache.get(cache_key)  # another request may be replacing the cache
             if described is None:
@@ -220,7 +264,7 @@ class Console(LoopbackServer):
         with self._lock:
             cache.clear()
             cache.update(found)
-        return list(found.values())
+        return len(listing), list(found.values())
 
     def _body(self, logical_id: str, key: str) -> tuple[bytes, dict[str, str]] | None:
         from botocore.exceptions import ClientError
@@ -241,7 +285,16 @@ class Console(LoopbackServer):
             return got[0].decode("utf-8", "replace")
 
     def viewer(self, query: dict[str, str]) -> Markup | None:
+        """What the viewer shows; whatever went wrong reading it is said in its place."""
+        try:
+            return self._viewed(query)
+        except Exception as exc:  # a damaged object, a key S3 refuses, moto going away
+            return view.failed_section(exc)
+
+    def _viewed(self, query: dict[str, str]) -> Markup | None:
         what, key = query.get("view"), query.get("key", "")
+        if what in ("archive", "dead-letter") and not key:
+            return view.not_found_view("an object without a key")
         if what == "archive":
             got = self._body(ARCHIVE, key)
             if got is None:
@@ -249,7 +302,7 @@ class Console(LoopbackServer):
             body, metadata = got
             try:
                 lines = list(read_lines(body))
-            except (OSError, EOFError) as exc:  # not gzip: say so rather than show bytes
+            except (OSError, EOFError, zlib.error) as exc:  # not gzip: say so, show no bytes
                 return view.not_found_view(f"a readable archive object at {key!r} ({exc})")
             return view.archive_view(key, metadata, lines)
         if what == "dead-letter":
@@ -285,7 +338,10 @@ class Console(LoopbackServer):
                 answer=answer,
                 live=self.live(),
                 consumers=sorted(info.groups),
-                replay_defaults=_replay_defaults(),
+                action_fields={
+                    **_replay_defaults(),
+                    **self._forms.get(query.get("action", ""), {}),
+                },
                 action=self._outcomes.get(query.get("action", "")),
                 viewer=self.viewer(query),
             )
@@ -325,14 +381,25 @@ class Console(LoopbackServer):
             outcome = view.ActionOutcome(
                 f"{kind}: refused", [f"{type(exc).__name__}: {exc}"], False
             )
-        return self._keep(self._outcomes, outcome)
+        shown = self._keep(self._outcomes, outcome)
+        with self._lock:
+            self._forms[shown] = {f"{kind}_{name}": value for name, value in form.items()}
+            while len(self._forms) > KEPT_RESULTS:
+                self._forms.popitem(last=False)
+        return shown
 
     def run(self, kind: str, form: dict[str, str]) -> str:
         """Run what a dry run showed, once: a plan is gone after its run, and one older than
-        PLAN_LIFETIME_S is not run. One action at a time; a plan waits for its turn."""
+        PLAN_LIFETIME_S is not run. One action at a time: a plan that finds another running is
+        kept, and offered again."""
         if not self._action_lock.acquire(blocking=False):
             outcome = view.ActionOutcome(
-                "nothing run", ["Another action is running: try again when it ends."], False
+                "not run yet",
+                ["Another action is running: this plan is kept; run it when that one ends."],
+                False,
+                run_label="Run this plan",
+                run_path=f"/{kind}/run",
+                plan_id=form.get("plan", ""),
             )
             return self._keep(self._outcomes, outcome)
         try:
@@ -371,7 +438,8 @@ class Console(LoopbackServer):
             target,
             settings.DEFAULT_ORDER_TOPIC,
             replay.parse_time(form.get("since", "").strip()),
-            replay.parse_time(form.get("until", "").strip()),
+            # Empty: now, when the dry run is made (a page left open does not move its default).
+            replay.parse_time(form.get("until", "").strip() or replay.now().isoformat()),
             int(partition) if partition else None,
             include_poison=bool(form.get("include_poison")),
             allow_resend=bool(form.get("allow_resend")),
@@ -520,12 +588,15 @@ def _summary(title: str, tally: Any) -> list[str]:
 
 
 def _replay_defaults() -> dict[str, str]:
-    """The last hour, to the minute."""
-    now = datetime.now(UTC).replace(second=0, microsecond=0)
-    shown = "%Y-%m-%dT%H:%MZ"
+    """The archiver (a replay to it rewrites nothing and mails no one), from an hour ago to
+    the minute, until now (an empty `until`)."""
+    from operate.replay import ARCHIVER
+
+    since = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
     return {
-        "since": (now - timedelta(hours=1)).strftime(shown),
-        "until": (now + timedelta(minutes=1)).strftime(shown),
+        "replay_target": ARCHIVER,
+        "replay_since": since.strftime("%Y-%m-%dT%H:%MZ"),
+        "replay_until": "",
     }
 
 
@@ -536,6 +607,7 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "orderstream-console"
         protocol_version = "HTTP/1.1"
+        timeout = 30  # an idle or half-sent request holds its thread no longer
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # the stack's log is for the pipeline
@@ -590,9 +662,19 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
         def _see(self, location: str) -> None:
             self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", headers={"Location": location})
 
+        def _unwelcome(self) -> bool:
+            """Refused (and answered) before anything is read: stopping, or not our name."""
+            if console._stopping:
+                self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the stack is stopping")
+            elif not self._ours():
+                self._refuse(HTTPStatus.MISDIRECTED_REQUEST, "not this server's name")
+            else:
+                return False
+            return True
+
         def do_GET(self) -> None:
-            if not self._ours():
-                return self._refuse(HTTPStatus.MISDIRECTED_REQUEST, "not this server's name")
+            if self._unwelcome():
+                return None
             split = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(split.query).items()}
             try:
@@ -621,12 +703,14 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
         do_HEAD = do_GET
 
         def do_POST(self) -> None:
-            if not self._ours():
-                return self._refuse(HTTPStatus.MISDIRECTED_REQUEST, "not this server's name")
+            if self._unwelcome():
+                return None
             if not self._same_origin():
                 return self._refuse(HTTPStatus.FORBIDDEN, "only the console's own page may post")
             length = self.headers.get("Content-Length", "")
-            if not (length.isascii() and length.isdigit()) or int(length) > MAX_FORM_BYTES:
+            if not (length.isascii() and length.isdigit()):
+                return self._refuse(HTTPStatus.LENGTH_REQUIRED, "a form with its length")
+            if int(length) > MAX_FORM_BYTES:
                 return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "form too large")
             if self.headers.get_content_type() != "application/x-www-form-urlencoded":
                 return self._refuse(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "a form post only")

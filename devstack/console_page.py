@@ -70,7 +70,7 @@ class Page:
     answer: OrderAnswer | None
     live: Mapping[str, Markup]
     consumers: Sequence[str]
-    replay_defaults: Mapping[str, str]
+    action_fields: Mapping[str, str]  # replay_<name>, redrive_<name>: the forms' values
     action: ActionOutcome | None = None
     viewer: Markup | None = None
     functions: Sequence[str] = field(default_factory=list)
@@ -315,6 +315,7 @@ def invocations_section(entries: Mapping[str, Sequence[Entry]]) -> Markup:
 
 
 def emails_section(emails: Sequence[SentEmail], shown: int = 20) -> Markup:
+    """The newest `shown`, in the order SES accepted them; the count says how many there are."""
     rows = [
         el(
             "tr",
@@ -334,13 +335,17 @@ def emails_section(emails: Sequence[SentEmail], shown: int = 20) -> Markup:
     ]
     return join(
         [
-            _count(f"{len(emails)} sent", len(emails)),
+            _count(
+                f"{len(emails)} sent"
+                + (f", the newest {shown} shown" if len(emails) > shown else ""),
+                len(emails),
+            ),
             _table(("#", "to", "subject"), rows, class_="emails"),
         ]
     )
 
 
-def archive_section(objects: Sequence[ArchiveObject], bucket: str, shown: int = 50) -> Markup:
+def archive_section(total: int, objects: Sequence[ArchiveObject], bucket: str) -> Markup:
     rows = [
         el(
             "tr",
@@ -355,15 +360,13 @@ def archive_section(objects: Sequence[ArchiveObject], bucket: str, shown: int = 
             el("td", _size(o.size), class_="num"),
             el("td", _clock(o.modified.timestamp())),
         )
-        for o in _newest(objects, shown)
+        for o in _newest(objects)
     ]
     columns = ("key", "records", "offsets", "poison", "size", "written")
-    return join([_bucket_count(bucket, objects), _table(columns, rows, class_="archive")])
+    return join([_bucket_count(bucket, objects, total), _table(columns, rows, class_="archive")])
 
 
-def dead_letters_section(
-    objects: Sequence[DeadLetterObject], bucket: str, shown: int = 50
-) -> Markup:
+def dead_letters_section(total: int, objects: Sequence[DeadLetterObject], bucket: str) -> Markup:
     rows = [
         el(
             "tr",
@@ -373,10 +376,11 @@ def dead_letters_section(
             el("td", _size(o.size), class_="num"),
             el("td", _key_link("dead-letter", o.key)),
         )
-        for o in _newest(objects, shown)
+        for o in _newest(objects)
     ]
     columns = ("kind", "record", "reason", "size", "key")
-    return join([_bucket_count(bucket, objects), _table(columns, rows, class_="dead-letters")])
+    table = _table(columns, rows, class_="dead-letters")
+    return join([_bucket_count(bucket, objects, total), table])
 
 
 def _table(columns: Sequence[str], rows: Sequence[Markup], class_: str | None = None) -> Markup:
@@ -393,12 +397,13 @@ def _count(said: str, count: int) -> Markup:
     return el("p", said, class_="count", data_count=count)
 
 
-def _bucket_count(bucket: str, objects: Sequence[Any]) -> Markup:
-    return _count(f"s3://{bucket}: {len(objects)} objects", len(objects))
+def _bucket_count(bucket: str, shown: Sequence[Any], total: int) -> Markup:
+    newest = f", the newest {len(shown)} shown" if len(shown) < total else ""
+    return _count(f"s3://{bucket}: {total} objects{newest}", total)
 
 
-def _newest(objects: Sequence[Any], shown: int) -> list[Any]:
-    return sorted(objects, key=lambda o: o.modified, reverse=True)[:shown]
+def _newest(objects: Sequence[Any]) -> list[Any]:
+    return sorted(objects, key=lambda o: o.modified, reverse=True)
 
 
 def _key_link(view: str, key: str) -> Markup:
@@ -518,52 +523,65 @@ def _metadata(metadata: Mapping[str, str]) -> Markup:
 
 
 def _actions(data: Page) -> Markup:
-    consumers = [el("option", c, value=c) for c in data.consumers]
-    defaults = data.replay_defaults
+    """Both forms, holding what was last sent from them (a dry run shows its plan beside the
+    values that made it)."""
+    fields = data.action_fields
+
+    def options(choices: Sequence[tuple[str, str]], chosen: str) -> list[Markup]:
+        return [el("option", label, value=v, selected=v == chosen) for v, label in choices]
+
+    def checkbox(name: str, label: str) -> Markup:
+        box = el("input", type="checkbox", name=name, checked=bool(fields.get(f"replay_{name}")))
+        return el("label", box, f" {label}")
+
+    def text_field(label: str, name: str, size: int, **extra: Any) -> Markup:
+        value = fields.get(f"replay_{name}", "")
+        return el(
+            "label", el("span", label), el("input", name=name, value=value, size=size, **extra)
+        )
+
+    consumers = [(c, c) for c in data.consumers]
     replay = el(
         "form",
         el("h3", "Replay a time range to a consumer"),
-        el("label", el("span", "to"), el("select", consumers, name="target")),
         el(
             "label",
-            el("span", "since"),
-            el("input", name="since", value=defaults.get("since", ""), size=20),
+            el("span", "to"),
+            el("select", options(consumers, fields.get("replay_target", "")), name="target"),
         ),
-        el(
-            "label",
-            el("span", "until"),
-            el("input", name="until", value=defaults.get("until", ""), size=20),
-        ),
-        el(
-            "label",
-            el("span", "partition"),
-            el("input", name="partition", size=3, placeholder="all"),
-        ),
-        el("label", el("input", type="checkbox", name="include_poison"), " include poison"),
-        el("label", el("input", type="checkbox", name="allow_resend"), " allow resend"),
+        text_field("since", "since", 20),
+        text_field("until", "until", 20, placeholder="now"),
+        text_field("partition", "partition", 3, placeholder="all"),
+        checkbox("include_poison", "include poison"),
+        checkbox("allow_resend", "allow resend"),
         el("button", "Dry run", type="submit"),
-        el("p", "ISO 8601 times, UTC unless zoned; until is exclusive.", class_="note"),
+        el(
+            "p",
+            "ISO 8601 times, UTC unless zoned; until is exclusive, and empty means now.",
+            class_="note",
+        ),
         method="post",
         action="/replay/dry-run",
         id="replay-form",
     )
-    targets = [el("option", "the function it came from", value="")] + [
-        el("option", f, value=f) for f in data.consumers
+    sources = [
+        ("dead-letters", "dead letters (poison records)"),
+        ("failures", "failures (on-failure records)"),
     ]
+    targets = [("", "the function it came from"), *consumers]
     redrive = el(
         "form",
         el("h3", "Redrive"),
         el(
             "label",
             el("span", "what"),
-            el(
-                "select",
-                el("option", "dead letters (poison records)", value="dead-letters"),
-                el("option", "failures (on-failure records)", value="failures"),
-                name="source",
-            ),
+            el("select", options(sources, fields.get("redrive_source", "")), name="source"),
         ),
-        el("label", el("span", "to"), el("select", targets, name="target")),
+        el(
+            "label",
+            el("span", "to"),
+            el("select", options(targets, fields.get("redrive_target", "")), name="target"),
+        ),
         el("button", "Dry run", type="submit"),
         method="post",
         action="/redrive/dry-run",

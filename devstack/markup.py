@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlencode
 
-# Characters a browser would not show as themselves: C0/C1 controls (but tab and newline),
-# the lone surrogates a decoder with surrogateescape leaves, and the Unicode noncharacters.
-_INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+# Characters a browser would not show as themselves: controls (but tab and newline), format
+# characters (zero-width ones, and the direction overrides that make text read backwards),
+# line and paragraph separators, lone surrogates, and the Unicode noncharacters.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _VOID = frozenset({"br", "hr", "img", "input", "meta", "link"})
 _NAME = re.compile(r"[a-z][a-z0-9-]*")
 
@@ -25,16 +27,37 @@ class Markup(str):
     __slots__ = ()
 
 
+def invisible(char: str) -> bool:
+    code = ord(char)
+    if char in "\t\n":
+        return False
+    return (
+        unicodedata.category(char) in _INVISIBLE_CATEGORIES
+        or 0xFDD0 <= code <= 0xFDEF
+        or code & 0xFFFE == 0xFFFE
+    )
+
+
+def code_of(char: str) -> str:
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _visible(value: str, replace: bool = False) -> str:
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(("\ufffd" if replace else code_of(c)) if invisible(c) else c for c in value)
+
+
 def text(value: object) -> Markup:
     """`value` as text in HTML: escaped, and every invisible character shown as its code."""
     if isinstance(value, Markup):
         return value
-    shown = _INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", str(value))
-    return Markup(html.escape(shown, quote=True))
+    return Markup(html.escape(_visible(str(value)), quote=True))
 
 
 def _attribute(value: object) -> str:
-    return html.escape(_INVISIBLE.sub("\ufffd", str(value)), quote=True)
+    return html.escape(_visible(str(value), replace=True), quote=True)
 
 
 def join(children: Iterable[object]) -> Markup:

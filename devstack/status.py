@@ -69,8 +69,16 @@ class TopicFigures:
         return sorted(self.ends)
 
 
+# A broker that is not there is said within seconds, not after kafka-python's 30.
+BOOTSTRAP_TIMEOUT_MS = 5000
+
+
 def topic_figures(info: StackInfo) -> TopicFigures:
-    admin = KafkaAdminClient(bootstrap_servers=info.bootstrap_servers, client_id="devstack-status")
+    admin = KafkaAdminClient(
+        bootstrap_servers=info.bootstrap_servers,
+        client_id="devstack-status",
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+    )
     try:
         described = admin.describe_topics(info.topics)
         partitions = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +31,6 @@ from devstack.console import (
 from devstack.functions import Invocation
 from devstack.journal import Entry, Journal, batch_entry, call_entry
 from devstack.mail import SentEmail, sent_emails
-from devstack.markup import _INVISIBLE as INVISIBLE
 from devstack.markup import Markup, el, join, text, url
 from devstack.status import GroupFigures, TopicFigures
 
@@ -75,16 +75,34 @@ def test_text_in_an_element_is_only_ever_text(value: str) -> None:
     assert ">" not in text(value)
 
 
+def hidden(char: str) -> bool:
+    """Written apart from markup.py's own rule: what no browser shows as itself."""
+    import unicodedata
+
+    if char in "\t\n":
+        return False
+    noncharacter = 0xFDD0 <= ord(char) <= 0xFDEF or ord(char) % 0x10000 in (0xFFFE, 0xFFFF)
+    return unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp") or noncharacter
+
+
+def shown_as_code(char: str) -> str:
+    return f"\\u{ord(char):04x}" if ord(char) < 0x10000 else f"\\U{ord(char):08x}"
+
+
 @given(st.text())
 def test_any_text_comes_back_as_the_same_text_with_invisible_characters_shown(value: str) -> None:
     parsed = Parsed(el("p", value, title=value))
     assert [tag for tag, _ in parsed.tags] == ["p"]
-    assert parsed.text == INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
-    assert parsed.tags[0][1]["title"] == INVISIBLE.sub("\ufffd", value)
+    assert parsed.text == "".join(shown_as_code(c) if hidden(c) else c for c in value)
+    assert parsed.tags[0][1]["title"] == "".join("\ufffd" if hidden(c) else c for c in value)
 
 
 def test_invisible_characters_are_shown_as_their_codes() -> None:
     assert text("a\x00b\x1b\ud800") == "a\\u0000b\\u001b\\ud800"
+    # A direction override would make the rest of a row read backwards; zero-width ones hide.
+    assert text("evil\u202egnp.exe \u200b\ufeff\u2028\U000e0041") == (
+        "evil\\u202egnp.exe \\u200b\\ufeff\\u2028\\U000e0041"
+    )
     # Encodable whatever it holds: a lone surrogate would fail the page's UTF-8.
     el("p", "\ud800", title="\udfff").encode("utf-8")
 
@@ -155,10 +173,10 @@ def test_every_section_shows_hostile_values_as_text() -> None:
             view.invocations_section({value: [entry]}),
             view.emails_section([email]),
             view.archive_section(
-                [view.ArchiveObject(value, 1, modified, 1, 0, 0, 0)], bucket=value
+                1, [view.ArchiveObject(value, 1, modified, 1, 0, 0, 0)], bucket=value
             ),
             view.dead_letters_section(
-                [view.DeadLetterObject(value, 1, modified, value, value, value)], bucket=value
+                1, [view.DeadLetterObject(value, 1, modified, value, value, value)], bucket=value
             ),
             view.archive_view(value, {value: value}, [value.encode("utf-8", "surrogatepass")]),
             view.dead_letter_view(value, {"reason": value, "value": "PGI+eDwvYj4="}),
@@ -182,7 +200,7 @@ def test_the_whole_page_loads_nothing_from_elsewhere_and_runs_no_inline_script()
             ),
             live={name: Markup("") for name in LIVE},
             consumers=["S3ArchiverFunction"],
-            replay_defaults={"since": "2026-12-01T09:00Z", "until": "2026-12-01T10:00Z"},
+            action_fields={"replay_since": "2026-12-01T09:00Z", "replay_until": ""},
         )
     ).decode()
     parsed = Parsed(page)
@@ -517,7 +535,9 @@ class CountingS3:
         return getattr(self.s3, name)
 
 
-def test_objects_are_read_once_per_version_and_forgotten_when_gone() -> None:
+def test_objects_are_read_once_per_version_and_forgotten_when_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import boto3
     from moto import mock_aws
 
@@ -533,17 +553,22 @@ def test_objects_are_read_once_per_version_and_forgotten_when_gone() -> None:
                 s3.put_object(
                     Bucket="archive", Key=key, Body=b"x", Metadata={"record-count": count}
                 )
-            assert sorted((o.key, o.records) for o in console.archive_objects()) == [
-                ("a", 3),
-                ("b", 5),
-            ]
+            total, shown = console.archive_objects()
+            assert total == 2
+            assert sorted((o.key, o.records) for o in shown) == [("a", 3), ("b", 5)]
             console.archive_objects()
             assert counting.heads == 2  # not read again
             s3.delete_object(Bucket="archive", Key="a")
             s3.put_object(Bucket="archive", Key="b", Body=b"yy", Metadata={"record-count": "6"})
-            assert [(o.key, o.records) for o in console.archive_objects()] == [("b", 6)]
+            assert [(o.key, o.records) for o in console.archive_objects()[1]] == [("b", 6)]
             assert counting.heads == 3
             assert [key for key, _ in console._archive_cache] == ["b"]
+            # Only the newest shown are read: the count comes from the listing alone.
+            monkeypatch.setattr("devstack.console.OBJECTS_SHOWN", 1)
+            time.sleep(1.1)  # S3's LastModified counts whole seconds: c is newer than b
+            s3.put_object(Bucket="archive", Key="c", Body=b"z", Metadata={"record-count": "1"})
+            total, shown = console.archive_objects()
+            assert (total, [o.key for o in shown], counting.heads) == (2, ["c"], 4)
         finally:
             console._server.server_close()
 
@@ -565,6 +590,13 @@ def test_a_refused_post_hangs_up_so_its_body_is_never_read_as_a_request(console:
         "Origin: https://evil.example\r\nContent-Type: text/plain\r\n"
         f"Content-Length: {len(hidden)}\r\n\r\n"
     ).encode() + hidden
+    placed: list[dict[str, str]] = []
+
+    def place(form: dict[str, str]) -> str:
+        placed.append(form)
+        return "x"
+
+    console.place_order = place  # type: ignore[method-assign]
     with socket.create_connection(("127.0.0.1", console.port), timeout=10) as sock:
         sock.sendall(outer)
         received = b""
@@ -573,10 +605,10 @@ def test_a_refused_post_hangs_up_so_its_body_is_never_read_as_a_request(console:
     assert received.startswith(b"HTTP/1.1 403")
     assert received.count(b"HTTP/1.1 ") == 1  # then the server hung up
     assert b"Connection: close" in received
-    assert console._answers == {}
+    assert placed == []
 
 
-def test_a_plan_waits_for_another_action_and_an_old_plan_is_not_run(
+def test_a_plan_is_kept_while_another_action_runs_and_an_old_plan_is_not_run(
     console: Console, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runs: list[str] = []
@@ -588,7 +620,10 @@ def test_a_plan_waits_for_another_action_and_an_old_plan_is_not_run(
     plan_id = console._keep(console._plans, _Plan("redrive", "redrive", run))
     with console._action_lock:
         busy = console._outcomes[console.run("redrive", {"plan": plan_id})]
-    assert busy.lines == ["Another action is running: try again when it ends."]
+    assert busy.lines == [
+        "Another action is running: this plan is kept; run it when that one ends."
+    ]
+    assert (busy.run_path, busy.plan_id) == ("/redrive/run", plan_id)  # its button, again
     assert console._outcomes[console.run("redrive", {"plan": plan_id})].lines == ["done"]
 
     stale = _Plan("redrive", "redrive", run)
@@ -684,3 +719,66 @@ def test_the_broker_is_read_once_a_second_and_again_after_this_console_acted(
     console._acted = time.monotonic()  # an order was placed, or an action ran
     assert console.topic_figures() is not first
     assert len(reads) == 2
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "same-origin", "Origin": "http://127.0.0.1:{port}"},
+        {"Sec-Fetch-Site": "none"},
+        {"Host": "localhost:{port}", "Origin": "http://localhost:{port}"},
+        {},  # curl: no browser headers at all
+    ],
+)
+def test_a_post_from_the_consoles_own_page_is_taken(
+    console: Console, headers: dict[str, str]
+) -> None:
+    placed: list[dict[str, str]] = []
+
+    def place(form: dict[str, str]) -> str:
+        placed.append(form)
+        return "answer-id"
+
+    console.place_order = place  # type: ignore[method-assign]
+    sent = {name: value.format(port=console.port) for name, value in headers.items()}
+    sent["Content-Type"] = "application/x-www-form-urlencoded"
+    status, answer, _ = ask(console, "POST", "/order", sent, b"order_id=abc")
+    assert (status, answer["Location"]) == (303, "/?answer=answer-id#order")
+    assert placed == [{"order_id": "abc"}]
+
+
+def test_a_post_without_its_length_is_refused(console: Console) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", console.port, timeout=10)
+    try:
+        connection.putrequest("POST", "/order")
+        connection.putheader("Content-Type", "application/x-www-form-urlencoded")
+        connection.endheaders()
+        assert connection.getresponse().status == 411
+    finally:
+        connection.close()
+
+
+def test_a_stopping_console_answers_open_connections_with_503(console: Console) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", console.port, timeout=10)
+    try:
+        connection.request("GET", "/console.css")
+        first = connection.getresponse()
+        first.read()
+        assert first.status == 200
+        console._stopping = True  # what stop() sets before the server stops accepting
+        connection.request("GET", "/console.css")
+        assert connection.getresponse().status == 503
+    finally:
+        connection.close()
+        console._stopping = False
+
+
+def test_the_viewer_says_what_went_wrong_instead_of_failing_the_page(console: Console) -> None:
+    console._viewed = lambda query: (_ for _ in ()).throw(ValueError("damaged"))  # type: ignore[method-assign]
+    shown = console.viewer({"view": "archive", "key": "k"})
+    assert shown is not None
+    assert "ValueError: damaged" in Parsed(shown).text
+    del console._viewed
+    empty = console.viewer({"view": "archive", "key": ""})
+    assert empty is not None
+    assert "without a key" in Parsed(empty).text
