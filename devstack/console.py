@@ -12,6 +12,7 @@ cross-site request can place an order or start a redrive).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -94,7 +95,6 @@ class Console(LoopbackServer):
         self._answers: OrderedDict[str, view.OrderAnswer] = OrderedDict()
         self._outcomes: OrderedDict[str, view.ActionOutcome] = OrderedDict()
         self._plans: OrderedDict[str, _Plan] = OrderedDict()
-        self._forms: OrderedDict[str, dict[str, str]] = OrderedDict()  # an action's form, again
         self._archive_cache: dict[tuple[str, str], view.ArchiveObject] = {}
         self._dead_letter_cache: dict[tuple[str, str], view.DeadLetterObject] = {}
         self._place: Place | None = None
@@ -326,6 +326,7 @@ class Console(LoopbackServer):
             if answer.status == 202:  # placed: the next order is a new one
                 fields["order_id"] = str(uuid.uuid4())
         info = self._info()
+        action = self._outcomes.get(query.get("action", ""))
         return view.page(
             view.Page(
                 stack_lines=[
@@ -338,11 +339,8 @@ class Console(LoopbackServer):
                 answer=answer,
                 live=self.live(),
                 consumers=sorted(info.groups),
-                action_fields={
-                    **_replay_defaults(),
-                    **self._forms.get(query.get("action", ""), {}),
-                },
-                action=self._outcomes.get(query.get("action", "")),
+                action_fields={**_replay_defaults(), **(action.fields if action else {})},
+                action=action,
                 viewer=self.viewer(query),
             )
         )
@@ -381,12 +379,8 @@ class Console(LoopbackServer):
             outcome = view.ActionOutcome(
                 f"{kind}: refused", [f"{type(exc).__name__}: {exc}"], False
             )
-        shown = self._keep(self._outcomes, outcome)
-        with self._lock:
-            self._forms[shown] = {f"{kind}_{name}": value for name, value in form.items()}
-            while len(self._forms) > KEPT_RESULTS:
-                self._forms.popitem(last=False)
-        return shown
+        sent = {f"{kind}_{name}": value for name, value in form.items()}
+        return self._keep(self._outcomes, dataclasses.replace(outcome, fields=sent))
 
     def run(self, kind: str, form: dict[str, str]) -> str:
         """Run what a dry run showed, once: a plan is gone after its run, and one older than
@@ -454,7 +448,8 @@ class Console(LoopbackServer):
             tally = replay.run(self.place, target, planned)
             return _summary(f"replayed to {target}", tally)
 
-        return self._offer("replay", lines, f"Replay {planned.records} records to {target}", go)
+        label = f"Replay {planned.records} records to {target}"
+        return self._offer("replay", f"replay to {target}", lines, label, go)
 
     def _plan_redrive(self, form: dict[str, str]) -> view.ActionOutcome:
         from operate import redrive
@@ -472,13 +467,13 @@ class Console(LoopbackServer):
             return _summary(f"redrove {source}", redrive.run(self.place, planned))
 
         label = f"Redrive {len(planned.items)} objects ({len(planned.records)} records)"
-        return self._offer("redrive", lines, label, go)
+        return self._offer("redrive", f"redrive {source}", lines, label, go)
 
     def _offer(
-        self, kind: str, lines: list[str], label: str, go: Callable[[], list[str]]
+        self, kind: str, title: str, lines: list[str], label: str, go: Callable[[], list[str]]
     ) -> view.ActionOutcome:
         """The dry run's outcome, with a button that runs its plan."""
-        plan_id = self._keep(self._plans, _Plan(kind, lines[0].removeprefix("dry run: "), go))
+        plan_id = self._keep(self._plans, _Plan(kind, title, go))
         return view.ActionOutcome(
             f"{kind}: dry run", lines, True, label, run_path=f"/{kind}/run", plan_id=plan_id
         )
@@ -612,12 +607,13 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:
             pass  # the stack's log is for the pipeline
 
+        def _hosts(self) -> tuple[str, ...]:
+            """The names this server answers to."""
+            return tuple(f"{name}:{console.port}" for name in (LOOPBACK, "localhost"))
+
         def _ours(self) -> bool:
             """A Host naming this server: a page from another name (DNS rebinding) is refused."""
-            return self.headers.get("Host", "") in (
-                f"{LOOPBACK}:{console.port}",
-                f"localhost:{console.port}",
-            )
+            return self.headers.get("Host", "") in self._hosts()
 
         def _same_origin(self) -> bool:
             """A POST from the console's own page, or from no page at all (curl)."""
@@ -625,10 +621,7 @@ def _handler(console: Console) -> type[BaseHTTPRequestHandler]:
             if site is not None and site not in ("same-origin", "none"):
                 return False
             origin = self.headers.get("Origin")
-            return origin is None or origin in (
-                f"http://{LOOPBACK}:{console.port}",
-                f"http://localhost:{console.port}",
-            )
+            return origin is None or origin in (f"http://{host}" for host in self._hosts())
 
         def _send(
             self,

@@ -59,6 +59,7 @@ class ActionOutcome:
     run_label: str = ""  # a button that runs what the dry run showed
     run_path: str = ""
     plan_id: str = ""
+    fields: Mapping[str, str] = field(default_factory=dict)  # the form that made a dry run
 
 
 @dataclass
@@ -256,11 +257,12 @@ def topic_section(figures: TopicFigures) -> Markup:
         cell for _ in figures.groups for cell in (el("th", "committed"), el("th", "lag"))
     ]
     rows = []
+    lags = {group.group: figures.lags(group) for group in figures.groups}
     for tp in figures.partitions:
         cells = [el("td", f"{tp.topic}-{tp.partition}"), el("td", figures.ends[tp], class_="num")]
         for group in figures.groups:
             committed = group.committed.get(tp)
-            lag = figures.ends[tp] - (committed or 0)
+            lag = lags[group.group][tp]
             cells.append(el("td", "-" if committed is None else committed, class_="num"))
             cells.append(el("td", lag, class_="num lag" if lag else "num"))
         rows.append(el("tr", cells, data_partition=tp.partition))
@@ -288,13 +290,7 @@ def invocations_section(entries: Mapping[str, Sequence[Entry]]) -> Markup:
                 el("td", _clock(entry.started)),
                 el("td", entry.source),
                 el("td", "" if entry.records is None else entry.records, class_="num"),
-                el(
-                    "td",
-                    " ".join(
-                        f"{name}@{first}..{last}"
-                        for name, (first, last) in sorted(entry.spans.items())
-                    ),
-                ),
+                el("td", entry.where),
                 el("td", f"{entry.duration_ms:.0f} ms", class_="num"),
                 el("td", entry.outcome + (f" (retry {entry.attempt})" if entry.attempt else "")),
                 el("td", entry.detail, class_="detail"),

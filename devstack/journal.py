@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from devstack.functions import Invocation
+from devstack.msk_event import offset_spans
 
 Outcome = Literal["ok", "partial failure", "error"]
 DEFAULT_KEPT = 50  # entries kept per function
@@ -33,22 +34,17 @@ class Entry:
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)  # topic-partition -> offsets
     attempt: int = 0  # the mapping's retry number
 
+    @property
+    def where(self) -> str:
+        """Each topic-partition's offsets: "order-placed-1@4..7 order-placed-3@0..0"."""
+        return " ".join(f"{p}@{first}..{last}" for p, (first, last) in sorted(self.spans.items()))
+
     def describe(self) -> str:
         """The mapping emulator's log line for this invocation."""
-        where = " ".join(f"{p}@{first}..{last}" for p, (first, last) in sorted(self.spans.items()))
         retry = f" retry {self.attempt}" if self.attempt else ""
         outcome = "ok" if self.outcome == "ok" else self.detail
-        return f"{self.records or 0:>5} records {where} {self.duration_ms:7.0f} ms{retry} {outcome}"
-
-
-def spans_of(positions: Sequence[tuple[str, int, int]]) -> dict[str, tuple[int, int]]:
-    """(topic, partition, offset) triples -> each topic-partition's lowest and highest offset."""
-    spans: dict[str, tuple[int, int]] = {}
-    for topic, partition, offset in positions:
-        name = f"{topic}-{partition}"
-        first, last = spans.get(name, (offset, offset))
-        spans[name] = (min(first, offset), max(last, offset))
-    return spans
+        took = f"{self.duration_ms:7.0f} ms"
+        return f"{self.records or 0:>5} records {self.where} {took}{retry} {outcome}"
 
 
 def error_detail(result: Invocation) -> str:
@@ -86,7 +82,7 @@ def batch_entry(
         outcome,
         detail,
         records=len(positions),
-        spans=spans_of(positions),
+        spans={name: (first, last) for name, (first, last, _) in offset_spans(positions).items()},
         attempt=attempt,
     )
 

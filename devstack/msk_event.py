@@ -165,3 +165,12 @@ def reported_failures(payload: Any, present: set[tuple[str, int]]) -> dict[str, 
             return None
         lowest[name] = min(offset, lowest.get(name, offset))
     return lowest
+
+
+def offset_spans(positions: Iterable[tuple[str, int, int]]) -> dict[str, tuple[int, int, int]]:
+    """(topic, partition, offset) of records -> each "<topic>-<partition>"'s first and last
+    offset and record count, by name."""
+    found: dict[str, list[int]] = {}
+    for topic, partition, offset in positions:
+        found.setdefault(f"{topic}-{partition}", []).append(offset)
+    return {name: (min(o), max(o), len(o)) for name, o in sorted(found.items())}

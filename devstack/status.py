@@ -46,7 +46,14 @@ def group_lag(
     (a partition it never committed counts from 0)."""
     answer = admin.list_group_offsets({group: None}).get(group, {})
     committed = {tp: meta.offset for tp, meta in answer.items()}
-    return sum(end - committed.get(tp, 0) for tp, end in ends.items()), committed
+    return sum(lags(ends, committed).values()), committed
+
+
+def lags(
+    ends: dict[TopicPartition, int], committed: dict[TopicPartition, int]
+) -> dict[TopicPartition, int]:
+    """Each partition's records not committed yet (a partition never committed counts from 0)."""
+    return {tp: end - committed.get(tp, 0) for tp, end in ends.items()}
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,9 @@ class TopicFigures:
     @property
     def partitions(self) -> list[TopicPartition]:
         return sorted(self.ends)
+
+    def lags(self, group: GroupFigures) -> dict[TopicPartition, int]:
+        return lags(self.ends, group.committed)
 
 
 # A broker that is not there is said within seconds, not after kafka-python's 30.

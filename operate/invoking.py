@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from devstack.msk_event import MAX_PAYLOAD_BYTES, reported_failures
+from devstack.msk_event import MAX_PAYLOAD_BYTES, offset_spans, reported_failures
 
 # Room for the event's envelope (eventSource, ARN, bootstrap servers, grouping keys).
 ENVELOPE_BYTES = 4096
@@ -137,7 +137,4 @@ def _all(records: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
 
 def spans(records: Iterable[dict[str, Any]]) -> dict[str, tuple[int, int, int]]:
     """Each topic-partition's first and last offset and record count."""
-    found: dict[str, list[int]] = {}
-    for record in records:
-        found.setdefault(f"{record['topic']}-{record['partition']}", []).append(record["offset"])
-    return {name: (min(o), max(o), len(o)) for name, o in sorted(found.items())}
+    return offset_spans((r["topic"], r["partition"], r["offset"]) for r in records)
