@@ -410,11 +410,14 @@ def test_make_run_prints_the_console_before_ready_on_console_port(tmp_path: Path
     finally:
         run.send_signal(signal.SIGINT)
         try:
-            run.wait(60)
+            # Read what it still prints while it stops: a full pipe would block it (and its
+            # shutdown logs can fill one), and `wait` alone would then wait for ever.
+            rest, _ = run.communicate(timeout=60)
         finally:
             if run.poll() is None:
                 run.kill()
-    assert run.returncode == 0
+                run.communicate()
+    assert run.returncode == 0, rest
 
 
 def test_make_run_refuses_a_console_port_in_use_before_starting_anything(tmp_path: Path) -> None:
